@@ -1,0 +1,386 @@
+//! Carrying out a command: load the config, learn who we are, build the clients, and run the
+//! sources (`run`, `once`) or the checks (`check`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use crate::cli::{Cli, Command, Exit};
+use crate::config::{Config, ConfigError, Loaded, Severity};
+use crate::handler::{Handled, Handler};
+use crate::identity::{Identity, Imds};
+use crate::lifecycle::AutoScaling;
+use crate::shutdown::{self, Shutdown};
+use crate::source::sqs::SqsSource;
+
+/// First pause when instance metadata cannot be read at start; doubled up to a minute.
+const IDENTITY_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Attempts to read instance metadata for one-shot commands.
+const IDENTITY_ATTEMPTS_ONCE: u32 = 3;
+
+/// Runs the command and returns the exit code.
+pub async fn main(cli: Cli) -> Exit {
+    match &cli.command {
+        Command::Check { offline: true } => check_offline(&cli),
+        Command::Check { offline: false } => check_online(&cli).await,
+        Command::Run => run(&cli).await,
+        Command::Once { wait } => once(&cli, *wait).await,
+    }
+}
+
+fn load(cli: &Cli) -> Result<Loaded, Exit> {
+    match Config::from_file(&cli.config) {
+        Ok(l) => {
+            for w in &l.warnings {
+                warn!("{w}");
+            }
+            Ok(l)
+        }
+        Err(e @ ConfigError::Read { .. }) => {
+            error!("{e}");
+            eprintln!("lastcall: {e}");
+            Err(Exit::Config)
+        }
+        Err(ConfigError::Invalid { path, problems }) => {
+            let n = problems
+                .iter()
+                .filter(|p| p.severity == Severity::Error)
+                .count();
+            error!(file = %path.display(), errors = n, "the config file is invalid");
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            Err(Exit::Config)
+        }
+    }
+}
+
+fn check_offline(cli: &Cli) -> Exit {
+    let loaded = match load(cli) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    for w in &loaded.warnings {
+        println!("{w}");
+    }
+    print_summary(&loaded.config);
+    Exit::Ok
+}
+
+fn print_summary(c: &Config) {
+    println!("{}: valid", c.path.display());
+    if let Some(s) = &c.sqs {
+        println!(
+            "  source sqs: {} (wait {}, visibility {}, stale after {})",
+            s.queue_url,
+            humantime::format_duration(s.wait_time),
+            humantime::format_duration(s.visibility_timeout),
+            humantime::format_duration(s.stale_after)
+        );
+    }
+    println!(
+        "  lifecycle: hook {}, heartbeat {:?}, on failure {}, verify {}, state in {}",
+        c.lifecycle
+            .hook_name
+            .as_deref()
+            .unwrap_or("(from the event)"),
+        c.lifecycle.heartbeat,
+        c.lifecycle.on_failure_result,
+        c.lifecycle.verify,
+        c.lifecycle.state_dir.display()
+    );
+    for s in &c.steps {
+        println!(
+            "  step {} {:?}: {} (timeout {}, on failure {:?})",
+            s.index,
+            s.name,
+            s.kind.kind_name(),
+            humantime::format_duration(s.timeout),
+            s.on_failure
+        );
+    }
+}
+
+/// Reads the identity, retrying; `attempts = None` retries until shutdown.
+async fn identity(imds: &Imds, attempts: Option<u32>, shutdown: &mut Shutdown) -> Option<Identity> {
+    let mut pause = IDENTITY_RETRY_FIRST;
+    let mut n = 0;
+    loop {
+        n += 1;
+        match imds.identity().await {
+            Ok(id) => return Some(id),
+            Err(e) if attempts.is_some_and(|max| n >= max) => {
+                error!(error = %e, "cannot learn this instance's identity");
+                return None;
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in_s = pause.as_secs(), "cannot read instance metadata yet; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.requested() => return None,
+                }
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+struct Parts {
+    config: Arc<Config>,
+    handler: Handler,
+    sqs: Option<SqsSource>,
+}
+
+async fn setup(cli: &Cli, attempts: Option<u32>, shutdown: &mut Shutdown) -> Result<Parts, Exit> {
+    let config = Arc::new(load(cli)?.config);
+    let imds = Imds::new();
+    let Some(identity) = identity(&imds, attempts, shutdown).await else {
+        return Err(Exit::Failure);
+    };
+    let sdk = crate::aws::load(&identity.region).await;
+    let asg = AutoScaling::new(crate::aws::autoscaling(&sdk));
+    let handler = Handler::new(
+        config.clone(),
+        identity.clone(),
+        imds,
+        asg,
+        shutdown.clone(),
+    )
+    .map_err(|e| {
+        error!(error = %e, "cannot use the state directory");
+        Exit::Failure
+    })?;
+    let sqs = config.sqs.as_ref().map(|s| {
+        SqsSource::new(
+            crate::aws::sqs(&sdk, &s.queue_url, s.wait_time),
+            s.clone(),
+            identity.instance_id.clone(),
+            config.lifecycle.hook_name.clone(),
+        )
+    });
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        instance_id = %identity.instance_id,
+        region = %identity.region,
+        steps = config.steps.len(),
+        "lastcall ready"
+    );
+    Ok(Parts {
+        config,
+        handler,
+        sqs,
+    })
+}
+
+/// Folds how actions ended into an exit code (worst wins).
+fn exit_for(handled: &[Handled]) -> Exit {
+    let mut code = Exit::Ok;
+    for h in handled {
+        let c = match h {
+            Handled::Completed { outcome, .. } if outcome.failed > 0 => Exit::StepsFailed,
+            Handled::NotWaiting { .. } => Exit::NotActed,
+            _ => Exit::Ok,
+        };
+        if c as u8 > code as u8 {
+            code = c;
+        }
+    }
+    code
+}
+
+async fn run(cli: &Cli) -> Exit {
+    let (trigger, mut shutdown) = shutdown::channel();
+    if let Err(e) = shutdown::on_signals(trigger) {
+        error!(error = %e, "cannot install signal handlers");
+        return Exit::Failure;
+    }
+    let parts = match setup(cli, None, &mut shutdown).await {
+        Ok(p) => p,
+        Err(_) if shutdown.is_requested() => return Exit::Ok,
+        Err(code) => return code,
+    };
+    if let Err(e) = parts.handler.resume_incomplete().await {
+        error!(error = %e, "resuming an unfinished action failed; it is retried when its notification comes back");
+    }
+    if shutdown.is_requested() {
+        return Exit::Ok;
+    }
+    match parts.sqs {
+        Some(src) => src.run(&parts.handler, shutdown).await,
+        None => error!(file = %parts.config.path.display(), "no event source is configured"),
+    }
+    info!("lastcall stopped");
+    Exit::Ok
+}
+
+async fn once(cli: &Cli, wait: Option<Duration>) -> Exit {
+    let (trigger, mut shutdown) = shutdown::channel();
+    if let Err(e) = shutdown::on_signals(trigger) {
+        error!(error = %e, "cannot install signal handlers");
+        return Exit::Failure;
+    }
+    let parts = match setup(cli, Some(IDENTITY_ATTEMPTS_ONCE), &mut shutdown).await {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let mut handled = match parts.handler.resume_incomplete().await {
+        Ok(h) => h,
+        Err(e) => {
+            error!(error = %e, "resuming an unfinished action failed");
+            return Exit::Failure;
+        }
+    };
+    if let Some(mut src) = parts.sqs {
+        let wait = wait
+            .or(parts.config.sqs.as_ref().map(|s| s.wait_time))
+            .unwrap_or_default()
+            .min(Duration::from_secs(20));
+        match src.poll(&parts.handler, wait).await {
+            Ok(report) => {
+                info!(
+                    received = report.received,
+                    deleted = report.deleted,
+                    released = report.released,
+                    left = report.left,
+                    handled = report.handled.len(),
+                    "queue checked"
+                );
+                handled.extend(report.handled);
+            }
+            Err(e) => {
+                error!(error = %e, "checking the queue failed");
+                return Exit::Failure;
+            }
+        }
+    }
+    exit_for(&handled)
+}
+
+async fn check_online(cli: &Cli) -> Exit {
+    let loaded = match load(cli) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    print_summary(&loaded.config);
+    let config = loaded.config;
+    let mut failed = false;
+    let mut report = |ok: bool, what: &str, detail: String| {
+        println!("  [{}] {what}: {detail}", if ok { " ok " } else { "FAIL" });
+        failed |= !ok;
+    };
+    let imds = Imds::new();
+    let identity = match imds.identity().await {
+        Ok(id) => {
+            report(
+                true,
+                "instance metadata (IMDSv2)",
+                format!(
+                    "{} in {} ({})",
+                    id.instance_id, id.availability_zone, id.hostname
+                ),
+            );
+            id
+        }
+        Err(e) => {
+            report(false, "instance metadata (IMDSv2)", e.to_string());
+            return Exit::Failure;
+        }
+    };
+    let sdk = crate::aws::load(&identity.region).await;
+    let asg = AutoScaling::new(crate::aws::autoscaling(&sdk));
+    let group = match asg.instance(&identity.instance_id).await {
+        Ok(Some(s)) => {
+            report(
+                true,
+                "Auto Scaling (DescribeAutoScalingInstances)",
+                format!("group {}, state {}", s.group, s.state),
+            );
+            Some(s.group)
+        }
+        Ok(None) => {
+            report(
+                false,
+                "Auto Scaling (DescribeAutoScalingInstances)",
+                "this instance is in no Auto Scaling group".into(),
+            );
+            None
+        }
+        Err(e) => {
+            report(
+                false,
+                "Auto Scaling (DescribeAutoScalingInstances)",
+                e.to_string(),
+            );
+            None
+        }
+    };
+    if let (Some(group), Some(hook)) = (&group, &config.lifecycle.hook_name) {
+        match asg.hook(group, hook).await {
+            Ok(Some(t)) => report(
+                true,
+                "lifecycle hook (DescribeLifecycleHooks)",
+                format!(
+                    "{hook}: heartbeat timeout {}s, global timeout {}s",
+                    t.heartbeat.as_secs(),
+                    t.global.as_secs()
+                ),
+            ),
+            Ok(None) => report(
+                false,
+                "lifecycle hook (DescribeLifecycleHooks)",
+                format!("group {group} has no hook named {hook}"),
+            ),
+            Err(e) => report(
+                false,
+                "lifecycle hook (DescribeLifecycleHooks)",
+                e.to_string(),
+            ),
+        }
+    }
+    if let Some(s) = &config.sqs {
+        let client = crate::aws::sqs(&sdk, &s.queue_url, s.wait_time);
+        match client
+            .get_queue_attributes()
+            .queue_url(&s.queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let attrs = out.attributes.unwrap_or_default();
+                let n = attrs
+                    .get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+                    .cloned()
+                    .unwrap_or_default();
+                report(
+                    true,
+                    "queue (GetQueueAttributes)",
+                    format!("{} reachable, about {n} message(s)", s.queue_url),
+                );
+                if let Some(r) = attrs.get(&aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy) {
+                    let max = serde_json::from_str::<serde_json::Value>(r)
+                        .ok()
+                        .and_then(|v| {
+                            v.get("maxReceiveCount")
+                                .and_then(|m| m.as_u64().or_else(|| m.as_str()?.parse().ok()))
+                        });
+                    if let Some(max) = max.filter(|m| *m < 100) {
+                        println!("  [warn] the queue's dead-letter maxReceiveCount is {max}: with a shared queue every instance receives every message, so a low count moves messages to the dead-letter queue before their owner sees them (use 1000 or more)");
+                    }
+                }
+            }
+            Err(e) => report(
+                false,
+                "queue (GetQueueAttributes)",
+                aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
+            ),
+        }
+    }
+    if failed {
+        Exit::Failure
+    } else {
+        Exit::Ok
+    }
+}

@@ -1,0 +1,404 @@
+//! Handling one lifecycle action of this instance, whichever source saw it: claim it (lock),
+//! look it up in the journal, verify it with Auto Scaling, keep it alive with heartbeats while the
+//! pipeline runs, complete it, and record that.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::{debug, error, info, warn};
+
+use crate::config::{ActionResult, Config, Heartbeat};
+use crate::event::{LifecycleEvent, Transition};
+use crate::identity::{Identity, Imds};
+use crate::journal::{self, Completion, Journal, JournalError, Record};
+use crate::lifecycle::{ActionRef, AutoScaling, CallOutcome, LifecycleError, TERMINATING_WAIT};
+use crate::pipeline;
+use crate::shutdown::Shutdown;
+use crate::template::Context;
+
+/// Pauses between checks that the group shows the instance in `Terminating:Wait` (Auto Scaling
+/// is eventually consistent: the notification can arrive before the state is visible).
+const VERIFY_PAUSES: &[Duration] = &[
+    Duration::from_millis(0),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(2),
+];
+/// Heartbeat interval when the hook cannot be described: safe for the shortest allowed
+/// `HeartbeatTimeout` (30 s).
+const FALLBACK_HEARTBEAT: Duration = Duration::from_secs(10);
+/// How long completion is retried through throttling and outages.
+const COMPLETE_DEADLINE: Duration = Duration::from_secs(300);
+
+/// A lifecycle action to handle, from a notification or from the journal.
+#[derive(Debug, Clone)]
+pub struct Action {
+    /// Which action.
+    pub aref: ActionRef,
+    /// Launching or terminating.
+    pub transition: Transition,
+    /// The hook's NotificationMetadata.
+    pub metadata: Option<String>,
+    /// The instance goes to the warm pool, not away.
+    pub to_warm_pool: bool,
+    /// When Auto Scaling started it, if known.
+    pub started: Option<SystemTime>,
+}
+
+impl From<&LifecycleEvent> for Action {
+    fn from(ev: &LifecycleEvent) -> Self {
+        Self {
+            aref: ActionRef {
+                group: ev.group.clone(),
+                hook: ev.hook_name.clone(),
+                instance_id: ev.instance_id.clone(),
+                token: ev.token.clone(),
+            },
+            transition: ev.transition.clone(),
+            metadata: ev.metadata.clone(),
+            to_warm_pool: ev.to_warm_pool(),
+            started: ev.time,
+        }
+    }
+}
+
+/// How handling an action ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// The steps ran and the action was completed (or Auto Scaling said it was already over).
+    Completed {
+        /// The result sent.
+        result: ActionResult,
+        /// What the steps did.
+        outcome: pipeline::Outcome,
+        /// False when Auto Scaling answered "No active Lifecycle Action found".
+        accepted: bool,
+    },
+    /// The journal says this action was completed before.
+    AlreadyCompleted,
+    /// Another lastcall process holds this action.
+    Busy,
+    /// Auto Scaling does not show this instance waiting in this group: nothing was run.
+    NotWaiting {
+        /// What it shows instead.
+        seen: String,
+    },
+    /// Shutdown stopped the pipeline; the journal holds the progress.
+    Interrupted,
+}
+
+/// Handling failed in a way that needs an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The journal could not be used.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// Completion failed for good.
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+}
+
+/// Everything needed to handle this instance's actions.
+#[derive(Debug, Clone)]
+pub struct Handler {
+    config: Arc<Config>,
+    identity: Identity,
+    imds: Imds,
+    asg: AutoScaling,
+    journal: Journal,
+    shutdown: Shutdown,
+}
+
+impl Handler {
+    /// Builds a handler; opens the journal.
+    pub fn new(
+        config: Arc<Config>,
+        identity: Identity,
+        imds: Imds,
+        asg: AutoScaling,
+        shutdown: Shutdown,
+    ) -> Result<Self, JournalError> {
+        let journal = Journal::open(&config.lifecycle.state_dir)?;
+        Ok(Self {
+            config,
+            identity,
+            imds,
+            asg,
+            journal,
+            shutdown,
+        })
+    }
+
+    /// This instance.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Resumes every action of this instance that the journal shows unfinished (the process
+    /// died or was stopped mid-pipeline).
+    pub async fn resume_incomplete(&self) -> Result<Vec<Handled>, HandlerError> {
+        let mut out = Vec::new();
+        for rec in self.journal.incomplete(&self.identity.instance_id)? {
+            let transition = match rec.transition.as_str() {
+                "autoscaling:EC2_INSTANCE_LAUNCHING" => Transition::Launching,
+                _ => Transition::Terminating,
+            };
+            info!(instance_id = %rec.instance_id, hook = %rec.hook, trigger = %rec.trigger, "resuming an unfinished lifecycle action from the journal");
+            let action = Action {
+                aref: ActionRef {
+                    group: rec.group.clone(),
+                    hook: rec.hook.clone(),
+                    instance_id: rec.instance_id.clone(),
+                    token: rec.token.clone(),
+                },
+                transition,
+                metadata: rec.metadata.clone(),
+                to_warm_pool: false,
+                started: None,
+            };
+            let trigger = format!("{}+journal", rec.trigger);
+            out.push(self.handle(&action, &trigger).await?);
+        }
+        Ok(out)
+    }
+
+    /// Handles one action of this instance.
+    pub async fn handle(&self, action: &Action, trigger: &str) -> Result<Handled, HandlerError> {
+        let a = &action.aref;
+        let key = journal::key(&a.instance_id, &a.hook, action.transition.as_str());
+        let Some(_lock) = self.journal.try_lock(&key)? else {
+            info!(instance_id = %a.instance_id, hook = %a.hook, "another lastcall process is handling this action");
+            return Ok(Handled::Busy);
+        };
+        let mut rec = match self.journal.load(&key)? {
+            Some(r) if r.completion.is_some() && same_action(&r, a) => {
+                info!(instance_id = %a.instance_id, hook = %a.hook, "action was already completed (journal)");
+                return Ok(Handled::AlreadyCompleted);
+            }
+            // A completed record with another token is an earlier action (the instance went
+            // to the warm pool and came back): start afresh.
+            Some(r) if r.completion.is_none() => r,
+            _ => Record::new(
+                &a.instance_id,
+                &a.group,
+                &a.hook,
+                action.transition.as_str(),
+                a.token.as_deref(),
+                action.metadata.as_deref(),
+                trigger,
+            ),
+        };
+        if rec.token.is_none() {
+            rec.token = a.token.clone();
+        }
+        if self.config.lifecycle.verify && action.transition == Transition::Terminating {
+            if let Err(seen) = self.verify(a).await {
+                warn!(instance_id = %a.instance_id, group = %a.group, hook = %a.hook, seen = %seen,
+                    "suspicious notification: Auto Scaling does not show this instance in Terminating:Wait in this group; running nothing");
+                return Ok(Handled::NotWaiting { seen });
+            }
+        }
+        self.journal.save(&rec)?;
+
+        let started = Instant::now();
+        let ctx = self.context(action).await;
+        let heartbeat = self.start_heartbeats(action).await;
+        let to_warm_pool = action.to_warm_pool;
+        let applies = move |s: &crate::config::Step| !to_warm_pool || s.warm_pool;
+        let outcome = pipeline::run(
+            &self.config.steps,
+            &applies,
+            &ctx,
+            &self.journal,
+            &mut rec,
+            &self.shutdown,
+        )
+        .await;
+        drop(heartbeat);
+        let outcome = outcome?;
+        if outcome.interrupted {
+            return Ok(Handled::Interrupted);
+        }
+        let result = if outcome.failed == 0 {
+            ActionResult::Continue
+        } else {
+            self.config.lifecycle.on_failure_result
+        };
+        let accepted = match self.asg.complete(a, result, COMPLETE_DEADLINE).await {
+            Ok(CallOutcome::Done) => true,
+            Ok(CallOutcome::NoActiveAction) => false,
+            Err(e) => {
+                error!(instance_id = %a.instance_id, hook = %a.hook, error = %e, "could not complete the lifecycle action");
+                return Err(e.into());
+            }
+        };
+        rec.completion = Some(Completion {
+            result,
+            at: journal::unix_now(),
+            accepted,
+        });
+        self.journal.save(&rec)?;
+        let what = match action.transition {
+            Transition::Terminating => "termination handled",
+            Transition::Launching => "launch handled",
+        };
+        info!(
+            instance_id = %a.instance_id,
+            trigger,
+            group = %a.group,
+            hook = %a.hook,
+            steps_ok = outcome.ok,
+            steps_failed = outcome.failed,
+            steps_skipped = outcome.skipped,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            result = %result,
+            accepted,
+            "{what}"
+        );
+        Ok(Handled::Completed {
+            result,
+            outcome,
+            accepted,
+        })
+    }
+
+    /// Ok when the group shows the instance in `Terminating:Wait`; else what it shows.
+    async fn verify(&self, a: &ActionRef) -> Result<(), String> {
+        let mut seen = String::from("nothing");
+        for pause in VERIFY_PAUSES {
+            tokio::time::sleep(*pause).await;
+            match self.asg.instance(&a.instance_id).await {
+                Ok(Some(s)) if s.state == TERMINATING_WAIT && s.group == a.group => return Ok(()),
+                Ok(Some(s)) => seen = format!("{} in group {}", s.state, s.group),
+                Ok(None) => seen = "not in any Auto Scaling group".into(),
+                Err(e) => seen = format!("unknown ({e})"),
+            }
+            debug!(instance_id = %a.instance_id, seen = %seen, "not yet in Terminating:Wait");
+        }
+        Err(seen)
+    }
+
+    /// Placeholder values for this action.
+    async fn context(&self, action: &Action) -> Context {
+        let id = &self.identity;
+        let mut ctx = Context::default();
+        for (k, v) in [
+            ("instance_id", &id.instance_id),
+            ("hostname", &id.hostname),
+            ("local_ipv4", &id.local_ipv4),
+            ("local_hostname", &id.local_hostname),
+            ("region", &id.region),
+            ("availability_zone", &id.availability_zone),
+            ("asg_name", &action.aref.group),
+            ("hook_name", &action.aref.hook),
+        ] {
+            ctx.values.insert(k, v.clone());
+        }
+        ctx.values
+            .insert("transition", action.transition.as_str().to_string());
+        if let Some(m) = &action.metadata {
+            ctx.values.insert("metadata", m.clone());
+        }
+        let mut group_tags = None;
+        for key in self.config.tag_keys() {
+            match self.imds.tag(&key).await {
+                Ok(Some(v)) => {
+                    ctx.tags.insert(key, v);
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    if group_tags.is_none() {
+                        group_tags = Some(
+                            match self.asg.propagated_tags(&action.aref.group).await {
+                                Ok(t) => t,
+                                Err(e) => {
+                                    warn!(error = %e, "instance metadata tags are off and the group's tags could not be read; {{tag:…}} placeholders will fail");
+                                    Default::default()
+                                }
+                            },
+                        );
+                    }
+                    if let Some(v) = group_tags.as_ref().and_then(|t| t.get(&key)) {
+                        ctx.tags.insert(key, v.clone());
+                    }
+                }
+            }
+        }
+        ctx
+    }
+
+    /// Starts the heartbeat task (stopped when the returned guard is dropped).
+    async fn start_heartbeats(&self, action: &Action) -> Option<AbortOnDrop> {
+        let a = action.aref.clone();
+        let (interval, global) = match self.config.lifecycle.heartbeat {
+            Heartbeat::Off => return None,
+            Heartbeat::Every(d) => (d, None),
+            Heartbeat::Auto => match self.asg.hook(&a.group, &a.hook).await {
+                Ok(Some(t)) => (
+                    (t.heartbeat / 2).max(Duration::from_secs(1)),
+                    Some(t.global),
+                ),
+                Ok(None) => {
+                    warn!(group = %a.group, hook = %a.hook, interval_s = FALLBACK_HEARTBEAT.as_secs(), "hook not found by DescribeLifecycleHooks; heartbeating at a fallback interval");
+                    (FALLBACK_HEARTBEAT, None)
+                }
+                Err(e) => {
+                    warn!(error = %e, interval_s = FALLBACK_HEARTBEAT.as_secs(), "cannot describe the hook (missing autoscaling:DescribeLifecycleHooks?); heartbeating at a fallback interval");
+                    (FALLBACK_HEARTBEAT, None)
+                }
+            },
+        };
+        // Heartbeats past the global timeout are refused anyway; stop there.
+        let stop_at = global.map(|g| {
+            let age = action
+                .started
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .unwrap_or_default();
+            tokio::time::Instant::now() + g.saturating_sub(age)
+        });
+        let asg = self.asg.clone();
+        debug!(
+            interval_ms = interval.as_millis() as u64,
+            "heartbeats started"
+        );
+        Some(AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                if stop_at.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                    warn!(instance_id = %a.instance_id, hook = %a.hook, "the hook's global timeout has passed; no more heartbeats");
+                    return;
+                }
+                match asg.heartbeat(&a).await {
+                    Ok(CallOutcome::Done) => {
+                        debug!(instance_id = %a.instance_id, hook = %a.hook, "heartbeat sent")
+                    }
+                    Ok(CallOutcome::NoActiveAction) => {
+                        warn!(instance_id = %a.instance_id, hook = %a.hook, "heartbeat: no active lifecycle action (it expired or was completed elsewhere); no more heartbeats");
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "heartbeat failed; will try again at the next interval")
+                    }
+                }
+            }
+        })))
+    }
+}
+
+fn same_action(rec: &Record, a: &ActionRef) -> bool {
+    match (&rec.token, &a.token) {
+        (Some(x), Some(y)) => x == y,
+        _ => true,
+    }
+}
+
+/// Aborts a task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

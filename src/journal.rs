@@ -1,0 +1,425 @@
+//! The journal: one small JSON file per lifecycle action under `state_dir/actions/`, recording
+//! which steps finished and how, and whether the action was completed; and one lock file per
+//! action, so that a daemon and a timer-run `lastcall once` never run the same pipeline twice.
+//!
+//! Writes are atomic (write a temporary file, fsync, rename, fsync the directory), so a crash at
+//! any moment leaves either the old record or the new one.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ActionResult;
+
+/// Format version of a record.
+const VERSION: u32 = 1;
+
+/// A journal operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The state directory could not be created.
+    #[error("cannot create state directory {}: {source}", path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A record or lock could not be read or written.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A record is not valid JSON of the expected form.
+    #[error("journal record {} is corrupt: {message}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// How far a step got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Started, not known to have finished (the process died or is still running it).
+    Started,
+    /// Succeeded.
+    Ok,
+    /// Failed.
+    Failed,
+    /// Ran out of time.
+    TimedOut,
+    /// Not run (an earlier step aborted the pipeline, or the step does not apply).
+    Skipped,
+}
+
+impl StepState {
+    /// True when the step has a final outcome.
+    pub fn is_final(self) -> bool {
+        self != Self::Started
+    }
+}
+
+/// One step's entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// 1-based index in the config.
+    pub index: usize,
+    /// The step's name.
+    pub name: String,
+    /// How far it got.
+    pub state: StepState,
+    /// How many times it was started.
+    pub attempts: u32,
+    /// Run time of the last attempt, when it finished.
+    pub elapsed_ms: Option<u64>,
+    /// What happened, in a few words.
+    pub detail: Option<String>,
+}
+
+/// How the action was completed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completion {
+    /// The result sent.
+    pub result: ActionResult,
+    /// Unix time of completion.
+    pub at: u64,
+    /// False when Auto Scaling said the action was already gone.
+    pub accepted: bool,
+}
+
+/// One lifecycle action's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Format version.
+    pub version: u32,
+    /// Instance.
+    pub instance_id: String,
+    /// Group.
+    pub group: String,
+    /// Hook.
+    pub hook: String,
+    /// `autoscaling:EC2_INSTANCE_TERMINATING`, …
+    pub transition: String,
+    /// Token, when known.
+    pub token: Option<String>,
+    /// The hook's NotificationMetadata, for placeholders on resume.
+    pub metadata: Option<String>,
+    /// Where the event came from (`sqs`, …).
+    pub trigger: String,
+    /// Unix time the record was created.
+    pub created_at: u64,
+    /// Steps that were started, in order.
+    pub steps: Vec<StepRecord>,
+    /// Set once the action is completed.
+    pub completion: Option<Completion>,
+}
+
+impl Record {
+    /// A fresh record.
+    pub fn new(
+        instance_id: &str,
+        group: &str,
+        hook: &str,
+        transition: &str,
+        token: Option<&str>,
+        metadata: Option<&str>,
+        trigger: &str,
+    ) -> Self {
+        Self {
+            version: VERSION,
+            instance_id: instance_id.into(),
+            group: group.into(),
+            hook: hook.into(),
+            transition: transition.into(),
+            token: token.map(str::to_string),
+            metadata: metadata.map(str::to_string),
+            trigger: trigger.into(),
+            created_at: unix_now(),
+            steps: Vec::new(),
+            completion: None,
+        }
+    }
+
+    /// The entry for the step at `index`, if it was started.
+    pub fn step(&self, index: usize) -> Option<&StepRecord> {
+        self.steps.iter().find(|s| s.index == index)
+    }
+
+    /// The entry for the step at `index`, created if needed.
+    pub fn step_mut(&mut self, index: usize, name: &str) -> &mut StepRecord {
+        if let Some(pos) = self.steps.iter().position(|s| s.index == index) {
+            return &mut self.steps[pos];
+        }
+        self.steps.push(StepRecord {
+            index,
+            name: name.to_string(),
+            state: StepState::Started,
+            attempts: 0,
+            elapsed_ms: None,
+            detail: None,
+        });
+        self.steps.sort_by_key(|s| s.index);
+        let pos = self
+            .steps
+            .iter()
+            .position(|s| s.index == index)
+            .unwrap_or(0);
+        &mut self.steps[pos]
+    }
+
+    /// The journal key of this record.
+    pub fn key(&self) -> String {
+        key(&self.instance_id, &self.hook, &self.transition)
+    }
+}
+
+/// The file-name key of an action: instance, hook and transition (one action of each per
+/// instance at a time). Hook names may hold `/`, which is escaped.
+pub fn key(instance_id: &str, hook: &str, transition: &str) -> String {
+    let t = transition.rsplit(':').next().unwrap_or(transition);
+    let esc = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c.to_string()
+                } else {
+                    format!("%{:02X}", c as u32 & 0xff)
+                }
+            })
+            .collect()
+    };
+    format!("{}.{}.{}", esc(instance_id), esc(hook), esc(t))
+}
+
+/// The seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An exclusive claim on one action; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct ActionLock {
+    _file: File,
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    dir: PathBuf,
+}
+
+impl Journal {
+    /// Opens (and creates, mode 0700) `state_dir/actions`.
+    pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
+        let dir = state_dir.join("actions");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| JournalError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self, key: &str, ext: &str) -> PathBuf {
+        self.dir.join(format!("{key}.{ext}"))
+    }
+
+    /// Takes the action's lock without waiting; `None` when another process holds it.
+    pub fn try_lock(&self, key: &str) -> Result<Option<ActionLock>, JournalError> {
+        let path = self.path(key, "lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| JournalError::Io {
+                op: "open lock file",
+                path: path.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(ActionLock { _file: file })),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(source)) => Err(JournalError::Io {
+                op: "lock",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Reads an action's record.
+    pub fn load(&self, key: &str) -> Result<Option<Record>, JournalError> {
+        let path = self.path(key, "json");
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(JournalError::Io {
+                    op: "read",
+                    path,
+                    source,
+                })
+            }
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| JournalError::Corrupt {
+                path,
+                message: e.to_string(),
+            })
+    }
+
+    /// Writes an action's record atomically.
+    pub fn save(&self, rec: &Record) -> Result<(), JournalError> {
+        let path = self.path(&rec.key(), "json");
+        let tmp = self.path(&rec.key(), "json.tmp");
+        let io = |op: &'static str, p: &Path| {
+            let p = p.to_path_buf();
+            move |source| JournalError::Io {
+                op,
+                path: p,
+                source,
+            }
+        };
+        let body = serde_json::to_vec_pretty(rec).map_err(|e| JournalError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        f.write_all(&body).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("fsync", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io("rename into place", &path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync", &self.dir))?;
+        Ok(())
+    }
+
+    /// Every record of this instance that is not completed.
+    pub fn incomplete(&self, instance_id: &str) -> Result<Vec<Record>, JournalError> {
+        let entries = fs::read_dir(&self.dir).map_err(|source| JournalError::Io {
+            op: "list",
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(key) = name.strip_suffix(".json") else {
+                continue;
+            };
+            match self.load(key) {
+                Ok(Some(r)) if r.instance_id == instance_id && r.completion.is_none() => {
+                    out.push(r)
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "skipping unreadable journal record"),
+            }
+        }
+        out.sort_by_key(|r| r.created_at);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec() -> Record {
+        Record::new(
+            "i-0123456789abcdef0",
+            "web",
+            "team/drain",
+            "autoscaling:EC2_INSTANCE_TERMINATING",
+            Some("602063c7-4a06-4a67-b8cf-87ccc33bdc86"),
+            None,
+            "sqs",
+        )
+    }
+
+    #[test]
+    fn keys_are_safe_file_names() {
+        assert_eq!(
+            rec().key(),
+            "i-0123456789abcdef0.team%2Fdrain.EC2_INSTANCE_TERMINATING"
+        );
+    }
+
+    #[test]
+    fn records_round_trip_and_incomplete_ones_are_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(dir.path()).expect("open");
+        let mut r = rec();
+        r.step_mut(2, "b").state = StepState::Started;
+        r.step_mut(1, "a").state = StepState::Ok;
+        j.save(&r).expect("save");
+        assert_eq!(j.load(&r.key()).expect("load"), Some(r.clone()));
+        assert_eq!(r.steps.iter().map(|s| s.index).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(j.incomplete("i-0123456789abcdef0").expect("list").len(), 1);
+        assert!(j.incomplete("i-00000000").expect("list").is_empty());
+        r.completion = Some(Completion {
+            result: ActionResult::Continue,
+            at: unix_now(),
+            accepted: true,
+        });
+        j.save(&r).expect("save");
+        assert!(j
+            .incomplete("i-0123456789abcdef0")
+            .expect("list")
+            .is_empty());
+        assert!(!dir
+            .path()
+            .join("actions")
+            .join(format!("{}.json.tmp", r.key()))
+            .exists());
+    }
+
+    #[test]
+    fn a_lock_is_exclusive_until_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(dir.path()).expect("open");
+        let first = j.try_lock("k").expect("lock").expect("free");
+        assert!(
+            j.try_lock("k").expect("lock").is_none(),
+            "second claim refused"
+        );
+        drop(first);
+        assert!(j.try_lock("k").expect("lock").is_some());
+    }
+
+    #[test]
+    fn corrupt_records_are_reported_not_panicked_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(dir.path()).expect("open");
+        std::fs::write(dir.path().join("actions/x.json"), "{").expect("write");
+        assert!(matches!(j.load("x"), Err(JournalError::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,329 @@
+//! The Auto Scaling calls: where this instance stands, the hook's timeouts, heartbeats and
+//! completion. Completion retries throttling and transient errors; "No active Lifecycle Action
+//! found" means the action is already over and is reported as such, not as a failure.
+
+use std::time::Duration;
+
+use aws_sdk_autoscaling::config::http::HttpResponse;
+use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use tracing::{info, warn};
+
+use crate::config::ActionResult;
+
+/// The state Auto Scaling holds a terminating instance in while hooks run.
+pub const TERMINATING_WAIT: &str = "Terminating:Wait";
+/// First pause between completion attempts.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+/// Longest pause between completion attempts.
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// One lifecycle action: the group, the hook, the instance and (when known) the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionRef {
+    /// Auto Scaling group.
+    pub group: String,
+    /// Lifecycle hook.
+    pub hook: String,
+    /// Instance.
+    pub instance_id: String,
+    /// Action token, when the notification carried one.
+    pub token: Option<String>,
+}
+
+/// Where Auto Scaling says an instance is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceState {
+    /// Its group.
+    pub group: String,
+    /// Its `LifecycleState`, e.g. `Terminating:Wait`.
+    pub state: String,
+}
+
+/// A hook's timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HookTimeouts {
+    /// `HeartbeatTimeout`.
+    pub heartbeat: Duration,
+    /// `GlobalTimeout`: the longest the action can live, heartbeats or not.
+    pub global: Duration,
+}
+
+/// How a completion or heartbeat ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// Accepted.
+    Done,
+    /// "No active Lifecycle Action found": completed already, or expired.
+    NoActiveAction,
+}
+
+/// An Auto Scaling call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// `DescribeAutoScalingInstances` failed.
+    #[error("DescribeAutoScalingInstances for {instance_id} failed: {message}")]
+    DescribeInstance {
+        /// The instance.
+        instance_id: String,
+        /// The error with its causes.
+        message: String,
+    },
+    /// `DescribeLifecycleHooks` failed.
+    #[error("DescribeLifecycleHooks for hook {hook} of group {group} failed: {message}")]
+    DescribeHook {
+        /// The group.
+        group: String,
+        /// The hook.
+        hook: String,
+        /// The error with its causes.
+        message: String,
+    },
+    /// `RecordLifecycleActionHeartbeat` failed.
+    #[error("RecordLifecycleActionHeartbeat for {instance_id} (hook {hook}) failed: {message}")]
+    Heartbeat {
+        /// The instance.
+        instance_id: String,
+        /// The hook.
+        hook: String,
+        /// The error with its causes.
+        message: String,
+    },
+    /// `CompleteLifecycleAction` failed for good.
+    #[error("CompleteLifecycleAction {result} for {instance_id} (hook {hook}, group {group}) failed: {message}")]
+    Complete {
+        /// The instance.
+        instance_id: String,
+        /// The hook.
+        hook: String,
+        /// The group.
+        group: String,
+        /// The result we tried to send.
+        result: ActionResult,
+        /// The error with its causes.
+        message: String,
+    },
+}
+
+/// How an AWS error should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The action does not exist (any more).
+    NoActiveAction,
+    /// Worth another try: throttling, contention, 5xx, network, timeout.
+    Transient,
+    /// Will not get better by retrying (validation, permission).
+    Permanent,
+}
+
+/// Sorts an SDK error into [`ErrorClass`].
+pub fn classify<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> ErrorClass {
+    match err {
+        SdkError::ServiceError(se) => {
+            let e = se.err();
+            let code = e.code().unwrap_or_default();
+            let msg = e.message().unwrap_or_default();
+            if msg.contains("No active Lifecycle Action found") {
+                ErrorClass::NoActiveAction
+            } else if matches!(
+                code,
+                "Throttling"
+                    | "ThrottlingException"
+                    | "RequestThrottled"
+                    | "RequestLimitExceeded"
+                    | "ResourceContention"
+                    | "ServiceUnavailable"
+                    | "InternalFailure"
+                    | "InternalError"
+            ) {
+                ErrorClass::Transient
+            } else {
+                let status = se.raw().status().as_u16();
+                if status >= 500 || status == 429 {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Permanent
+                }
+            }
+        }
+        // Timeouts, dispatch (connection) failures and unparseable responses.
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// The Auto Scaling API as lastcall uses it.
+#[derive(Debug, Clone)]
+pub struct AutoScaling {
+    client: aws_sdk_autoscaling::Client,
+}
+
+impl AutoScaling {
+    /// Wraps a client.
+    pub fn new(client: aws_sdk_autoscaling::Client) -> Self {
+        Self { client }
+    }
+
+    /// The instance's group and lifecycle state; `None` when it is in no group.
+    pub async fn instance(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<InstanceState>, LifecycleError> {
+        let out = self
+            .client
+            .describe_auto_scaling_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(|e| LifecycleError::DescribeInstance {
+                instance_id: instance_id.to_string(),
+                message: DisplayErrorContext(&e).to_string(),
+            })?;
+        Ok(out
+            .auto_scaling_instances()
+            .iter()
+            .find(|i| i.instance_id() == Some(instance_id))
+            .map(|i| InstanceState {
+                group: i.auto_scaling_group_name().unwrap_or_default().to_string(),
+                state: i.lifecycle_state().unwrap_or_default().to_string(),
+            }))
+    }
+
+    /// The hook's timeouts; `None` when the group has no such hook.
+    pub async fn hook(
+        &self,
+        group: &str,
+        hook: &str,
+    ) -> Result<Option<HookTimeouts>, LifecycleError> {
+        let out = self
+            .client
+            .describe_lifecycle_hooks()
+            .auto_scaling_group_name(group)
+            .lifecycle_hook_names(hook)
+            .send()
+            .await
+            .map_err(|e| LifecycleError::DescribeHook {
+                group: group.to_string(),
+                hook: hook.to_string(),
+                message: DisplayErrorContext(&e).to_string(),
+            })?;
+        Ok(out
+            .lifecycle_hooks()
+            .iter()
+            .find(|h| h.lifecycle_hook_name() == Some(hook))
+            .map(|h| {
+                let heartbeat =
+                    Duration::from_secs(h.heartbeat_timeout().unwrap_or(3600).max(1) as u64);
+                let global = h
+                    .global_timeout()
+                    .map(|g| Duration::from_secs(g.max(1) as u64))
+                    .unwrap_or_else(|| (heartbeat * 100).min(Duration::from_secs(172_800)));
+                HookTimeouts { heartbeat, global }
+            }))
+    }
+
+    /// One heartbeat.
+    pub async fn heartbeat(&self, a: &ActionRef) -> Result<CallOutcome, LifecycleError> {
+        let r = self
+            .client
+            .record_lifecycle_action_heartbeat()
+            .auto_scaling_group_name(&a.group)
+            .lifecycle_hook_name(&a.hook)
+            .instance_id(&a.instance_id)
+            .set_lifecycle_action_token(a.token.clone())
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(CallOutcome::Done),
+            Err(e) if classify(&e) == ErrorClass::NoActiveAction => Ok(CallOutcome::NoActiveAction),
+            Err(e) => Err(LifecycleError::Heartbeat {
+                instance_id: a.instance_id.clone(),
+                hook: a.hook.clone(),
+                message: DisplayErrorContext(&e).to_string(),
+            }),
+        }
+    }
+
+    /// Completes the action, retrying transient errors with backoff until `deadline` has passed.
+    pub async fn complete(
+        &self,
+        a: &ActionRef,
+        result: ActionResult,
+        deadline: Duration,
+    ) -> Result<CallOutcome, LifecycleError> {
+        let start = tokio::time::Instant::now();
+        let mut pause = RETRY_FIRST;
+        let mut attempt = 1u32;
+        loop {
+            let r = self
+                .client
+                .complete_lifecycle_action()
+                .auto_scaling_group_name(&a.group)
+                .lifecycle_hook_name(&a.hook)
+                .instance_id(&a.instance_id)
+                .set_lifecycle_action_token(a.token.clone())
+                .lifecycle_action_result(result.as_str())
+                .send()
+                .await;
+            let err = match r {
+                Ok(_) => return Ok(CallOutcome::Done),
+                Err(e) => e,
+            };
+            let class = classify(&err);
+            let message = DisplayErrorContext(&err).to_string();
+            match class {
+                ErrorClass::NoActiveAction => {
+                    info!(instance_id = %a.instance_id, hook = %a.hook, "no active lifecycle action: already completed or expired");
+                    return Ok(CallOutcome::NoActiveAction);
+                }
+                ErrorClass::Transient if start.elapsed() + pause < deadline => {
+                    warn!(instance_id = %a.instance_id, hook = %a.hook, attempt, retry_in_ms = pause.as_millis() as u64, error = %message, "CompleteLifecycleAction failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_MAX);
+                    attempt += 1;
+                }
+                _ => {
+                    return Err(LifecycleError::Complete {
+                        instance_id: a.instance_id.clone(),
+                        hook: a.hook.clone(),
+                        group: a.group.clone(),
+                        result,
+                        message,
+                    })
+                }
+            }
+        }
+    }
+}
+
+impl AutoScaling {
+    /// The group's tags that propagate to its instances (the fallback for `{tag:KEY}` when
+    /// instance metadata tags are off).
+    pub async fn propagated_tags(
+        &self,
+        group: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, String> {
+        use aws_sdk_autoscaling::types::Filter;
+        let out = self
+            .client
+            .describe_tags()
+            .filters(
+                Filter::builder()
+                    .name("auto-scaling-group")
+                    .values(group)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| DisplayErrorContext(&e).to_string())?;
+        Ok(out
+            .tags()
+            .iter()
+            .filter(|t| t.propagate_at_launch().unwrap_or(false))
+            .filter_map(|t| {
+                Some((
+                    t.key()?.to_string(),
+                    t.value().unwrap_or_default().to_string(),
+                ))
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,141 @@
+//! The pipeline: the configured steps in order, each under its timeout and failure policy, with
+//! every start and outcome written to the journal before going on. A step already finished in the
+//! journal is not run again; a step that was started but never finished is run again (with
+//! `LASTCALL_RESUMED=1` for commands).
+
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use crate::config::{OnFailure, Step};
+use crate::journal::{Journal, JournalError, Record, StepState};
+use crate::shutdown::Shutdown;
+use crate::steps::StepEnv;
+use crate::template::Context;
+
+/// What the pipeline did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Steps that succeeded (now or before a restart).
+    pub ok: usize,
+    /// Steps that failed or timed out.
+    pub failed: usize,
+    /// Steps not run because an earlier step aborted.
+    pub skipped: usize,
+    /// True when shutdown stopped the pipeline before its end.
+    pub interrupted: bool,
+}
+
+/// Which steps apply to an event.
+pub type Filter<'a> = &'a dyn Fn(&Step) -> bool;
+
+/// Runs `steps` for the action in `rec`, saving progress to `journal`.
+pub async fn run(
+    steps: &[Step],
+    applies: Filter<'_>,
+    ctx: &Context,
+    journal: &Journal,
+    rec: &mut Record,
+    shutdown: &Shutdown,
+) -> Result<Outcome, JournalError> {
+    let mut out = Outcome::default();
+    let mut aborted_by: Option<String> = None;
+    for step in steps {
+        let previous = rec.step(step.index).map(|s| s.state);
+        if let Some(state) = previous.filter(|s| s.is_final()) {
+            info!(step = %step.name, state = ?state, "step already done before a restart; not running it again");
+            match state {
+                StepState::Ok => out.ok += 1,
+                StepState::Failed | StepState::TimedOut => {
+                    out.failed += 1;
+                    if step.on_failure == OnFailure::Abort {
+                        aborted_by = Some(step.name.clone());
+                    }
+                }
+                StepState::Skipped => out.skipped += 1,
+                StepState::Started => {}
+            }
+            continue;
+        }
+        if let Some(by) = &aborted_by {
+            warn!(step = %step.name, aborted_by = %by, "step skipped: an earlier step failed with on_failure = \"abort\"");
+            let r = rec.step_mut(step.index, &step.name);
+            r.state = StepState::Skipped;
+            r.detail = Some(format!("skipped after {by} failed"));
+            journal.save(rec)?;
+            out.skipped += 1;
+            continue;
+        }
+        if !applies(step) {
+            info!(step = %step.name, "step does not apply to this event; skipped");
+            let r = rec.step_mut(step.index, &step.name);
+            r.state = StepState::Skipped;
+            r.detail = Some("does not apply to this event".into());
+            journal.save(rec)?;
+            out.skipped += 1;
+            continue;
+        }
+        if shutdown.is_requested() {
+            warn!(step = %step.name, "shutting down before this step; it will run when lastcall starts again");
+            out.interrupted = true;
+            return Ok(out);
+        }
+        let resumed = previous == Some(StepState::Started);
+        {
+            let r = rec.step_mut(step.index, &step.name);
+            r.state = StepState::Started;
+            r.attempts += 1;
+            r.elapsed_ms = None;
+            r.detail = None;
+        }
+        journal.save(rec)?;
+        info!(step = %step.name, kind = step.kind.kind_name(), timeout_ms = step.timeout.as_millis() as u64, resumed, "step started");
+        let env = StepEnv {
+            name: &step.name,
+            ctx,
+            resumed,
+        };
+        let started = Instant::now();
+        let result = tokio::time::timeout(step.timeout, step.kind.run(&env)).await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let (state, detail) = match result {
+            Ok(Ok(detail)) => {
+                info!(step = %step.name, kind = step.kind.kind_name(), elapsed_ms, outcome = "ok", "{detail}");
+                (StepState::Ok, detail)
+            }
+            Ok(Err(e)) => {
+                error!(step = %step.name, kind = step.kind.kind_name(), elapsed_ms, outcome = "failed", "step failed: {e}");
+                (StepState::Failed, e.to_string())
+            }
+            Err(_) => {
+                let d = format!(
+                    "did not finish within its timeout of {}",
+                    humantime::format_duration(step.timeout)
+                );
+                error!(step = %step.name, kind = step.kind.kind_name(), elapsed_ms, outcome = "timed_out", "step {d}");
+                (StepState::TimedOut, d)
+            }
+        };
+        {
+            let r = rec.step_mut(step.index, &step.name);
+            r.state = state;
+            r.elapsed_ms = Some(elapsed_ms);
+            r.detail = Some(detail);
+        }
+        journal.save(rec)?;
+        if state == StepState::Ok {
+            out.ok += 1;
+        } else {
+            out.failed += 1;
+            if step.on_failure == OnFailure::Abort {
+                aborted_by = Some(step.name.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The total of the steps' timeouts (for deciding how long a pipeline may take).
+pub fn total_timeout(steps: &[Step]) -> Duration {
+    steps.iter().map(|s| s.timeout).sum()
+}

@@ -1,0 +1,3 @@
+//! Event sources: where lastcall learns that this instance is being terminated.
+
+pub mod sqs;

@@ -1,0 +1,510 @@
+//! The shared-queue source: every instance of the group long-polls one SQS queue and takes only
+//! what is its own.
+//!
+//! Routing of each message (design §2.1), each with a log line that names the message id:
+//! - `autoscaling:TEST_NOTIFICATION`: deleted.
+//! - older than `stale_after`: its action cannot be alive any more; deleted.
+//! - another instance's, another hook's, or a launch with no launch steps: never deleted, never
+//!   acted on; made visible again at once (batched `ChangeMessageVisibility` to 0) so that its
+//!   owner gets it quickly.
+//! - not parseable: left alone for the queue's redrive policy; it stays invisible for the
+//!   visibility timeout, so it is not received again in a hot loop.
+//! - this instance's termination: handled (verify, steps, complete), its visibility extended
+//!   while that runs, and deleted only after the action is completed.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, Message, MessageSystemAttributeName,
+};
+use tracing::{debug, error, info, warn};
+
+use crate::config::SqsConfig;
+use crate::event::{self, LifecycleEvent, Notification, ParseError, Transition};
+use crate::handler::{Action, Handled, Handler};
+use crate::shutdown::Shutdown;
+
+/// Messages asked for per receive (the API's maximum).
+const BATCH: i32 = 10;
+/// First pause after a failed receive; doubled up to [`BACKOFF_MAX`].
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// Longest pause after failed receives.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Pause when a whole batch was messages this instance had already released: the queue holds
+/// only other instances' messages, and receiving them again at once would spin.
+const REPEAT_PAUSE: Duration = Duration::from_secs(1);
+/// How long a released message id is remembered (for log levels and the repeat pause).
+const SEEN_TTL: Duration = Duration::from_secs(600);
+
+/// What to do with one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A test notification: delete.
+    Test,
+    /// Older than any live action: delete.
+    Stale {
+        /// How old.
+        age: Duration,
+    },
+    /// Another instance's: release.
+    Foreign {
+        /// Whose.
+        instance_id: String,
+    },
+    /// This instance's, but for a hook we do not complete: release.
+    OtherHook {
+        /// The hook.
+        hook: String,
+    },
+    /// This instance's launch, and no launch steps are configured: release.
+    Launch,
+    /// Not parseable: leave for redrive.
+    Unparseable(ParseError),
+    /// This instance's termination: handle.
+    Mine(Box<LifecycleEvent>),
+}
+
+/// Decides what to do with a message body.
+pub fn route(
+    body: &str,
+    sent: Option<SystemTime>,
+    now: SystemTime,
+    me: &str,
+    hook: Option<&str>,
+    stale_after: Duration,
+) -> Route {
+    let ev = match event::parse(body) {
+        Ok(Notification::Test { .. }) => return Route::Test,
+        Ok(Notification::Lifecycle(ev)) => ev,
+        Err(e) => return Route::Unparseable(e),
+    };
+    let age = ev
+        .age(now)
+        .or_else(|| sent.and_then(|s| now.duration_since(s).ok()));
+    if let Some(age) = age.filter(|a| *a > stale_after) {
+        return Route::Stale { age };
+    }
+    if ev.instance_id != me {
+        return Route::Foreign {
+            instance_id: ev.instance_id,
+        };
+    }
+    if hook.is_some_and(|h| h != ev.hook_name) {
+        return Route::OtherHook { hook: ev.hook_name };
+    }
+    if ev.transition == Transition::Launching {
+        return Route::Launch;
+    }
+    Route::Mine(Box::new(ev))
+}
+
+/// What one receive did.
+#[derive(Debug, Default)]
+pub struct PollReport {
+    /// Messages received.
+    pub received: usize,
+    /// Messages deleted (tests, stale, and completed actions).
+    pub deleted: usize,
+    /// Messages made visible again for their owners.
+    pub released: usize,
+    /// Messages left for redrive or for a later attempt.
+    pub left: usize,
+    /// This instance's actions and how they ended.
+    pub handled: Vec<Handled>,
+    /// True when every message received had been released by us before.
+    pub only_repeats: bool,
+}
+
+/// An SQS call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SqsError {
+    /// `ReceiveMessage` failed.
+    #[error("ReceiveMessage on {queue} failed: {message}")]
+    Receive {
+        /// The queue URL.
+        queue: String,
+        /// The error with its causes.
+        message: String,
+    },
+    /// Handling this instance's action failed.
+    #[error(transparent)]
+    Handler(#[from] crate::handler::HandlerError),
+}
+
+/// The shared-queue source.
+#[derive(Debug)]
+pub struct SqsSource {
+    client: aws_sdk_sqs::Client,
+    cfg: SqsConfig,
+    me: String,
+    hook: Option<String>,
+    seen: HashMap<String, Instant>,
+}
+
+impl SqsSource {
+    /// A source for `cfg.queue_url`, acting for instance `me`; only `hook` is completed when set.
+    pub fn new(
+        client: aws_sdk_sqs::Client,
+        cfg: SqsConfig,
+        me: String,
+        hook: Option<String>,
+    ) -> Self {
+        Self {
+            client,
+            cfg,
+            me,
+            hook,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Long-polls until shutdown, surviving every error.
+    pub async fn run(mut self, handler: &Handler, mut shutdown: Shutdown) {
+        info!(queue = %self.cfg.queue_url, instance_id = %self.me, "polling the lifecycle queue");
+        let mut backoff = BACKOFF_FIRST;
+        while !shutdown.is_requested() {
+            let wait = self.cfg.wait_time;
+            let r = tokio::select! {
+                r = self.poll(handler, wait) => r,
+                _ = shutdown.requested() => break,
+            };
+            match r {
+                Ok(report) => {
+                    backoff = BACKOFF_FIRST;
+                    if report.handled.contains(&Handled::Interrupted) {
+                        break;
+                    }
+                    if report.only_repeats {
+                        tokio::select! {
+                            _ = tokio::time::sleep(REPEAT_PAUSE) => {}
+                            _ = shutdown.requested() => break,
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in_s = backoff.as_secs(), "polling the queue failed; backing off");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.requested() => break,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        info!("stopped polling the lifecycle queue");
+    }
+
+    /// One receive of up to ten messages, waiting up to `wait`, and everything that follows.
+    pub async fn poll(
+        &mut self,
+        handler: &Handler,
+        wait: Duration,
+    ) -> Result<PollReport, SqsError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.cfg.queue_url)
+            .max_number_of_messages(BATCH)
+            .wait_time_seconds(wait.as_secs() as i32)
+            .visibility_timeout(self.cfg.visibility_timeout.as_secs() as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| SqsError::Receive {
+                queue: self.cfg.queue_url.clone(),
+                message: DisplayErrorContext(&e).to_string(),
+            })?;
+        let messages = out.messages.unwrap_or_default();
+        let mut report = PollReport {
+            received: messages.len(),
+            only_repeats: !messages.is_empty(),
+            ..Default::default()
+        };
+        let now = SystemTime::now();
+        self.seen.retain(|_, t| t.elapsed() < SEEN_TTL);
+        let mut release = Vec::new();
+        let mut mine = Vec::new();
+        for m in messages {
+            let id = m.message_id().unwrap_or("-").to_string();
+            let receives =
+                attr(&m, MessageSystemAttributeName::ApproximateReceiveCount).unwrap_or_default();
+            let sent = attr(&m, MessageSystemAttributeName::SentTimestamp)
+                .and_then(|ms| ms.parse::<u64>().ok())
+                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+            let body = m.body().unwrap_or_default();
+            let route = route(
+                body,
+                sent,
+                now,
+                &self.me,
+                self.hook.as_deref(),
+                self.cfg.stale_after,
+            );
+            let repeat = self.seen.contains_key(&id);
+            if !matches!(
+                route,
+                Route::Foreign { .. } | Route::OtherHook { .. } | Route::Launch
+            ) || !repeat
+            {
+                report.only_repeats = false;
+            }
+            match route {
+                Route::Test => {
+                    info!(message_id = %id, "autoscaling:TEST_NOTIFICATION received; deleting it");
+                    if self.delete(&m).await {
+                        report.deleted += 1;
+                    }
+                }
+                Route::Stale { age } => {
+                    warn!(message_id = %id, age_s = age.as_secs(), stale_after_s = self.cfg.stale_after.as_secs(),
+                        "message is older than any lifecycle action can live; deleting it");
+                    if self.delete(&m).await {
+                        report.deleted += 1;
+                    }
+                }
+                Route::Foreign { instance_id } => {
+                    if repeat {
+                        debug!(message_id = %id, owner = %instance_id, receives = %receives, "another instance's message again; releasing it");
+                    } else {
+                        info!(message_id = %id, owner = %instance_id, receives = %receives, "message for another instance; releasing it to its owner");
+                    }
+                    self.seen.insert(id, Instant::now());
+                    release.push(m);
+                }
+                Route::OtherHook { hook } => {
+                    info!(message_id = %id, hook = %hook, "message for a hook lastcall does not complete ([lifecycle] hook_name); releasing it");
+                    self.seen.insert(id, Instant::now());
+                    release.push(m);
+                }
+                Route::Launch => {
+                    info!(message_id = %id, "launch notification for this instance, and no launch steps are configured; releasing it");
+                    self.seen.insert(id, Instant::now());
+                    release.push(m);
+                }
+                Route::Unparseable(e) => {
+                    warn!(message_id = %id, receives = %receives, error = %e,
+                        "message is not a lifecycle notification lastcall understands; leaving it for the queue's redrive policy");
+                    report.left += 1;
+                }
+                Route::Mine(ev) => mine.push((m, ev)),
+            }
+        }
+        report.released = self.release(&release).await;
+        report.left += release.len() - report.released;
+        for (m, ev) in mine {
+            let id = m.message_id().unwrap_or("-").to_string();
+            info!(message_id = %id, instance_id = %ev.instance_id, group = %ev.group, hook = %ev.hook_name,
+                shape = ev.shape.as_str(), warm_pool = ev.to_warm_pool(), "termination notification for this instance");
+            let keepalive = self.keep_invisible(&m);
+            let handled = handler.handle(&Action::from(ev.as_ref()), "sqs").await;
+            keepalive.abort();
+            let handled = match handled {
+                Ok(h) => h,
+                Err(e) => {
+                    error!(message_id = %id, error = %e, "handling this instance's termination failed; the message is kept for another attempt");
+                    report.left += 1;
+                    continue;
+                }
+            };
+            match &handled {
+                Handled::Completed { .. } | Handled::AlreadyCompleted => {
+                    if self.delete(&m).await {
+                        report.deleted += 1;
+                    } else {
+                        report.left += 1;
+                    }
+                }
+                Handled::Busy | Handled::NotWaiting { .. } | Handled::Interrupted => {
+                    report.left += 1
+                }
+            }
+            report.handled.push(handled);
+        }
+        Ok(report)
+    }
+
+    /// Deletes a message by its receipt handle; false (and a log line) when that failed.
+    async fn delete(&self, m: &Message) -> bool {
+        let id = m.message_id().unwrap_or("-");
+        let r = self
+            .client
+            .delete_message()
+            .queue_url(&self.cfg.queue_url)
+            .receipt_handle(m.receipt_handle().unwrap_or_default())
+            .send()
+            .await;
+        match r {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(message_id = %id, error = %DisplayErrorContext(&e), "DeleteMessage failed; the message will be received again and recognised");
+                false
+            }
+        }
+    }
+
+    /// Makes messages visible again at once, in batches of ten; returns how many succeeded.
+    async fn release(&self, msgs: &[Message]) -> usize {
+        let mut ok = 0;
+        for chunk in msgs.chunks(10) {
+            let entries: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(m.receipt_handle().unwrap_or_default())
+                        .visibility_timeout(0)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            let r = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.cfg.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await;
+            match r {
+                Ok(out) => {
+                    ok += out.successful().len();
+                    for f in out.failed() {
+                        let id = f
+                            .id()
+                            .parse::<usize>()
+                            .ok()
+                            .and_then(|i| chunk.get(i))
+                            .and_then(|m| m.message_id())
+                            .unwrap_or("-");
+                        warn!(message_id = %id, code = %f.code(), error = f.message().unwrap_or_default(), "could not release message; it reappears after its visibility timeout");
+                    }
+                }
+                Err(e) => {
+                    warn!(count = chunk.len(), error = %DisplayErrorContext(&e), "ChangeMessageVisibilityBatch failed; the messages reappear after their visibility timeout")
+                }
+            }
+        }
+        ok
+    }
+
+    /// Keeps a message invisible while its pipeline runs, so that no other instance takes it.
+    fn keep_invisible(&self, m: &Message) -> tokio::task::JoinHandle<()> {
+        let client = self.client.clone();
+        let queue = self.cfg.queue_url.clone();
+        let handle = m.receipt_handle().unwrap_or_default().to_string();
+        let id = m.message_id().unwrap_or("-").to_string();
+        let vt = self.cfg.visibility_timeout;
+        let every = (vt / 3).max(Duration::from_millis(500));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let r = client
+                    .change_message_visibility()
+                    .queue_url(&queue)
+                    .receipt_handle(&handle)
+                    .visibility_timeout(vt.as_secs() as i32)
+                    .send()
+                    .await;
+                if let Err(e) = r {
+                    warn!(message_id = %id, error = %DisplayErrorContext(&e), "could not extend the message's visibility");
+                }
+            }
+        })
+    }
+}
+
+fn attr(m: &Message, name: MessageSystemAttributeName) -> Option<String> {
+    m.attributes().and_then(|a| a.get(&name)).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ME: &str = "i-0194708ef7e24dcc7";
+
+    fn body(instance: &str, hook: &str, transition: &str, time: &str) -> String {
+        serde_json::json!({
+            "LifecycleHookName": hook, "AccountId": "123456789012",
+            "LifecycleTransition": transition, "AutoScalingGroupName": "web",
+            "Service": "AWS Auto Scaling", "Time": time, "EC2InstanceId": instance,
+            "LifecycleActionToken": "602063c7-4a06-4a67-b8cf-87ccc33bdc86"
+        })
+        .to_string()
+    }
+
+    fn at(s: &str) -> SystemTime {
+        humantime::parse_rfc3339(s).expect("time")
+    }
+
+    const T: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
+    const DAY: Duration = Duration::from_secs(86400);
+
+    #[test]
+    fn routes() {
+        let now = at("2026-01-02T00:00:00Z");
+        let r = |b: &str, hook: Option<&str>| route(b, None, now, ME, hook, 2 * DAY);
+        assert!(matches!(
+            r(&body(ME, "drain", T, "2026-01-01T23:59:00Z"), None),
+            Route::Mine(_)
+        ));
+        assert_eq!(
+            r(
+                &body("i-0123456789abcdef0", "drain", T, "2026-01-01T23:59:00Z"),
+                None
+            ),
+            Route::Foreign {
+                instance_id: "i-0123456789abcdef0".into()
+            }
+        );
+        assert_eq!(
+            r(&body(ME, "other", T, "2026-01-01T23:59:00Z"), Some("drain")),
+            Route::OtherHook {
+                hook: "other".into()
+            }
+        );
+        assert_eq!(
+            r(
+                &body(
+                    ME,
+                    "drain",
+                    "autoscaling:EC2_INSTANCE_LAUNCHING",
+                    "2026-01-01T23:59:00Z"
+                ),
+                None
+            ),
+            Route::Launch
+        );
+        assert!(matches!(
+            r(
+                &body("i-0123456789abcdef0", "drain", T, "2025-12-01T00:00:00Z"),
+                None
+            ),
+            Route::Stale { .. }
+        ));
+        assert_eq!(
+            r(r#"{"Event":"autoscaling:TEST_NOTIFICATION"}"#, None),
+            Route::Test
+        );
+        assert!(matches!(r("{{{", None), Route::Unparseable(_)));
+    }
+
+    #[test]
+    fn staleness_falls_back_to_the_sent_timestamp() {
+        let now = at("2026-01-10T00:00:00Z");
+        let b = body(ME, "drain", T, "").replace(",\"Time\":\"\"", "");
+        let b = b.replace("\"Time\":\"\",", "");
+        let old = Some(at("2026-01-01T00:00:00Z"));
+        assert!(matches!(
+            route(&b, old, now, ME, None, 2 * DAY),
+            Route::Stale { .. }
+        ));
+        assert!(matches!(
+            route(&b, Some(now), now, ME, None, 2 * DAY),
+            Route::Mine(_)
+        ));
+    }
+}

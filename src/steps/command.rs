@@ -1,0 +1,196 @@
+//! `command`: run an argv (never through a shell built by lastcall), with placeholders filled into
+//! argv elements and environment values, optionally as another user. Output goes to the log.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tracing::info;
+
+use crate::config::Fields;
+use crate::template::{Context, RenderError, Template};
+
+use super::{StepEnv, StepError};
+
+/// Longest output line logged as is; the rest is cut.
+const MAX_LINE: usize = 4096;
+
+/// `kind = "command"`.
+#[derive(Debug, Clone)]
+pub struct CommandStep {
+    /// The program (an absolute path) and its arguments.
+    pub argv: Vec<Template>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, Template>,
+    /// Run as this user (and its primary group).
+    pub user: Option<String>,
+}
+
+impl CommandStep {
+    /// Reads `command`, `env`, `user`.
+    pub fn parse(f: &mut Fields) -> Option<Self> {
+        let argv = match f.templates("command") {
+            Some(a) if a.is_empty() => {
+                f.problem(
+                    "command",
+                    "must name a program: command = [\"/path/to/program\", \"arg\", …]",
+                );
+                None
+            }
+            Some(a) => {
+                if !a[0].source().starts_with('/') {
+                    f.problem(
+                        "command",
+                        format!(
+                            "the program {:?} must be an absolute path (there is no shell and no PATH search); \
+                             to use a shell, write it: [\"/bin/sh\", \"-c\", \"…\"]",
+                            a[0].source()
+                        ),
+                    );
+                }
+                Some(a)
+            }
+            None => {
+                f.problem(
+                    "command",
+                    "is required: command = [\"/path/to/program\", \"arg\", …]",
+                );
+                None
+            }
+        };
+        let env = f.template_map("env").unwrap_or_default();
+        for k in env.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                f.problem(
+                    &format!("env.{k}"),
+                    "is not a valid environment variable name",
+                );
+            }
+        }
+        let user: Option<String> = f.opt("user");
+        Some(Self {
+            argv: argv?,
+            env,
+            user,
+        })
+    }
+
+    pub(super) fn templates(&self) -> Vec<&Template> {
+        self.argv.iter().chain(self.env.values()).collect()
+    }
+
+    pub(super) fn describe(&self, ctx: &Context) -> Result<String, RenderError> {
+        let argv = self
+            .argv
+            .iter()
+            .map(|t| t.render(ctx))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut s = format!("run {argv:?}");
+        if let Some(u) = &self.user {
+            s.push_str(&format!(" as {u}"));
+        }
+        Ok(s)
+    }
+
+    /// Runs the program and waits for it; success is exit status 0.
+    pub async fn run(&self, env: &StepEnv<'_>) -> Result<String, StepError> {
+        let argv = self
+            .argv
+            .iter()
+            .map(|t| t.render(env.ctx))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (name, value) in lastcall_env(env) {
+            cmd.env(name, value);
+        }
+        for (k, t) in &self.env {
+            cmd.env(k, t.render(env.ctx)?);
+        }
+        if let Some(name) = &self.user {
+            let user = nix::unistd::User::from_name(name)
+                .map_err(|e| StepError::Failed(format!("cannot look up user {name:?}: {e}")))?
+                .ok_or_else(|| StepError::Failed(format!("user {name:?} does not exist")))?;
+            // std drops supplementary groups when root switches uid.
+            cmd.uid(user.uid.as_raw())
+                .gid(user.gid.as_raw())
+                .env("HOME", &user.dir)
+                .env("USER", name)
+                .env("LOGNAME", name);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| StepError::Failed(format!("cannot start {}: {e}", argv[0])))?;
+        let out = child
+            .stdout
+            .take()
+            .map(|s| log_lines(s, env.name, "stdout"));
+        let err = child
+            .stderr
+            .take()
+            .map(|s| log_lines(s, env.name, "stderr"));
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| StepError::Failed(format!("cannot wait for {}: {e}", argv[0])))?;
+        // A program that left a daemon holding its output must not hold the step: give the
+        // readers a moment to drain, then drop them.
+        for task in [out, err].into_iter().flatten() {
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(500), task).await;
+        }
+        if status.success() {
+            Ok(format!("{} exited 0", argv[0]))
+        } else if let Some(code) = status.code() {
+            Err(StepError::Failed(format!(
+                "{} exited with status {code}",
+                argv[0]
+            )))
+        } else {
+            Err(StepError::Failed(format!(
+                "{} was killed by a signal ({status})",
+                argv[0]
+            )))
+        }
+    }
+}
+
+/// The variables every command step gets, so that scripts need no placeholders.
+fn lastcall_env(env: &StepEnv<'_>) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = env
+        .ctx
+        .values
+        .iter()
+        .map(|(k, val)| (format!("LASTCALL_{}", k.to_ascii_uppercase()), val.clone()))
+        .collect();
+    v.push(("LASTCALL_STEP".into(), env.name.to_string()));
+    if env.resumed {
+        v.push(("LASTCALL_RESUMED".into(), "1".into()));
+    }
+    v
+}
+
+fn log_lines<R: AsyncRead + Unpin + Send + 'static>(
+    reader: R,
+    step: &str,
+    stream: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    let step = step.to_string();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(reader).lines();
+        while let Ok(Some(mut line)) = lines.next_line().await {
+            if line.len() > MAX_LINE {
+                let mut cut = MAX_LINE;
+                while !line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.truncate(cut);
+                line.push('…');
+            }
+            info!(step = %step, stream, "{line}");
+        }
+    })
+}

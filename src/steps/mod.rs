@@ -1,0 +1,162 @@
+//! The step kinds: a closed enum, one file per kind, dispatched by one `match`.
+//!
+//! A kind's file holds both its config (`parse`, from the keys of its `[[step]]` table) and what it
+//! does (`run`). The pipeline applies the timeout and the failure policy; a kind only reports what
+//! happened.
+
+use std::time::Duration;
+
+use crate::config::{Fields, DEFAULT_STEP_TIMEOUT};
+use crate::template::{Context, RenderError, Template};
+
+pub mod command;
+pub mod signal;
+pub mod sleep;
+pub mod systemd;
+
+/// Where `systemctl` is unless a step says otherwise.
+pub const DEFAULT_SYSTEMCTL: &str = "/usr/bin/systemctl";
+
+/// What a step does, by kind.
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    /// Run an argv.
+    Command(command::CommandStep),
+    /// Send a signal to a process.
+    Signal(signal::SignalStep),
+    /// Stop (or start, restart, reload) a systemd unit.
+    Systemd(systemd::SystemdStep),
+    /// Wait a fixed time.
+    Sleep(sleep::SleepStep),
+}
+
+/// The names of the kinds, as written in `kind = "…"`.
+pub const KINDS: &[&str] = &["command", "signal", "systemd", "sleep"];
+
+/// What a step is given when it runs.
+#[derive(Debug)]
+pub struct StepEnv<'a> {
+    /// The step's name (for logs).
+    pub name: &'a str,
+    /// Placeholder values.
+    pub ctx: &'a Context,
+    /// True when this step was started before and interrupted (the process died mid-step).
+    pub resumed: bool,
+}
+
+/// Why a step did not succeed (a timeout is reported by the pipeline, not here).
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// A placeholder could not be filled.
+    #[error("cannot fill in the step's settings: {0}")]
+    Render(#[from] RenderError),
+    /// The step ran and failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl StepKind {
+    /// Reads the kind-specific keys of a `[[step]]` table.
+    pub fn parse(kind: &str, f: &mut Fields) -> Option<Self> {
+        match kind {
+            "command" => command::CommandStep::parse(f).map(Self::Command),
+            "signal" => signal::SignalStep::parse(f).map(Self::Signal),
+            "systemd" => systemd::SystemdStep::parse(f).map(Self::Systemd),
+            "sleep" => sleep::SleepStep::parse(f).map(Self::Sleep),
+            other => {
+                f.problem(
+                    "kind",
+                    format!("unknown step kind {other:?} (known: {})", KINDS.join(", ")),
+                );
+                None
+            }
+        }
+    }
+
+    /// The kind's name.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Command(_) => "command",
+            Self::Signal(_) => "signal",
+            Self::Systemd(_) => "systemd",
+            Self::Sleep(_) => "sleep",
+        }
+    }
+
+    /// The timeout used when the step sets none.
+    pub fn default_timeout(&self) -> Duration {
+        match self {
+            Self::Sleep(s) => s.duration + Duration::from_secs(5),
+            _ => DEFAULT_STEP_TIMEOUT,
+        }
+    }
+
+    /// A timeout shorter than this cannot succeed.
+    pub fn minimum_timeout(&self) -> Option<Duration> {
+        match self {
+            Self::Sleep(s) => Some(s.duration),
+            _ => None,
+        }
+    }
+
+    /// Every placeholder string of the step.
+    pub fn templates(&self) -> Vec<&Template> {
+        match self {
+            Self::Command(s) => s.templates(),
+            Self::Signal(s) => s.templates(),
+            Self::Systemd(s) => s.templates(),
+            Self::Sleep(_) => Vec::new(),
+        }
+    }
+
+    /// A one-line description with placeholders filled (for `plan` and logs).
+    pub fn describe(&self, ctx: &Context) -> Result<String, RenderError> {
+        match self {
+            Self::Command(s) => s.describe(ctx),
+            Self::Signal(s) => s.describe(ctx),
+            Self::Systemd(s) => s.describe(ctx),
+            Self::Sleep(s) => Ok(format!("sleep {}", humantime::format_duration(s.duration))),
+        }
+    }
+
+    /// Runs the step; returns a short description of what was done.
+    pub async fn run(&self, env: &StepEnv<'_>) -> Result<String, StepError> {
+        match self {
+            Self::Command(s) => s.run(env).await,
+            Self::Signal(s) => s.run(env).await,
+            Self::Systemd(s) => s.run(env).await,
+            Self::Sleep(s) => s.run().await,
+        }
+    }
+}
+
+/// Reads an optional `systemctl` path key (for hosts where it is not at the usual place).
+fn systemctl_path(f: &mut Fields) -> std::path::PathBuf {
+    let p: std::path::PathBuf = f
+        .opt::<String>("systemctl")
+        .unwrap_or_else(|| DEFAULT_SYSTEMCTL.to_string())
+        .into();
+    if !p.is_absolute() {
+        f.problem("systemctl", "must be an absolute path");
+    }
+    p
+}
+
+/// Runs a short helper command (systemctl) and returns (exit code, stdout, stderr).
+async fn run_capture(
+    program: &std::path::Path,
+    args: &[&str],
+) -> Result<(Option<i32>, String, String), StepError> {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| StepError::Failed(format!("cannot run {}: {e}", program.display())))?;
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    ))
+}

@@ -1,0 +1,1030 @@
+#!/usr/bin/env python3
+"""AWS emulator for lastcall's integration tests.
+
+One process runs:
+
+* moto's server (every service moto has) with EC2 Auto Scaling lifecycle hooks
+  made to *work*: moto 5.2.5 only stores hooks as metadata, terminates scale-in
+  victims at once, sends no notifications and has no CompleteLifecycleAction /
+  RecordLifecycleActionHeartbeat.  The patches below add lifecycle actions with
+  tokens, Terminating:Wait / Pending:Wait, SQS/SNS notifications, heartbeat and
+  default-result timeouts and AWS-worded errors.
+* a control HTTP server (health, lifecycle-action listing, and a fake IMDSv2
+  server per simulated instance, with per-server overrides).
+
+When both listen, exactly one JSON line is written to stdout:
+    {"endpoint":"http://127.0.0.1:PORT","control":"http://127.0.0.1:PORT"}
+Logs go to stderr.  The process exits when stdin reaches EOF (so a test
+harness that dies never leaves it behind) and on SIGTERM/SIGINT.
+
+See README.md next to this file for the control API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from werkzeug.serving import make_server
+
+from moto.autoscaling.exceptions import ValidationError
+from moto.autoscaling.models import (
+    AutoScalingBackend,
+    FakeAutoScalingGroup,
+    InstanceState,
+    LifecycleHook,
+    TerminateInstanceActivity,
+    autoscaling_backends,
+)
+from moto.autoscaling.responses import AutoScalingResponse
+from moto.core.base_backend import BackendDict
+from moto.core.responses import EmptyResult
+from moto.ec2 import ec2_backends
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from moto.sns import sns_backends
+from moto.sqs import sqs_backends
+
+log = logging.getLogger("emulator")
+
+LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
+TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
+RESULTS = ("CONTINUE", "ABANDON")
+
+# Lifecycle states that count towards the group's capacity (AWS counts pending
+# instances; Terminating* and Standby do not count).
+CAPACITY_STATES = ("Pending", "Pending:Wait", "Pending:Proceed", "InService")
+
+
+def iso_now() -> str:
+    """AWS notification timestamp: ISO 8601, milliseconds, Z."""
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+# ---------------------------------------------------------------------------
+# Shared state.  moto's server is threaded and moto itself is not thread-safe,
+# so every Auto Scaling request, the timeout thread and the IMDS look-ups take
+# LOCK.  COND (same lock) wakes the timeout thread when deadlines change.
+# ---------------------------------------------------------------------------
+LOCK = threading.RLock()
+COND = threading.Condition(LOCK)
+
+
+@dataclass
+class LifecycleAction:
+    token: str
+    backend: AutoScalingBackend = field(repr=False)
+    group_name: str
+    hook_name: str
+    instance_id: str
+    transition: str
+    default_result: str
+    heartbeat_timeout: int
+    deadline: float  # time.monotonic() at which DefaultResult applies
+    global_deadline: float  # hard cap: start + GlobalTimeout
+    started_at: str = field(default_factory=iso_now)
+    state: str = "pending"  # pending | completed | timed-out | cancelled
+    result: str | None = None
+    finished_at: str | None = None
+    heartbeats: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        remaining = None
+        if self.state == "pending":
+            remaining = round(max(0.0, self.deadline - time.monotonic()), 3)
+        return {
+            "group": self.group_name,
+            "hook": self.hook_name,
+            "instance": self.instance_id,
+            "token": self.token,
+            "transition": self.transition,
+            "state": self.state,
+            "result": self.result,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "heartbeats": self.heartbeats,
+            "seconds_to_timeout": remaining,
+        }
+
+
+# token -> action; finished actions are kept for GET /actions.
+ACTIONS: dict[str, LifecycleAction] = {}
+# instance id -> "Terminated" | "Detached" for instances that left a group;
+# the IMDS target-lifecycle-state needs it once the group forgot them.
+DEPARTED: dict[str, str] = {}
+
+
+def reset_state() -> None:
+    with COND:
+        ACTIONS.clear()
+        DEPARTED.clear()
+        COND.notify_all()
+
+
+# ---------------------------------------------------------------------------
+# Notifications (SQS directly, or SNS which fans out to its subscriptions)
+# ---------------------------------------------------------------------------
+def deliver(target_arn: str, body: str, subject: str) -> None:
+    """Send body to an SQS queue or SNS topic ARN through moto's backends.
+
+    Raises on an unknown/unsupported target so PutLifecycleHook can fail the
+    way AWS does when the test notification cannot be published.
+    """
+    parts = target_arn.split(":", 5)
+    if len(parts) != 6 or parts[0] != "arn":
+        raise ValueError(f"not an ARN: {target_arn}")
+    _, _, service, region, account, resource = parts
+    if service == "sqs":
+        sqs_backends[account][region].send_message(resource, body)
+    elif service == "sns":
+        sns_backends[account][region].publish(body, arn=target_arn, subject=subject)
+    else:
+        raise ValueError(f"unsupported notification target: {target_arn}")
+
+
+def send_test_notification(backend: AutoScalingBackend, group: FakeAutoScalingGroup, target_arn: str, role_arn: str | None) -> None:
+    # Shape of real captures (platform-facts §1.2): no instance, token or hook.
+    body = {
+        "AccountId": backend.account_id,
+        "RequestId": str(uuid.uuid4()),
+        "AutoScalingGroupARN": group.arn,
+        "AutoScalingGroupName": group.name,
+        "Service": "AWS Auto Scaling",
+        "Event": "autoscaling:TEST_NOTIFICATION",
+        "Time": iso_now(),
+    }
+    try:
+        deliver(target_arn, json.dumps(body), f'Auto Scaling: test notification for group "{group.name}"')
+    except Exception as exc:  # queue/topic missing, bad ARN, ...
+        log.info("test notification to %s failed: %s", target_arn, exc)
+        # AWS's wording for this failure (seen in CloudFormation errors).
+        raise ValidationError(
+            f"Unable to publish test message to notification target {target_arn} "
+            f"using IAM role {role_arn}. Please check your target and role "
+            "configuration and try to put lifecycle hook again."
+        )
+
+
+def send_action_notification(backend: AutoScalingBackend, group_name: str, hook: LifecycleHook, instance_id: str, token: str) -> None:
+    target = getattr(hook, "notification_target_arn", None)
+    if not target:
+        return  # EventBridge-only hook: nothing to emulate.
+    launching = hook.lifecycle_transition == LAUNCHING
+    # Flat message of platform-facts §1.1(a).
+    body: dict[str, Any] = {
+        "Origin": "EC2" if launching else "AutoScalingGroup",
+        "Destination": "AutoScalingGroup" if launching else "EC2",
+        "LifecycleHookName": hook.name,
+        "AccountId": backend.account_id,
+        "RequestId": str(uuid.uuid4()),
+        "LifecycleTransition": hook.lifecycle_transition,
+        "AutoScalingGroupName": group_name,
+        "Service": "AWS Auto Scaling",
+        "Time": iso_now(),
+        "EC2InstanceId": instance_id,
+        "LifecycleActionToken": token,
+    }
+    metadata = getattr(hook, "notification_metadata", None)
+    if metadata:
+        body["NotificationMetadata"] = metadata
+    verb = "LAUNCHING" if launching else "TERMINATING"
+    # Note the double space: that is how AWS's SNS subject reads.
+    subject = f"Auto Scaling:  Lifecycle action '{verb}' for instance {instance_id} in progress."
+    try:
+        deliver(target, json.dumps(body), subject)
+    except Exception as exc:  # target deleted after the hook was put: AWS just loses it
+        log.warning("lifecycle notification to %s failed: %s", target, exc)
+
+
+# ---------------------------------------------------------------------------
+# Lifecycle machinery (all called with LOCK held)
+# ---------------------------------------------------------------------------
+def group_hooks(group: FakeAutoScalingGroup, transition: str | None = None) -> list[LifecycleHook]:
+    backend = group.autoscaling_backend
+    # A group still being constructed (or already deleted) has no live hooks.
+    if backend.autoscaling_groups.get(group.name) is not group:
+        return []
+    return [
+        h
+        for h in backend.lifecycle_hooks.values()
+        if h.auto_scaling_group_name == group.name and (transition is None or h.lifecycle_transition == transition)
+    ]
+
+
+def find_hook(backend: AutoScalingBackend, group_name: str, hook_name: str) -> LifecycleHook | None:
+    # moto keys hooks as "<group>_<hook>".
+    return backend.lifecycle_hooks.get(f"{group_name}_{hook_name}")
+
+
+def pending_actions(instance_id: str, transition: str | None = None) -> list[LifecycleAction]:
+    return [
+        a
+        for a in ACTIONS.values()
+        if a.state == "pending" and a.instance_id == instance_id and (transition is None or a.transition == transition)
+    ]
+
+
+def cancel_actions(instance_ids: list[str] | set[str]) -> None:
+    for a in ACTIONS.values():
+        if a.state == "pending" and a.instance_id in instance_ids:
+            a.state, a.finished_at = "cancelled", iso_now()
+
+
+def start_actions(group: FakeAutoScalingGroup, state: InstanceState, hooks: list[LifecycleHook]) -> None:
+    backend = group.autoscaling_backend
+    now = time.monotonic()
+    for hook in hooks:
+        token = str(uuid.uuid4())
+        hb = int(hook.heartbeat_timeout)
+        global_deadline = now + int(getattr(hook, "global_timeout", 100 * hb))
+        ACTIONS[token] = LifecycleAction(
+            token=token,
+            backend=backend,
+            group_name=group.name,
+            hook_name=hook.name,
+            instance_id=state.instance.id,
+            transition=hook.lifecycle_transition,
+            default_result=hook.default_result,
+            heartbeat_timeout=hb,
+            deadline=min(now + hb, global_deadline),
+            global_deadline=global_deadline,
+        )
+        send_action_notification(backend, group.name, hook, state.instance.id, token)
+    COND.notify_all()
+
+
+def begin_termination(group: FakeAutoScalingGroup, state: InstanceState) -> None:
+    """Take a victim out of service: Terminating:Wait if the group has
+    terminating hooks, otherwise terminate it right away."""
+    cancel_actions({state.instance.id})  # e.g. a victim still in Pending:Wait
+    hooks = group_hooks(group, TERMINATING)
+    if not hooks:
+        terminate_now(group, state)
+        return
+    state.lifecycle_state = "Terminating:Wait"
+    start_actions(group, state, hooks)
+
+
+def terminate_now(group: FakeAutoScalingGroup, state: InstanceState) -> None:
+    """Remove the instance from its group and terminate it in EC2.  No
+    replacement is launched here: capacity was accounted for when the victim
+    was chosen."""
+    backend = group.autoscaling_backend
+    state.lifecycle_state = "Terminating:Proceed"
+    group.instance_states = [s for s in group.instance_states if s is not state]
+    DEPARTED[state.instance.id] = "Terminated"
+    try:
+        # The model call does not notify Auto Scaling (only EC2's HTTP
+        # handler does), so the group is not "refilled" behind our back.
+        backend.ec2_backend.terminate_instances([state.instance.id])
+    except Exception as exc:
+        log.warning("EC2 terminate of %s failed: %s", state.instance.id, exc)
+    if group.name in backend.autoscaling_groups:
+        backend.update_attached_elbs(group.name)
+
+
+def find_instance_state(backend: AutoScalingBackend, group_name: str, instance_id: str) -> tuple[FakeAutoScalingGroup | None, InstanceState | None]:
+    group = backend.autoscaling_groups.get(group_name)
+    if group is None:
+        return None, None
+    for s in group.instance_states:
+        if s.instance.id == instance_id:
+            return group, s
+    return group, None
+
+
+def finish_action(action: LifecycleAction, result: str, how: str) -> None:
+    """Complete one action (how = completed | timed-out) and move the instance
+    on when nothing else holds it."""
+    action.state, action.result, action.finished_at = how, result, iso_now()
+    group, state = find_instance_state(action.backend, action.group_name, action.instance_id)
+    if state is None:
+        return  # instance already gone (group deleted, EC2-terminated, ...)
+    if action.transition == TERMINATING:
+        if result == "ABANDON":
+            # ABANDON on a terminating instance skips the remaining hooks.
+            cancel_actions({action.instance_id})
+        if not pending_actions(action.instance_id, TERMINATING):
+            terminate_now(group, state)  # both results terminate
+    else:  # launching
+        if result == "ABANDON":
+            cancel_actions({action.instance_id})
+            terminate_now(group, state)
+            # AWS replaces an abandoned launch.
+            group.set_desired_capacity(group.desired_capacity)
+        elif not pending_actions(action.instance_id, LAUNCHING):
+            state.lifecycle_state = "InService"
+            action.backend.update_attached_elbs(group.name)
+            action.backend.update_attached_target_groups(group.name)
+    COND.notify_all()
+
+
+def timeout_loop() -> None:
+    """Background thread: apply DefaultResult when a heartbeat deadline (or
+    the global timeout) passes.  Sleeps exactly until the next deadline."""
+    with COND:
+        while True:
+            now = time.monotonic()
+            for action in list(ACTIONS.values()):
+                if action.state == "pending" and action.deadline <= now:
+                    try:
+                        log.info("lifecycle action %s timed out -> %s", action.token, action.default_result)
+                        finish_action(action, action.default_result, "timed-out")
+                    except Exception:
+                        log.exception("applying default result failed")
+            # Recompute after processing: finishing may create new actions.
+            deadlines = [a.deadline for a in ACTIONS.values() if a.state == "pending"]
+            COND.wait(max(0.0, min(deadlines) - time.monotonic()) if deadlines else None)
+
+
+def lookup_action(backend: AutoScalingBackend, group_name: str, hook_name: str, token: str | None, instance_id: str | None) -> LifecycleAction:
+    """Validate a Complete/Heartbeat request and return its pending action,
+    raising AWS's ValidationError texts otherwise."""
+    if not group_name:
+        raise ValidationError("1 validation error detected: Value null at 'autoScalingGroupName' failed to satisfy constraint: Member must not be null")
+    if not hook_name:
+        raise ValidationError("1 validation error detected: Value null at 'lifecycleHookName' failed to satisfy constraint: Member must not be null")
+    if not token and not instance_id:
+        raise ValidationError("Either LifecycleActionToken or InstanceId must be specified.")
+    if group_name not in backend.autoscaling_groups:
+        raise ValidationError(f"AutoScalingGroup name not found - AutoScalingGroup '{group_name}' not found")
+    if find_hook(backend, group_name, hook_name) is None:
+        # Not a verified AWS text; deliberately distinct from "No active
+        # Lifecycle Action found" so a wrong hook name is not mistaken for
+        # an already-finished action.
+        raise ValidationError(f"Lifecycle Hook '{hook_name}' not found for AutoScalingGroup '{group_name}'")
+    for a in ACTIONS.values():
+        if a.state != "pending" or a.group_name != group_name or a.hook_name != hook_name or a.backend is not backend:
+            continue
+        if token:
+            if a.token == token and (not instance_id or a.instance_id == instance_id):
+                return a
+        elif a.instance_id == instance_id:
+            return a
+    if token:
+        raise ValidationError(f"No active Lifecycle Action found with token {token}")
+    raise ValidationError(f"No active Lifecycle Action found with instance ID {instance_id}")
+
+
+# ---------------------------------------------------------------------------
+# moto patches
+# ---------------------------------------------------------------------------
+def target_instance_count(group: FakeAutoScalingGroup) -> int:
+    """Number of instances the group wants; mirrors moto's own computation in
+    FakeAutoScalingGroup.set_desired_capacity (incl. MixedInstancesPolicy)."""
+    target_capacity = group.desired_capacity or 0
+    policy = group.mixed_instances_policy or {}
+    overrides = policy.get("LaunchTemplate", {}).get("Overrides", [])
+    if not overrides:
+        return target_capacity
+    distribution = policy.get("InstancesDistribution", {})
+    on_demand_base = int(distribution.get("OnDemandBaseCapacity", 0))
+    percent_above_base = int(distribution.get("OnDemandPercentageAboveBaseCapacity", 100))
+    weight_str = overrides[0].get("WeightedCapacity", "1")
+    weight = (int(weight_str) if weight_str.isdigit() else 1) or 1
+    if on_demand_base >= target_capacity:
+        on_demand, spot = target_capacity, 0
+    else:
+        above = target_capacity - on_demand_base
+        on_demand_above = int(above * percent_above_base) / 100.0
+        spot = int(above - on_demand_above)
+        on_demand = int(on_demand_base + on_demand_above)
+    return -(-on_demand // weight) + -(-spot // weight)  # ceil divisions
+
+
+def install_patches() -> None:
+    orig_set_desired = FakeAutoScalingGroup.set_desired_capacity
+    orig_replace = FakeAutoScalingGroup.replace_autoscaling_group_instances
+    orig_terminate_instance = AutoScalingBackend.terminate_instance
+    orig_detach = AutoScalingBackend.detach_instances
+    orig_notify_terminate = AutoScalingBackend.notify_terminate_instances
+    orig_delete_group = AutoScalingBackend.delete_auto_scaling_group
+    orig_call_action = AutoScalingResponse.call_action
+    orig_backenddict_reset = BackendDict.reset.__func__  # classmethod
+
+    # --- group capacity ----------------------------------------------------
+    def set_desired_capacity(self: FakeAutoScalingGroup, new_capacity: int | None) -> None:
+        # Groups without hooks keep moto's behaviour untouched.
+        if not group_hooks(self):
+            return orig_set_desired(self, new_capacity)
+        self.desired_capacity = self.min_size if new_capacity is None else new_capacity
+        # moto counts only InService instances and picks victims from *all*
+        # instances (incl. Standby and ones already terminating); here victims
+        # come only from instances that count towards capacity, so an
+        # instance in Terminating:Wait is neither replaced nor picked again.
+        counted = [s for s in self.instance_states if s.lifecycle_state in CAPACITY_STATES]
+        delta = target_instance_count(self) - len(counted)
+        if delta > 0:
+            self.replace_autoscaling_group_instances(delta, self.get_propagated_tags())
+        elif delta < 0:
+            # Like moto: oldest first (list order), never protected ones.
+            victims = [s for s in counted if not s.protected_from_scale_in][: -delta]
+            for state in victims:
+                begin_termination(self, state)
+        backend = self.autoscaling_backend
+        if self.name in backend.autoscaling_groups:
+            backend.update_attached_elbs(self.name)
+            backend.update_attached_target_groups(self.name)
+
+    def replace_autoscaling_group_instances(self: FakeAutoScalingGroup, count_needed: int, propagated_tags: dict[str, str]) -> None:
+        before = {id(s) for s in self.instance_states}
+        orig_replace(self, count_needed, propagated_tags)
+        hooks = group_hooks(self, LAUNCHING)
+        if not hooks:
+            return
+        for state in self.instance_states:
+            if id(state) not in before:
+                state.lifecycle_state = "Pending:Wait"
+                start_actions(self, state, hooks)
+
+    FakeAutoScalingGroup.set_desired_capacity = set_desired_capacity
+    FakeAutoScalingGroup.replace_autoscaling_group_instances = replace_autoscaling_group_instances
+
+    # --- backend operations --------------------------------------------------
+    def terminate_instance(self: AutoScalingBackend, instance_id: str, should_decrement: bool) -> TerminateInstanceActivity:
+        with LOCK:
+            state = next(
+                (s for g in self.autoscaling_groups.values() for s in g.instance_states if s.instance.id == instance_id),
+                None,
+            )
+            if state is None:  # moto would raise StopIteration -> HTTP 500
+                raise ValidationError(f"Instance Id not found - No managed instance found for instance ID: {instance_id}")
+            group = state.instance.autoscaling_group
+            if not group_hooks(group, TERMINATING):
+                activity = orig_terminate_instance(self, instance_id, should_decrement)
+                DEPARTED[instance_id] = "Terminated"  # moto detached it first
+                return activity
+            original_size = group.desired_capacity
+            if not state.lifecycle_state.startswith("Terminating"):  # repeat call: no-op
+                begin_termination(group, state)
+                if should_decrement:
+                    group.desired_capacity = original_size - 1
+                # Without decrement this launches the replacement right away.
+                group.set_desired_capacity(group.desired_capacity)
+            return TerminateInstanceActivity(state.instance, original_size)
+
+    def detach_instances(self: AutoScalingBackend, group_name: str, instance_ids: list[str], should_decrement: bool) -> Any:
+        with LOCK:
+            cancel_actions(set(instance_ids))
+            group = self.autoscaling_groups.get(group_name)
+            for s in group.instance_states if group else []:
+                if s.instance.id in instance_ids:
+                    DEPARTED[s.instance.id] = "Detached"
+            return orig_detach(self, group_name, instance_ids, should_decrement)
+
+    def notify_terminate_instances(self: AutoScalingBackend, instance_ids: list[str]) -> None:
+        # EC2 TerminateInstances called directly: AWS does not wait for hooks.
+        with LOCK:
+            for group in self.autoscaling_groups.values():
+                for s in group.instance_states:
+                    if s.instance.id in instance_ids:
+                        DEPARTED[s.instance.id] = "Terminated"
+            cancel_actions(set(instance_ids))
+            orig_notify_terminate(self, instance_ids)
+
+    def delete_auto_scaling_group(self: AutoScalingBackend, group_name: str) -> None:
+        # Hooks are not run on group deletion here (AWS runs them only on a
+        # non-forced delete, which moto does not distinguish); instances are
+        # terminated at once and the group's hooks are deleted with it.
+        with LOCK:
+            group = self.autoscaling_groups.get(group_name)
+            if group is not None:
+                ids = [s.instance.id for s in group.instance_states]
+                cancel_actions(set(ids))
+                for i in ids:
+                    DEPARTED[i] = "Terminated"
+                if ids:
+                    try:
+                        self.ec2_backend.terminate_instances(ids)
+                    except Exception as exc:
+                        log.warning("EC2 terminate on group delete failed: %s", exc)
+                group.instance_states = []
+                for key in [k for k, h in self.lifecycle_hooks.items() if h.auto_scaling_group_name == group_name]:
+                    del self.lifecycle_hooks[key]
+            orig_delete_group(self, group_name)
+
+    AutoScalingBackend.terminate_instance = terminate_instance
+    AutoScalingBackend.detach_instances = detach_instances
+    AutoScalingBackend.notify_terminate_instances = notify_terminate_instances
+    AutoScalingBackend.delete_auto_scaling_group = delete_auto_scaling_group
+
+    # --- HTTP actions ----------------------------------------------------------
+    def call_action(self: AutoScalingResponse) -> Any:
+        # Serialise all Auto Scaling requests with the timeout thread.
+        with LOCK:
+            return orig_call_action(self)
+
+    def put_lifecycle_hook(self: AutoScalingResponse) -> EmptyResult:
+        backend = self.autoscaling_backend
+        group_name = self._get_param("AutoScalingGroupName")
+        name = self._get_param("LifecycleHookName")
+        transition = self._get_param("LifecycleTransition")
+        heartbeat = self._get_int_param("HeartbeatTimeout")
+        default_result = self._get_param("DefaultResult")
+        target = self._get_param("NotificationTargetARN")
+        role = self._get_param("RoleARN")
+        metadata = self._get_param("NotificationMetadata")
+
+        group = backend.autoscaling_groups.get(group_name)
+        if group is None:
+            raise ValidationError(f"AutoScalingGroup name not found - AutoScalingGroup '{group_name}' not found")
+        hook = find_hook(backend, group_name, name)
+        if hook is None and not transition:
+            raise ValidationError("1 validation error detected: Value null at 'lifecycleTransition' failed to satisfy constraint: Member must not be null")
+        if transition is not None and transition not in (LAUNCHING, TERMINATING):
+            raise ValidationError(f"Invalid Lifecycle Transition name: {transition}")
+        # AWS's floor is 30 s; lower values are accepted here to keep tests fast.
+        if heartbeat is not None and not 1 <= heartbeat <= 7200:
+            raise ValidationError(f"Heartbeat timeout must be between 1 and 7200 seconds (got {heartbeat}).")
+        if default_result is not None and default_result not in RESULTS:
+            raise ValidationError(f"Invalid value for DefaultResult: {default_result}. Valid values are CONTINUE and ABANDON.")
+        if metadata is not None and not 1 <= len(metadata) <= 4000:
+            raise ValidationError("NotificationMetadata must be between 1 and 4000 characters long.")
+
+        # The test message goes out when a target is given (create or
+        # update); failing to deliver it fails the call and changes nothing.
+        if target:
+            send_test_notification(backend, group, target, role or getattr(hook, "role_arn", None))
+
+        if hook is None:
+            hook = LifecycleHook(name, group_name, transition, heartbeat, default_result)
+            # moto hard-codes these two; start from "unset".
+            hook.role_arn = None
+            hook.notification_target_arn = None
+            hook.notification_metadata = None
+            backend.lifecycle_hooks[f"{group_name}_{name}"] = hook
+        else:  # PutLifecycleHook on an existing hook updates the given fields
+            if transition:
+                hook.lifecycle_transition = transition
+            if heartbeat is not None:
+                hook.heartbeat_timeout = heartbeat
+            if default_result:
+                hook.default_result = default_result
+        if target is not None:
+            hook.notification_target_arn = target or None
+        if role is not None:
+            hook.role_arn = role or None
+        if metadata is not None:
+            hook.notification_metadata = metadata
+        hook.global_timeout = min(172800, 100 * int(hook.heartbeat_timeout))
+        return EmptyResult()
+
+    def delete_lifecycle_hook(self: AutoScalingResponse) -> EmptyResult:
+        backend = self.autoscaling_backend
+        group_name = self._get_param("AutoScalingGroupName")
+        name = self._get_param("LifecycleHookName")
+        # AWS: outstanding actions are completed, ABANDON for launching and
+        # CONTINUE for terminating instances.  The hook goes first so that the
+        # replacement for an abandoned launch is not held by it again.
+        backend.delete_lifecycle_hook(group_name, name)
+        for a in list(ACTIONS.values()):
+            if a.state == "pending" and a.backend is backend and a.group_name == group_name and a.hook_name == name:
+                finish_action(a, "ABANDON" if a.transition == LAUNCHING else "CONTINUE", "completed")
+        return EmptyResult()
+
+    def complete_lifecycle_action(self: AutoScalingResponse) -> EmptyResult:
+        result = self._get_param("LifecycleActionResult")
+        action = lookup_action(
+            self.autoscaling_backend,
+            self._get_param("AutoScalingGroupName"),
+            self._get_param("LifecycleHookName"),
+            self._get_param("LifecycleActionToken"),
+            self._get_param("InstanceId"),
+        )
+        if result not in RESULTS:
+            raise ValidationError(f"Invalid value for LifecycleActionResult: {result}. Valid values are CONTINUE and ABANDON.")
+        finish_action(action, result, "completed")
+        return EmptyResult()
+
+    def record_lifecycle_action_heartbeat(self: AutoScalingResponse) -> EmptyResult:
+        group_name = self._get_param("AutoScalingGroupName")
+        hook_name = self._get_param("LifecycleHookName")
+        action = lookup_action(
+            self.autoscaling_backend,
+            group_name,
+            hook_name,
+            self._get_param("LifecycleActionToken"),
+            self._get_param("InstanceId"),
+        )
+        hook = find_hook(self.autoscaling_backend, group_name, hook_name)
+        timeout = int(hook.heartbeat_timeout) if hook else action.heartbeat_timeout
+        # Restart the timer at the full timeout, capped by the global timeout.
+        action.deadline = min(time.monotonic() + timeout, action.global_deadline)
+        action.heartbeats += 1
+        COND.notify_all()
+        return EmptyResult()
+
+    AutoScalingResponse.call_action = call_action
+    AutoScalingResponse.put_lifecycle_hook = put_lifecycle_hook
+    AutoScalingResponse.delete_lifecycle_hook = delete_lifecycle_hook
+    AutoScalingResponse.complete_lifecycle_action = complete_lifecycle_action
+    AutoScalingResponse.record_lifecycle_action_heartbeat = record_lifecycle_action_heartbeat
+
+    # POST /moto-api/reset wipes moto's backends; forget our actions too.
+    def reset(cls: type) -> None:
+        with LOCK:
+            orig_backenddict_reset(cls)
+            reset_state()
+
+    BackendDict.reset = classmethod(reset)
+
+
+# ---------------------------------------------------------------------------
+# Live instance data for IMDS
+# ---------------------------------------------------------------------------
+def find_ec2_instance(instance_id: str) -> tuple[Any, Any] | None:
+    """(ec2_backend, instance) for an instance in any account/region already
+    in use.  dict.items() is used on purpose: moto's mappings create backends
+    on item access, and iterating must not instantiate every region."""
+    for _account, per_account in dict.items(ec2_backends):
+        for _region, backend in dict.items(per_account):
+            for reservation in backend.reservations.values():
+                for instance in reservation.instances:
+                    if instance.id == instance_id:
+                        return backend, instance
+    return None
+
+
+TARGET_STATE = {
+    "Pending": "InService",
+    "Pending:Wait": "InService",
+    "Pending:Proceed": "InService",
+    "InService": "InService",
+    "Terminating": "Terminated",
+    "Terminating:Wait": "Terminated",
+    "Terminating:Proceed": "Terminated",
+    "Terminated": "Terminated",
+    "EnteringStandby": "Standby",
+    "Standby": "Standby",
+    "Detaching": "Detached",
+    "Detached": "Detached",
+}
+
+
+def target_lifecycle_state(instance_id: str) -> str | None:
+    """The IMDS autoscaling/target-lifecycle-state value, or None (404) for an
+    instance that never belonged to a group."""
+    for _account, per_account in dict.items(autoscaling_backends):
+        for _region, backend in dict.items(per_account):
+            for group in backend.autoscaling_groups.values():
+                for s in group.instance_states:
+                    if s.instance.id == instance_id:
+                        return TARGET_STATE.get(s.lifecycle_state, "InService")
+    return DEPARTED.get(instance_id)
+
+
+# ---------------------------------------------------------------------------
+# Fake IMDSv2
+# ---------------------------------------------------------------------------
+class ImdsServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, host: str, instance_id: str):
+        super().__init__((host, 0), ImdsHandler)
+        self.instance_id = instance_id
+        self.tokens: dict[str, float] = {}  # token -> monotonic expiry
+        self.overrides: dict[str, tuple[int, str]] = {}  # path -> (status, body)
+        self.tags_enabled = True
+        self.fail_token = False
+        self.thread = threading.Thread(target=self.serve_forever, name=f"imds-{self.server_port}", daemon=True)
+
+    def items(self) -> dict[str, str]:
+        """Current metadata items for this instance (live from moto)."""
+        with LOCK:
+            found = find_ec2_instance(self.instance_id)
+            if found is None:
+                return {}
+            backend, inst = found
+            region = backend.region_name
+            zone = inst.placement.zone
+            out: dict[str, str] = {
+                "/latest/meta-data/instance-id": inst.id,
+                "/latest/meta-data/placement/region": region,
+                "/latest/meta-data/placement/availability-zone": zone,
+                "/latest/meta-data/instance-type": inst.instance_type,
+                "/latest/meta-data/ami-id": inst.image_id,
+            }
+            ip = None
+            try:  # a terminated instance may have lost its network interface
+                ip = inst.private_ip
+                out["/latest/meta-data/local-ipv4"] = ip
+                out["/latest/meta-data/local-hostname"] = inst.private_dns_name
+                out["/latest/meta-data/hostname"] = inst.private_dns_name
+            except Exception:
+                pass
+            out["/latest/dynamic/instance-identity/document"] = json.dumps(
+                {
+                    "accountId": backend.account_id,
+                    "architecture": "x86_64",
+                    "availabilityZone": zone,
+                    "imageId": inst.image_id,
+                    "instanceId": inst.id,
+                    "instanceType": inst.instance_type,
+                    "pendingTime": iso_now()[:19] + "Z",
+                    "privateIp": ip,
+                    "region": region,
+                    "version": "2017-09-30",
+                },
+                indent=2,
+            )
+            state = target_lifecycle_state(inst.id)
+            if state is not None:
+                out["/latest/meta-data/autoscaling/target-lifecycle-state"] = state
+            if self.tags_enabled:
+                tags = {t["key"]: t["value"] for t in inst.get_tags()}
+                out["/latest/meta-data/tags/instance"] = "\n".join(sorted(tags))
+                for k, v in tags.items():
+                    out[f"/latest/meta-data/tags/instance/{k}"] = v
+            return out
+
+
+class ImdsHandler(BaseHTTPRequestHandler):
+    server: ImdsServer
+    protocol_version = "HTTP/1.1"  # keep-alive like the real IMDS
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        if VERBOSE:
+            log.info("imds %s: " + fmt, self.server.server_port, *args)
+
+    def _send(self, status: int, body: str = "", headers: dict[str, str] | None = None) -> None:
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _drain(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+
+    def do_PUT(self) -> None:
+        self._drain()
+        path = self.path.split("?", 1)[0]
+        if self.headers.get("X-Forwarded-For") is not None:
+            return self._send(403)
+        if path != "/latest/api/token":
+            # Versioned token paths are refused with 403 (platform-facts §2).
+            return self._send(403 if path.endswith("/api/token") else 404)
+        if self.server.fail_token:
+            return self._send(503)
+        raw = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+        try:
+            ttl = int(raw) if raw is not None else 0
+        except ValueError:
+            ttl = 0
+        if not 1 <= ttl <= 21600:
+            return self._send(400)
+        token = secrets.token_urlsafe(42)
+        with LOCK:
+            now = time.monotonic()
+            self.server.tokens = {t: e for t, e in self.server.tokens.items() if e > now}
+            self.server.tokens[token] = now + ttl
+        # aws-config's IMDS client rejects a token reply without this header.
+        self._send(200, token, {"X-aws-ec2-metadata-token-ttl-seconds": str(ttl)})
+
+    def do_GET(self) -> None:
+        self._drain()
+        token = self.headers.get("X-aws-ec2-metadata-token")
+        with LOCK:
+            expiry = self.server.tokens.get(token or "")
+        if expiry is None or expiry <= time.monotonic():
+            return self._send(401)
+        # "/latest/meta-data/" and "/latest/meta-data" are the same item.
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        with LOCK:
+            override = self.server.overrides.get(path)
+        if override is not None:
+            status, body = override
+            return self._send(status, body if status == 200 else "")
+        if not self.server.tags_enabled and path.startswith("/latest/meta-data/tags"):
+            return self._send(404)
+        items = self.server.items()
+        if path in items:
+            return self._send(200, items[path])
+        if path == "/latest/meta-data":
+            # Directory listing of the top-level categories present.
+            names = set()
+            for p in list(items) + [p for p, (s, _) in self.server.overrides.items() if s == 200]:
+                if p.startswith("/latest/meta-data/"):
+                    rest = p[len("/latest/meta-data/"):]
+                    names.add(rest.split("/", 1)[0] + ("/" if "/" in rest else ""))
+            return self._send(200, "\n".join(sorted(names)))
+        self._send(404)
+
+    def do_POST(self) -> None:
+        self._drain()
+        self._send(405)
+
+    do_DELETE = do_POST
+
+
+# ---------------------------------------------------------------------------
+# Control server
+# ---------------------------------------------------------------------------
+IMDS_SERVERS: dict[int, ImdsServer] = {}
+HOST = "127.0.0.1"
+VERBOSE = False
+
+
+class ControlHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        if VERBOSE:
+            log.info("control: " + fmt, *args)
+
+    def _json(self, status: int, obj: Any) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        return json.loads(raw) if raw.strip() else {}
+
+    def _parts(self) -> list[str]:
+        return [p for p in self.path.split("?", 1)[0].split("/") if p]
+
+    def do_GET(self) -> None:
+        parts = self._parts()
+        if parts == ["health"]:
+            return self._json(200, {"ok": True})
+        if parts == ["actions"]:
+            with LOCK:
+                return self._json(200, [a.to_json() for a in ACTIONS.values()])
+        if parts == ["imds"]:
+            with LOCK:
+                return self._json(200, [{"port": p, "instance_id": s.instance_id, "endpoint": f"http://{HOST}:{p}"} for p, s in IMDS_SERVERS.items()])
+        self._json(404, {"error": f"no such resource: {self.path}"})
+
+    def do_POST(self) -> None:
+        try:
+            body = self._body()
+        except ValueError as exc:
+            return self._json(400, {"error": f"invalid JSON: {exc}"})
+        parts = self._parts()
+        if parts == ["imds"]:
+            instance_id = body.get("instance_id") if isinstance(body, dict) else None
+            if not instance_id:
+                return self._json(400, {"error": "instance_id is required"})
+            with LOCK:
+                if find_ec2_instance(instance_id) is None:
+                    return self._json(404, {"error": f"unknown instance {instance_id}"})
+            server = ImdsServer(HOST, instance_id)
+            server.thread.start()
+            with LOCK:
+                IMDS_SERVERS[server.server_port] = server
+            return self._json(200, {"endpoint": f"http://{HOST}:{server.server_port}", "port": server.server_port, "instance_id": instance_id})
+        if len(parts) == 3 and parts[0] == "imds" and parts[2] == "override":
+            with LOCK:
+                server = IMDS_SERVERS.get(int(parts[1])) if parts[1].isdigit() else None
+            if server is None:
+                return self._json(404, {"error": f"no IMDS server on port {parts[1]}"})
+            if not isinstance(body, dict):
+                return self._json(400, {"error": "expected a JSON object"})
+            with LOCK:
+                if "tags_enabled" in body:
+                    server.tags_enabled = bool(body["tags_enabled"])
+                if "fail_token" in body:
+                    server.fail_token = bool(body["fail_token"])
+                if "path" in body:
+                    path = str(body["path"])
+                    if body.get("clear"):
+                        server.overrides.pop(path, None)
+                    else:
+                        server.overrides[path] = (int(body.get("status", 200)), str(body.get("body", "")))
+                return self._json(
+                    200,
+                    {
+                        "ok": True,
+                        "tags_enabled": server.tags_enabled,
+                        "fail_token": server.fail_token,
+                        "overrides": {p: {"status": s, "body": b} for p, (s, b) in server.overrides.items()},
+                    },
+                )
+        self._json(404, {"error": f"no such resource: {self.path}"})
+
+    def do_DELETE(self) -> None:
+        self._body()
+        parts = self._parts()
+        if len(parts) == 2 and parts[0] == "imds" and parts[1].isdigit():
+            with LOCK:
+                server = IMDS_SERVERS.pop(int(parts[1]), None)
+            if server is None:
+                return self._json(404, {"error": f"no IMDS server on port {parts[1]}"})
+            server.shutdown()
+            server.server_close()
+            return self._json(200, {"ok": True})
+        self._json(404, {"error": f"no such resource: {self.path}"})
+
+
+class ControlServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+# ---------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------
+def main() -> None:
+    global HOST, VERBOSE
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="moto server port (0 = any free port)")
+    parser.add_argument("--control-port", type=int, default=0, help="control server port (0 = any free port)")
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    parser.add_argument(
+        "--no-stdin-exit",
+        action="store_true",
+        help="do not exit on stdin EOF (for running it by hand in the background)",
+    )
+    args = parser.parse_args()
+    HOST, VERBOSE = args.host, args.verbose
+
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="emulator %(levelname)s %(name)s: %(message)s",
+    )
+    # werkzeug logs one line per request at INFO; keep that for --verbose.
+    logging.getLogger("werkzeug").setLevel(logging.INFO if args.verbose else logging.ERROR)
+
+    install_patches()
+    threading.Thread(target=timeout_loop, name="lifecycle-timeouts", daemon=True).start()
+
+    moto_server = make_server(
+        args.host,
+        args.port,
+        DomainDispatcherApplication(create_backend_app),
+        threaded=True,
+        request_handler=MotoRequestHandler,
+    )
+    threading.Thread(target=moto_server.serve_forever, name="moto", daemon=True).start()
+    control = ControlServer((args.host, args.control_port), ControlHandler)
+    threading.Thread(target=control.serve_forever, name="control", daemon=True).start()
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    if not args.no_stdin_exit:
+        def watch_stdin() -> None:
+            # The harness keeps our stdin open; EOF means it is gone.
+            try:
+                while os.read(0, 4096):
+                    pass
+            except OSError:
+                pass
+            log.info("stdin closed, exiting")
+            os._exit(0)
+
+        threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
+
+    sys.stdout.write(
+        json.dumps(
+            {"endpoint": f"http://{args.host}:{moto_server.server_port}", "control": f"http://{args.host}:{control.server_port}"},
+            separators=(",", ":"),
+        )
+        + "\n"
+    )
+    sys.stdout.flush()
+
+    while not stop.wait(1.0):  # a timed wait keeps signal handling prompt
+        pass
+    log.info("signal received, shutting down")
+    for server in [moto_server, control, *IMDS_SERVERS.values()]:
+        server.shutdown()
+    sys.stdout.flush()
+    # Skip joining request threads (an SQS long poll may hold one for 20 s).
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
