@@ -553,6 +553,11 @@ impl<'a> Fields<'a> {
         self.opt(key)
     }
 
+    /// True when the key is present (whatever its value).
+    pub fn has(&self, key: &str) -> bool {
+        self.table.contains_key(key)
+    }
+
     /// An optional duration such as `"30s"` or `"5m"`.
     pub fn duration(&mut self, key: &str) -> Option<Duration> {
         let s: String = self.opt(key)?;
@@ -843,6 +848,27 @@ mod tests {
                 .expect("valid")
                 .config;
             assert_eq!(c.lifecycle.heartbeat, want);
+        }
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The shipped example must stay valid and must show every key.
+    #[test]
+    fn shipped_example_config_parses() {
+        let text = include_str!("../deploy/lastcall.example.toml");
+        let loaded = Config::from_str(text, Path::new("deploy/lastcall.example.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let c = loaded.config;
+        assert_eq!(c.steps.len(), 4);
+        assert_eq!(c.lifecycle.hook_name.as_deref(), Some("drain"));
+        let kinds: Vec<_> = c.steps.iter().map(|s| s.kind.kind_name()).collect();
+        for k in crate::steps::KINDS {
+            assert!(kinds.contains(k), "the example shows no {k} step");
         }
     }
 }

@@ -166,9 +166,15 @@ impl SqsSource {
         let mut backoff = BACKOFF_FIRST;
         while !shutdown.is_requested() {
             let wait = self.cfg.wait_time;
-            let r = tokio::select! {
-                r = self.poll(handler, wait) => r,
+            // Only the receive is cut short by shutdown: handling what was received is not,
+            // so that a running step finishes and the journal stays consistent.
+            let received = tokio::select! {
+                r = self.receive(wait) => r,
                 _ = shutdown.requested() => break,
+            };
+            let r = match received {
+                Ok(messages) => self.process(handler, messages).await,
+                Err(e) => Err(e),
             };
             match r {
                 Ok(report) => {
@@ -202,6 +208,11 @@ impl SqsSource {
         handler: &Handler,
         wait: Duration,
     ) -> Result<PollReport, SqsError> {
+        let messages = self.receive(wait).await?;
+        self.process(handler, messages).await
+    }
+
+    async fn receive(&self, wait: Duration) -> Result<Vec<Message>, SqsError> {
         let out = self
             .client
             .receive_message()
@@ -217,7 +228,15 @@ impl SqsSource {
                 queue: self.cfg.queue_url.clone(),
                 message: DisplayErrorContext(&e).to_string(),
             })?;
-        let messages = out.messages.unwrap_or_default();
+        Ok(out.messages.unwrap_or_default())
+    }
+
+    /// Routes and handles received messages.
+    async fn process(
+        &mut self,
+        handler: &Handler,
+        messages: Vec<Message>,
+    ) -> Result<PollReport, SqsError> {
         let mut report = PollReport {
             received: messages.len(),
             only_repeats: !messages.is_empty(),

@@ -29,6 +29,12 @@ pub struct CommandStep {
 impl CommandStep {
     /// Reads `command`, `env`, `user`.
     pub fn parse(f: &mut Fields) -> Option<Self> {
+        if !f.has("command") {
+            f.problem(
+                "command",
+                "is required: command = [\"/path/to/program\", \"arg\", …]",
+            );
+        }
         let argv = match f.templates("command") {
             Some(a) if a.is_empty() => {
                 f.problem(
@@ -50,13 +56,7 @@ impl CommandStep {
                 }
                 Some(a)
             }
-            None => {
-                f.problem(
-                    "command",
-                    "is required: command = [\"/path/to/program\", \"arg\", …]",
-                );
-                None
-            }
+            None => None,
         };
         let env = f.template_map("env").unwrap_or_default();
         for k in env.keys() {
@@ -122,9 +122,28 @@ impl CommandStep {
                 .env("USER", name)
                 .env("LOGNAME", name);
         }
+        // Its own process group, so that a timeout ends the program's children too; and the
+        // parent-death signal, so that the program does not outlive a lastcall killed with
+        // SIGKILL (the step is run again on restart, not twice at once).
+        cmd.process_group(0);
+        let parent = std::process::id();
+        // SAFETY: the closure runs in the forked child before exec and only makes two
+        // async-signal-safe system calls (prctl, getppid).
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                if nix::unistd::getppid().as_raw() as u32 != parent {
+                    return Err(std::io::Error::other(
+                        "lastcall exited before the step started",
+                    ));
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| StepError::Failed(format!("cannot start {}: {e}", argv[0])))?;
+        let _group = child.id().map(KillGroupOnDrop);
         let out = child
             .stdout
             .take()
@@ -137,6 +156,8 @@ impl CommandStep {
             .wait()
             .await
             .map_err(|e| StepError::Failed(format!("cannot wait for {}: {e}", argv[0])))?;
+        // The program ended by itself: what it left running in the background is its business.
+        std::mem::forget(_group);
         // A program that left a daemon holding its output must not hold the step: give the
         // readers a moment to drain, then drop them.
         for task in [out, err].into_iter().flatten() {
@@ -155,6 +176,18 @@ impl CommandStep {
                 argv[0]
             )))
         }
+    }
+}
+
+/// Kills a step's whole process group when the step is abandoned (timeout, shutdown).
+struct KillGroupOnDrop(u32);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 

@@ -1,0 +1,538 @@
+//! Test harness: the local AWS emulator (moto with lifecycle hooks, plus a fake IMDSv2 per
+//! instance, from `tests/emulator/emulator.py`), real aws-sdk-rust clients to set up groups and
+//! queues, and the built `lastcall` binary run against them.
+//!
+//! One emulator serves all tests of a test binary; every test makes its own group, queue and
+//! state directory, so tests run in parallel.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The AMI id moto accepts for launch configurations.
+pub const AMI: &str = "ami-12c6146b";
+/// The account moto uses.
+pub const ACCOUNT: &str = "123456789012";
+
+/// The running emulator.
+pub struct Emulator {
+    /// moto's endpoint (all AWS services).
+    pub endpoint: String,
+    /// The control API (fake IMDS servers, lifecycle action listing).
+    pub control: String,
+    _child: Child,
+    // Held open for the life of the test process; the emulator exits at EOF.
+    _stdin: ChildStdin,
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts (once per test binary) and returns the emulator.
+pub fn emulator() -> &'static Emulator {
+    static EMU: OnceLock<Emulator> = OnceLock::new();
+    EMU.get_or_init(|| {
+        let python = root().join(".venv/bin/python");
+        assert!(
+            python.exists(),
+            "{} is missing: run scripts/setup-test-env.sh (the README's test command does)",
+            python.display()
+        );
+        let mut child = Command::new(&python)
+            .arg(root().join("tests/emulator/emulator.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the emulator");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the emulator's ready line");
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("emulator ready line {line:?}: {e}"));
+        Emulator {
+            endpoint: v["endpoint"].as_str().expect("endpoint").to_string(),
+            control: v["control"].as_str().expect("control").to_string(),
+            _child: child,
+            _stdin: stdin,
+        }
+    })
+}
+
+/// AWS clients pointed at the emulator.
+#[derive(Clone)]
+pub struct Aws {
+    /// SQS.
+    pub sqs: aws_sdk_sqs::Client,
+    /// Auto Scaling.
+    pub asg: aws_sdk_autoscaling::Client,
+}
+
+/// Builds the clients.
+pub async fn aws() -> Aws {
+    let emu = emulator();
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(&emu.endpoint)
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .load()
+        .await;
+    Aws {
+        sqs: aws_sdk_sqs::Client::new(&conf),
+        asg: aws_sdk_autoscaling::Client::new(&conf),
+    }
+}
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        nanos
+    )
+}
+
+/// A group with a terminating hook whose target is a queue.
+pub struct Group {
+    /// Group name.
+    pub name: String,
+    /// Hook name.
+    pub hook: String,
+    /// The hook's queue.
+    pub queue_url: String,
+    /// Its instances, in the order Auto Scaling lists them.
+    pub instances: Vec<String>,
+}
+
+/// Options for [`group`].
+pub struct GroupSpec {
+    /// Instances.
+    pub size: i32,
+    /// The hook's HeartbeatTimeout in seconds.
+    pub heartbeat_timeout: i32,
+    /// The hook's DefaultResult.
+    pub default_result: &'static str,
+}
+
+impl Default for GroupSpec {
+    fn default() -> Self {
+        Self {
+            size: 1,
+            heartbeat_timeout: 300,
+            default_result: "ABANDON",
+        }
+    }
+}
+
+/// Creates a queue and returns (url, arn).
+pub async fn queue(aws: &Aws, name: &str) -> (String, String) {
+    let url = aws
+        .sqs
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url
+        .expect("url");
+    let arn = format!("arn:aws:sqs:us-east-1:{ACCOUNT}:{name}");
+    (url, arn)
+}
+
+/// Creates a queue, a group of `spec.size` instances and a terminating hook to the queue.
+pub async fn group(aws: &Aws, prefix: &str, spec: GroupSpec) -> Group {
+    let name = unique(prefix);
+    let (queue_url, queue_arn) = queue(aws, &name).await;
+    group_with_target(aws, &name, &queue_arn, spec)
+        .await
+        .with_queue(queue_url)
+}
+
+impl Group {
+    fn with_queue(mut self, url: String) -> Self {
+        self.queue_url = url;
+        self
+    }
+}
+
+/// Creates a group whose terminating hook sends to `target_arn`.
+pub async fn group_with_target(aws: &Aws, name: &str, target_arn: &str, spec: GroupSpec) -> Group {
+    aws.asg
+        .create_launch_configuration()
+        .launch_configuration_name(name)
+        .image_id(AMI)
+        .instance_type("t3.micro")
+        .send()
+        .await
+        .expect("create launch configuration");
+    let hook = format!("{name}-drain");
+    aws.asg
+        .create_auto_scaling_group()
+        .auto_scaling_group_name(name)
+        .launch_configuration_name(name)
+        .min_size(0)
+        .max_size(spec.size.max(1) * 2)
+        .desired_capacity(spec.size)
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .expect("create group");
+    aws.asg
+        .put_lifecycle_hook()
+        .auto_scaling_group_name(name)
+        .lifecycle_hook_name(&hook)
+        .lifecycle_transition("autoscaling:EC2_INSTANCE_TERMINATING")
+        .notification_target_arn(target_arn)
+        .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/asg-notify"))
+        .heartbeat_timeout(spec.heartbeat_timeout)
+        .default_result(spec.default_result)
+        .send()
+        .await
+        .expect("put lifecycle hook");
+    let instances = instances(aws, name).await;
+    assert_eq!(
+        instances.len(),
+        spec.size as usize,
+        "group {name} has its instances"
+    );
+    Group {
+        name: name.to_string(),
+        hook,
+        queue_url: String::new(),
+        instances,
+    }
+}
+
+/// The instance ids in a group.
+pub async fn instances(aws: &Aws, group: &str) -> Vec<String> {
+    let out = aws
+        .asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(group)
+        .send()
+        .await
+        .expect("describe group");
+    out.auto_scaling_groups()
+        .first()
+        .map(|g| {
+            g.instances()
+                .iter()
+                .filter_map(|i| i.instance_id().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The instance's lifecycle state, or None when it is in no group.
+pub async fn state(aws: &Aws, instance: &str) -> Option<String> {
+    aws.asg
+        .describe_auto_scaling_instances()
+        .instance_ids(instance)
+        .send()
+        .await
+        .expect("describe instances")
+        .auto_scaling_instances()
+        .first()
+        .and_then(|i| i.lifecycle_state().map(str::to_string))
+}
+
+/// Starts terminating one chosen instance (as a scale-in that picks it would).
+pub async fn terminate(aws: &Aws, instance: &str) {
+    aws.asg
+        .terminate_instance_in_auto_scaling_group()
+        .instance_id(instance)
+        .should_decrement_desired_capacity(true)
+        .send()
+        .await
+        .expect("terminate instance in group");
+}
+
+/// Polls `f` every 100 ms until it returns Some, or panics after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the instance has left its group (terminated).
+pub async fn wait_terminated(aws: &Aws, instance: &str, timeout: Duration) {
+    wait_for(&format!("{instance} to be terminated"), timeout, || async {
+        state(aws, instance).await.is_none().then_some(())
+    })
+    .await
+}
+
+/// Lifecycle actions as the emulator records them.
+pub async fn actions(instance: &str) -> Vec<Value> {
+    let v: Value = reqwest::get(format!("{}/actions", emulator().control))
+        .await
+        .expect("GET /actions")
+        .json()
+        .await
+        .expect("json");
+    v.as_array()
+        .expect("array")
+        .iter()
+        .filter(|a| a["instance"].as_str() == Some(instance))
+        .cloned()
+        .collect()
+}
+
+/// Starts a fake IMDS for an instance and returns its endpoint.
+pub async fn imds(instance: &str) -> String {
+    let v: Value = reqwest::Client::new()
+        .post(format!("{}/imds", emulator().control))
+        .json(&serde_json::json!({ "instance_id": instance }))
+        .send()
+        .await
+        .expect("POST /imds")
+        .json()
+        .await
+        .expect("json");
+    v["endpoint"].as_str().expect("endpoint").to_string()
+}
+
+/// Queue message counts: (visible, in flight).
+pub async fn queue_counts(aws: &Aws, url: &str) -> (u64, u64) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let out = aws
+        .sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .expect("queue attributes");
+    let attrs = out.attributes.unwrap_or_default();
+    let n = |k: A| attrs.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0u64);
+    (
+        n(A::ApproximateNumberOfMessages),
+        n(A::ApproximateNumberOfMessagesNotVisible),
+    )
+}
+
+/// Sends a body to a queue.
+pub async fn send(aws: &Aws, url: &str, body: &str) -> String {
+    aws.sqs
+        .send_message()
+        .queue_url(url)
+        .message_body(body)
+        .send()
+        .await
+        .expect("send")
+        .message_id
+        .expect("id")
+}
+
+/// A lastcall instance: its fake IMDS, its config and state directory, its log.
+pub struct Node {
+    /// The instance it acts for.
+    pub instance: String,
+    /// Its fake IMDS.
+    pub imds: String,
+    /// Scratch directory (config, state, markers, log).
+    pub dir: tempfile::TempDir,
+    /// The daemon, when running.
+    pub child: Option<Child>,
+    runs: u32,
+}
+
+impl Node {
+    /// Prepares a node for `instance` with `config` (the text may use `{dir}` for the scratch
+    /// directory and `{queue}` for the queue URL).
+    pub async fn new(instance: &str, queue_url: &str, config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let imds = imds(instance).await;
+        let text = config
+            .replace("{dir}", dir.path().to_str().expect("utf8"))
+            .replace("{queue}", queue_url);
+        std::fs::write(dir.path().join("lastcall.toml"), text).expect("write config");
+        // Empty AWS config files, so that nothing from the machine running the tests leaks in.
+        std::fs::write(dir.path().join("aws-config"), "").expect("write aws config");
+        Self {
+            instance: instance.to_string(),
+            imds,
+            dir,
+            child: None,
+            runs: 0,
+        }
+    }
+
+    /// A path in the scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A `lastcall` command for this node, its stderr appended to `log.N`.
+    pub fn command(&mut self, args: &[&str]) -> Command {
+        self.runs += 1;
+        let log = std::fs::File::create(self.path(&format!("log.{}", self.runs))).expect("log");
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lastcall"));
+        c.arg("--config")
+            .arg(self.path("lastcall.toml"))
+            .arg("-v")
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("AWS_ENDPOINT_URL", &emulator().endpoint)
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &self.imds)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_CONFIG_FILE", self.path("aws-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.path("aws-config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        c
+    }
+
+    /// Starts `lastcall run`.
+    pub fn start(&mut self) {
+        let child = self.command(&["run"]).spawn().expect("start lastcall run");
+        self.child = Some(child);
+    }
+
+    /// Runs `lastcall once` to the end and returns its exit code.
+    pub fn once(&mut self, extra: &[&str]) -> i32 {
+        let mut args = vec!["once"];
+        args.extend_from_slice(extra);
+        self.command(&args)
+            .status()
+            .expect("run lastcall once")
+            .code()
+            .unwrap_or(-1)
+    }
+
+    /// Every log written so far, in order.
+    pub fn log(&self) -> String {
+        (1..=self.runs)
+            .map(|i| std::fs::read_to_string(self.path(&format!("log.{i}"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("")
+    }
+
+    /// Waits until the log contains `needle`.
+    pub async fn wait_log(&self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {needle:?} in the log of {}:\n{}",
+                self.instance,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = self.child.as_ref().expect("running").id();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("kill");
+    }
+
+    /// Waits for the daemon to exit; returns its code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status.code();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "lastcall did not exit within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The journal record(s) of this node.
+    pub fn journal(&self) -> Vec<Value> {
+        let dir = self.path("state/actions");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.path().extension().is_some_and(|x| x == "json") {
+                let text = std::fs::read_to_string(e.path()).expect("read record");
+                out.push(serde_json::from_str(&text).expect("record json"));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- log of lastcall for {} ----\n{}",
+                self.instance,
+                self.log()
+            );
+        }
+    }
+}
+
+/// Reads a file's lines (empty when it does not exist).
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// A config with the queue, a state directory under the node's scratch dir, and `steps`.
+pub fn config(extra_lifecycle: &str, steps: &str) -> String {
+    format!(
+        r#"
+[sqs]
+queue_url = "{{queue}}"
+wait_time = "1s"
+visibility_timeout = "20s"
+
+[lifecycle]
+state_dir = "{{dir}}/state"
+{extra_lifecycle}
+
+{steps}
+"#
+    )
+}

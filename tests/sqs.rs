@@ -1,0 +1,548 @@
+//! End-to-end tests of the shared-queue source: the built `lastcall` binary against the local
+//! AWS emulator (moto with lifecycle hooks) and a fake IMDSv2 per instance.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+const LONG: Duration = Duration::from_secs(40);
+
+/// A marker step: appends "<instance> <resumed>" to `{dir}/<file>`.
+fn marker(name: &str, file: &str) -> String {
+    format!(
+        r#"
+[[step]]
+kind = "command"
+name = "{name}"
+command = ["/bin/sh", "-c", "echo \"$0 ${{{{LASTCALL_RESUMED:-0}}}}\" >> {{dir}}/{file}", "{{instance_id}}"]
+"#
+    )
+}
+
+fn completed(actions: &[Value]) -> Vec<&Value> {
+    actions
+        .iter()
+        .filter(|a| a["state"] == "completed")
+        .collect()
+}
+
+/// The hook's own notification for `instance`, read from a queue nobody polls.
+async fn hook_message(aws: &Aws, sink: &str, instance: &str) -> String {
+    wait_for("the hook's notification", LONG, || async {
+        let out = aws
+            .sqs
+            .receive_message()
+            .queue_url(sink)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive");
+        out.messages()
+            .iter()
+            .filter_map(|m| m.body())
+            .find(|b| b.contains(instance) && b.contains("EC2_INSTANCE_TERMINATING"))
+            .map(str::to_string)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_in_runs_the_victims_steps_and_continues() {
+    let aws = aws().await;
+    let g = group(
+        &aws,
+        "happy",
+        GroupSpec {
+            size: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    let steps = format!(
+        "{}\n[[step]]\nkind = \"sleep\"\nduration = \"200ms\"\n",
+        marker("mark", "ran")
+    );
+    let mut nodes = Vec::new();
+    for i in &g.instances {
+        let mut n = Node::new(i, &g.queue_url, &config("", &steps)).await;
+        n.start();
+        nodes.push(n);
+    }
+    aws.asg
+        .set_desired_capacity()
+        .auto_scaling_group_name(&g.name)
+        .desired_capacity(2)
+        .send()
+        .await
+        .expect("scale in");
+    let victim = wait_for("an instance in Terminating:Wait", LONG, || async {
+        for i in &g.instances {
+            if state(&aws, i).await.as_deref() == Some("Terminating:Wait") {
+                return Some(i.clone());
+            }
+        }
+        None
+    })
+    .await;
+    wait_terminated(&aws, &victim, LONG).await;
+
+    let acts = actions(&victim).await;
+    let done = completed(&acts);
+    assert_eq!(done.len(), 1, "one completed action: {acts:?}");
+    assert_eq!(done[0]["result"], "CONTINUE");
+    for n in &nodes {
+        let ran = lines(&n.path("ran"));
+        if n.instance == victim {
+            assert_eq!(ran, [format!("{victim} 0")], "the victim ran its step once");
+            n.wait_log("termination handled", LONG).await;
+            let log = n.log();
+            assert!(log.contains("result=CONTINUE"), "{log}");
+            assert!(
+                log.contains("autoscaling:TEST_NOTIFICATION received; deleting it")
+                    || nodes.iter().any(|m| m.log().contains("TEST_NOTIFICATION"))
+            );
+        } else {
+            assert!(ran.is_empty(), "{} ran nothing", n.instance);
+            assert_eq!(state(&aws, &n.instance).await.as_deref(), Some("InService"));
+        }
+    }
+    // The test notification and the termination message are both gone from the queue.
+    wait_for("an empty queue", LONG, || async {
+        (queue_counts(&aws, &g.queue_url).await == (0, 0)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_short_hook_alive_past_its_timeout() {
+    let aws = aws().await;
+    // HeartbeatTimeout 3 s, default ABANDON: without heartbeats the action would time out
+    // during the 7 s step.
+    let g = group(
+        &aws,
+        "heartbeat",
+        GroupSpec {
+            size: 1,
+            heartbeat_timeout: 3,
+            default_result: "ABANDON",
+        },
+    )
+    .await;
+    let victim = g.instances[0].clone();
+    let steps = "[[step]]\nkind = \"sleep\"\nduration = \"7s\"\n";
+    let mut n = Node::new(&victim, &g.queue_url, &config("", steps)).await;
+    n.start();
+    terminate(&aws, &victim).await;
+    wait_terminated(&aws, &victim, LONG).await;
+    let acts = actions(&victim).await;
+    assert_eq!(acts.len(), 1, "{acts:?}");
+    assert_eq!(acts[0]["state"], "completed", "not timed out: {acts:?}");
+    assert_eq!(acts[0]["result"], "CONTINUE");
+    assert!(acts[0]["heartbeats"].as_u64().unwrap_or(0) >= 3, "{acts:?}");
+    assert!(n.log().contains("heartbeat sent"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_shape_reaches_its_owner() {
+    let aws = aws().await;
+    // The hook sends to a queue nobody polls; the test re-sends each real notification to the
+    // polled queue in another envelope.
+    let name = unique("shapes");
+    let (sink, sink_arn) = queue(&aws, &format!("{name}-sink")).await;
+    let (polled, _) = queue(&aws, &name).await;
+    let g = group_with_target(
+        &aws,
+        &name,
+        &sink_arn,
+        GroupSpec {
+            size: 5,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut nodes = Vec::new();
+    for i in &g.instances {
+        let mut n = Node::new(i, &polled, &config("", &marker("mark", "ran"))).await;
+        n.start();
+        nodes.push(n);
+    }
+    let wrap: [(&str, fn(&str) -> String); 5] = [
+        ("flat", |b| b.to_string()),
+        ("sns", sns),
+        ("flat", |b| b.to_string()), // SNS raw delivery is the flat body
+        ("eventbridge", eventbridge),
+        ("sns+eventbridge", |b| sns(&eventbridge(b))),
+    ];
+    for (i, (_, f)) in g.instances.iter().zip(wrap.iter()) {
+        terminate(&aws, i).await;
+        let body = hook_message(&aws, &sink, i).await;
+        send(&aws, &polled, &f(&body)).await;
+    }
+    for ((i, (shape, _)), n) in g.instances.iter().zip(wrap.iter()).zip(&nodes) {
+        wait_terminated(&aws, i, LONG).await;
+        n.wait_log("termination handled", LONG).await;
+        assert!(
+            n.log().contains(&format!("shape=\"{shape}\""))
+                || n.log().contains(&format!("shape={shape}")),
+            "{shape}: {}",
+            n.log()
+        );
+        assert_eq!(lines(&n.path("ran")).len(), 1);
+    }
+}
+
+fn sns(inner: &str) -> String {
+    json!({
+        "Type": "Notification",
+        "MessageId": "90c5fe10-4e0a-58c1-976b-aabd25b0a514",
+        "TopicArn": "arn:aws:sns:us-east-1:123456789012:lifecycle",
+        "Subject": "Auto Scaling:  Lifecycle action 'TERMINATING'",
+        "Message": inner,
+        "Timestamp": "2026-01-01T00:00:00.000Z",
+        "SignatureVersion": "1", "Signature": "x", "SigningCertURL": "https://x", "UnsubscribeURL": "https://x"
+    })
+    .to_string()
+}
+
+fn eventbridge(flat: &str) -> String {
+    let mut detail: Value = serde_json::from_str(flat).expect("flat json");
+    let time = detail["Time"].clone();
+    for k in ["Service", "Time", "RequestId", "AccountId"] {
+        detail.as_object_mut().expect("object").remove(k);
+    }
+    json!({
+        "version": "0", "id": "12345678-1234-1234-1234-123456789012",
+        "detail-type": "EC2 Instance-terminate Lifecycle Action",
+        "source": "aws.autoscaling", "account": ACCOUNT, "time": time,
+        "region": "us-east-1", "resources": [], "detail": detail,
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_stale_broken_and_unverified_messages_are_routed_safely() {
+    let aws = aws().await;
+    let g = group(
+        &aws,
+        "routing",
+        GroupSpec {
+            size: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let me = g.instances[0].clone();
+    let mut n = Node::new(&me, &g.queue_url, &config("", &marker("mark", "ran"))).await;
+    let flat = |instance: &str, time: &str| {
+        json!({
+            "Origin": "AutoScalingGroup", "Destination": "EC2",
+            "LifecycleHookName": g.hook, "AccountId": ACCOUNT,
+            "RequestId": "5d858daa-5692-135e-98ca-ef04118c2ab5",
+            "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+            "AutoScalingGroupName": g.name, "Service": "AWS Auto Scaling",
+            "Time": time, "EC2InstanceId": instance,
+            "LifecycleActionToken": "602063c7-4a06-4a67-b8cf-87ccc33bdc86"
+        })
+        .to_string()
+    };
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let foreign = send(&aws, &g.queue_url, &flat("i-0aaaaaaaaaaaaaaaa", &now)).await;
+    let stale = send(
+        &aws,
+        &g.queue_url,
+        &flat("i-0bbbbbbbbbbbbbbbb", "2020-01-01T00:00:00.000Z"),
+    )
+    .await;
+    let broken = send(
+        &aws,
+        &g.queue_url,
+        "{\"EC2InstanceId\": \"i-0194708ef7e24dcc7\", truncated",
+    )
+    .await;
+    // This instance's "termination" while the group says InService: suspicious.
+    let unverified = send(&aws, &g.queue_url, &flat(&me, &now)).await;
+    n.start();
+
+    n.wait_log(&format!("message_id={foreign}"), LONG).await;
+    n.wait_log(&format!("message_id={stale}"), LONG).await;
+    n.wait_log(&format!("message_id={broken}"), LONG).await;
+    n.wait_log("suspicious notification", LONG).await;
+    n.wait_log("TEST_NOTIFICATION", LONG).await;
+    // Let a few more polls happen, then stop the daemon and look at the queue ourselves.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    n.signal(Signal::SIGTERM);
+    assert_eq!(n.wait_exit(LONG).await, Some(0));
+    let log = n.log();
+    assert!(lines(&n.path("ran")).is_empty(), "no step ran");
+    assert!(log.contains("message for another instance; releasing it to its owner"));
+    assert!(log.contains("older than any lifecycle action can live; deleting it"));
+    assert!(log.contains("leaving it for the queue's redrive policy"));
+    // The broken message was received once, not in a hot loop.
+    let broken_lines = log.lines().filter(|l| l.contains(&broken)).count();
+    assert_eq!(broken_lines, 1, "{log}");
+    assert_eq!(state(&aws, &me).await.as_deref(), Some("InService"));
+
+    // What is left: the foreign message (visible: released), and the broken and unverified
+    // ones (invisible until their visibility timeout). The test notification and the stale
+    // message are deleted.
+    let (visible, in_flight) = queue_counts(&aws, &g.queue_url).await;
+    assert_eq!(
+        (visible, in_flight),
+        (1, 2),
+        "foreign visible; broken and unverified in flight"
+    );
+    let out = aws
+        .sqs
+        .receive_message()
+        .queue_url(&g.queue_url)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .expect("receive");
+    let ids: Vec<_> = out
+        .messages()
+        .iter()
+        .filter_map(|m| m.message_id())
+        .collect();
+    assert_eq!(
+        ids,
+        [foreign.as_str()],
+        "the foreign message is there for its owner"
+    );
+    let _ = unverified;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_step_resumes_at_that_step_and_completes_once() {
+    let aws = aws().await;
+    let g = group(
+        &aws,
+        "resume",
+        GroupSpec {
+            size: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let victim = g.instances[0].clone();
+    let steps = format!(
+        r#"{}
+[[step]]
+kind = "command"
+name = "slow"
+command = ["/bin/sh", "-c", "echo \"start ${{{{LASTCALL_RESUMED:-0}}}}\" >> {{dir}}/slow; sleep 3; echo \"end ${{{{LASTCALL_RESUMED:-0}}}}\" >> {{dir}}/slow"]
+{}"#,
+        marker("first", "first"),
+        marker("last", "last")
+    );
+    let mut n = Node::new(&victim, &g.queue_url, &config("", &steps)).await;
+    n.start();
+    terminate(&aws, &victim).await;
+    n.wait_log("step=slow", LONG).await;
+    wait_for("the slow step to start", LONG, || async {
+        (!lines(&n.path("slow")).is_empty()).then_some(())
+    })
+    .await;
+    n.signal(Signal::SIGKILL);
+    n.wait_exit(LONG).await;
+    assert_eq!(
+        state(&aws, &victim).await.as_deref(),
+        Some("Terminating:Wait")
+    );
+    let rec = n.journal();
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0]["steps"][1]["state"], "started", "{rec:?}");
+
+    n.start();
+    wait_terminated(&aws, &victim, LONG).await;
+    n.wait_log("termination handled", LONG).await;
+    assert_eq!(
+        lines(&n.path("first")),
+        [format!("{victim} 0")],
+        "finished step not re-run"
+    );
+    assert_eq!(
+        lines(&n.path("slow")),
+        ["start 0", "start 1", "end 1"],
+        "interrupted step re-run, resumed"
+    );
+    assert_eq!(lines(&n.path("last")).len(), 1);
+    let acts = actions(&victim).await;
+    assert_eq!(completed(&acts).len(), 1, "{acts:?}");
+    assert!(n
+        .log()
+        .contains("resuming an unfinished lifecycle action from the journal"));
+    // The message comes back after the restart and is recognised as done, then deleted.
+    wait_for("an empty queue", LONG, || async {
+        (queue_counts(&aws, &g.queue_url).await == (0, 0)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_running_step_finish_and_keeps_the_journal() {
+    let aws = aws().await;
+    let g = group(
+        &aws,
+        "sigterm",
+        GroupSpec {
+            size: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let victim = g.instances[0].clone();
+    let steps = format!(
+        r#"
+[[step]]
+kind = "command"
+name = "slow"
+command = ["/bin/sh", "-c", "sleep 2; echo done >> {{dir}}/slow"]
+{}"#,
+        marker("after", "after")
+    );
+    let mut n = Node::new(&victim, &g.queue_url, &config("", &steps)).await;
+    n.start();
+    terminate(&aws, &victim).await;
+    n.wait_log("step=slow", LONG).await;
+    n.signal(Signal::SIGTERM);
+    assert_eq!(n.wait_exit(LONG).await, Some(0));
+    assert_eq!(
+        lines(&n.path("slow")),
+        ["done"],
+        "the running step finished"
+    );
+    assert!(
+        lines(&n.path("after")).is_empty(),
+        "no new step after SIGTERM"
+    );
+    let rec = n.journal();
+    assert_eq!(rec[0]["steps"][0]["state"], "ok");
+    assert!(rec[0]["completion"].is_null());
+    assert_eq!(
+        state(&aws, &victim).await.as_deref(),
+        Some("Terminating:Wait")
+    );
+
+    n.start();
+    wait_terminated(&aws, &victim, LONG).await;
+    assert_eq!(lines(&n.path("slow")), ["done"]);
+    assert_eq!(lines(&n.path("after")).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_once_runs_a_duplicated_message_once() {
+    let aws = aws().await;
+    let name = unique("once");
+    let (sink, sink_arn) = queue(&aws, &format!("{name}-sink")).await;
+    let (polled, _) = queue(&aws, &name).await;
+    let g = group_with_target(
+        &aws,
+        &name,
+        &sink_arn,
+        GroupSpec {
+            size: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let victim = g.instances[0].clone();
+    let steps = format!(
+        "{}\n[[step]]\nkind = \"sleep\"\nduration = \"2s\"\n",
+        marker("mark", "ran")
+    );
+    let mut n = Node::new(&victim, &polled, &config("", &steps)).await;
+    terminate(&aws, &victim).await;
+    let body = hook_message(&aws, &sink, &victim).await;
+    // Standard queues deliver at least once: the same notification twice.
+    send(&aws, &polled, &body).await;
+    send(&aws, &polled, &body).await;
+    let mut a = n
+        .command(&["once", "--wait", "2s"])
+        .spawn()
+        .expect("once a");
+    let mut b = n
+        .command(&["once", "--wait", "2s"])
+        .spawn()
+        .expect("once b");
+    let (ca, cb) = (a.wait().expect("a"), b.wait().expect("b"));
+    assert_eq!((ca.code(), cb.code()), (Some(0), Some(0)), "{}", n.log());
+    assert_eq!(
+        lines(&n.path("ran")).len(),
+        1,
+        "the pipeline ran once: {}",
+        n.log()
+    );
+    wait_terminated(&aws, &victim, LONG).await;
+    assert_eq!(completed(&actions(&victim).await).len(), 1);
+    // Whichever copy is left is recognised as done by a later run and deleted.
+    wait_for("the leftover copy to be deleted", LONG, || {
+        let code = n.once(&["--wait", "1s"]);
+        let aws = aws.clone();
+        let polled = polled.clone();
+        async move {
+            assert_eq!(code, 0);
+            (queue_counts(&aws, &polled).await == (0, 0)).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(lines(&n.path("ran")).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborting_failure_skips_the_rest_and_sends_the_failure_result() {
+    let aws = aws().await;
+    let g = group(
+        &aws,
+        "abort",
+        GroupSpec {
+            size: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let victim = g.instances[0].clone();
+    let steps = format!(
+        "[[step]]\nkind = \"command\"\nname = \"fails\"\ncommand = [\"/bin/false\"]\non_failure = \"abort\"\n{}",
+        marker("never", "never")
+    );
+    let mut n = Node::new(
+        &victim,
+        &g.queue_url,
+        &config("on_failure_result = \"ABANDON\"", &steps),
+    )
+    .await;
+    terminate(&aws, &victim).await;
+    let code = n.once(&["--wait", "5s"]);
+    assert_eq!(code, 4, "exit 4: handled with a failed step\n{}", n.log());
+    assert!(lines(&n.path("never")).is_empty());
+    wait_terminated(&aws, &victim, LONG).await;
+    let acts = actions(&victim).await;
+    assert_eq!(acts[0]["result"], "ABANDON", "{acts:?}");
+    let rec = n.journal();
+    assert_eq!(rec[0]["steps"][1]["state"], "skipped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_on_an_empty_queue_returns_at_once() {
+    let aws = aws().await;
+    let g = group(
+        &aws,
+        "empty",
+        GroupSpec {
+            size: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut n = Node::new(&g.instances[0], &g.queue_url, &config("", "")).await;
+    assert_eq!(n.once(&["--wait", "0s"]), 0, "{}", n.log());
+    // The hook's test notification was the only message, and it is deleted.
+    assert!(n.log().contains("TEST_NOTIFICATION"));
+    assert_eq!(queue_counts(&aws, &g.queue_url).await, (0, 0));
+}
