@@ -171,7 +171,7 @@ async fn every_message_shape_reaches_its_owner() {
         n.start();
         nodes.push(n);
     }
-    let wrap: [(&str, fn(&str) -> String); 5] = [
+    let wrap: [(&str, Wrap); 5] = [
         ("flat", |b| b.to_string()),
         ("sns", sns),
         ("flat", |b| b.to_string()), // SNS raw delivery is the flat body
@@ -195,6 +195,9 @@ async fn every_message_shape_reaches_its_owner() {
         assert_eq!(lines(&n.path("ran")).len(), 1);
     }
 }
+
+/// Puts a flat notification into another envelope.
+type Wrap = fn(&str) -> String;
 
 fn sns(inner: &str) -> String {
     json!({
