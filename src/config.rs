@@ -558,6 +558,11 @@ impl<'a> Fields<'a> {
         self.table.contains_key(key)
     }
 
+    /// The raw value of a key, without marking it as read or checking it.
+    pub fn peek(&self, key: &str) -> Option<&toml::Value> {
+        self.table.get(key)
+    }
+
     /// An optional duration such as `"30s"` or `"5m"`.
     pub fn duration(&mut self, key: &str) -> Option<Duration> {
         let s: String = self.opt(key)?;

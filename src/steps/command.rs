@@ -35,29 +35,29 @@ impl CommandStep {
                 "is required: command = [\"/path/to/program\", \"arg\", …]",
             );
         }
-        let argv = match f.templates("command") {
-            Some(a) if a.is_empty() => {
-                f.problem(
-                    "command",
-                    "must name a program: command = [\"/path/to/program\", \"arg\", …]",
-                );
-                None
-            }
-            Some(a) => {
-                if !a[0].source().starts_with('/') {
-                    f.problem(
-                        "command",
-                        format!(
-                            "the program {:?} must be an absolute path (there is no shell and no PATH search); \
-                             to use a shell, write it: [\"/bin/sh\", \"-c\", \"…\"]",
-                            a[0].source()
-                        ),
-                    );
-                }
-                Some(a)
-            }
-            None => None,
-        };
+        // The program is checked on the raw text, so that this is reported even when another
+        // element has a bad placeholder.
+        let program = f
+            .peek("command")
+            .and_then(|v| v.as_array())
+            .and_then(|a| a.first())
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let argv = f.templates("command");
+        match (&program, &argv) {
+            (Some(p), _) if !p.starts_with('/') => f.problem(
+                "command",
+                format!(
+                    "the program {p:?} must be an absolute path (there is no shell and no PATH search); \
+                     to use a shell, write it: [\"/bin/sh\", \"-c\", \"…\"]"
+                ),
+            ),
+            (None, Some(_)) => f.problem(
+                "command",
+                "must name a program: command = [\"/path/to/program\", \"arg\", …]",
+            ),
+            _ => {}
+        }
         let env = f.template_map("env").unwrap_or_default();
         for k in env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
@@ -226,4 +226,132 @@ fn log_lines<R: AsyncRead + Unpin + Send + 'static>(
             info!(step = %step, stream, "{line}");
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+
+    fn step(argv: &[&str], user: Option<&str>) -> CommandStep {
+        CommandStep {
+            argv: argv
+                .iter()
+                .map(|a| Template::parse(a).expect("template"))
+                .collect(),
+            env: BTreeMap::from([(
+                "GREETING".to_string(),
+                Template::parse("hi {instance_id}").expect("t"),
+            )]),
+            user: user.map(str::to_string),
+        }
+    }
+
+    fn ctx() -> Context {
+        let mut c = Context::default();
+        c.values.insert("instance_id", "i-0123456789abcdef0".into());
+        c
+    }
+
+    #[tokio::test]
+    async fn placeholders_go_into_single_arguments_never_a_shell() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let mut c = ctx();
+        c.values
+            .insert("hostname", "$(touch /tmp/pwned); `id`".into());
+        let s = step(
+            &["/bin/sh", "-c", "printf '%s|%s|%s|%s' \"$1\" \"$GREETING\" \"$LASTCALL_INSTANCE_ID\" \"$LASTCALL_RESUMED\" > \"$2\"", "sh", "{hostname}", out.to_str().expect("utf8")],
+            None,
+        );
+        let env = StepEnv {
+            name: "t",
+            ctx: &c,
+            resumed: true,
+        };
+        s.run(&env).await.expect("ok");
+        assert_eq!(
+            std::fs::read_to_string(&out).expect("out"),
+            "$(touch /tmp/pwned); `id`|hi i-0123456789abcdef0|i-0123456789abcdef0|1"
+        );
+    }
+
+    #[tokio::test]
+    async fn exit_status_decides_and_runs_as_the_configured_user() {
+        let c = ctx();
+        let env = StepEnv {
+            name: "t",
+            ctx: &c,
+            resumed: false,
+        };
+        let err = step(&["/bin/sh", "-c", "exit 7"], None)
+            .run(&env)
+            .await
+            .expect_err("fails");
+        assert!(err.to_string().contains("exited with status 7"), "{err}");
+        let err = step(&["/nonexistent/prog"], None)
+            .run(&env)
+            .await
+            .expect_err("fails");
+        assert!(
+            err.to_string().contains("cannot start /nonexistent/prog"),
+            "{err}"
+        );
+        if nix::unistd::geteuid().is_root() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+                .expect("chmod");
+            let out = dir.path().join("uid");
+            step(
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "id -u > \"$0\"",
+                    out.to_str().expect("utf8"),
+                ],
+                Some("nobody"),
+            )
+            .run(&env)
+            .await
+            .expect("ok");
+            let nobody = nix::unistd::User::from_name("nobody")
+                .expect("lookup")
+                .expect("nobody exists");
+            assert_eq!(
+                std::fs::read_to_string(&out).expect("uid").trim(),
+                nobody.uid.to_string()
+            );
+            let err = step(&["/bin/true"], Some("no-such-user-here"))
+                .run(&env)
+                .await
+                .expect_err("fails");
+            assert!(err.to_string().contains("does not exist"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_step_takes_its_children_with_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let late = dir.path().join("late");
+        let s = step(
+            &[
+                "/bin/sh",
+                "-c",
+                "(sleep 1; echo late > \"$0\") & sleep 1; echo late > \"$0\"",
+                late.to_str().expect("utf8"),
+            ],
+            None,
+        );
+        let c = ctx();
+        let env = StepEnv {
+            name: "t",
+            ctx: &c,
+            resumed: false,
+        };
+        let r = tokio::time::timeout(Duration::from_millis(200), s.run(&env)).await;
+        assert!(r.is_err(), "timed out");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!late.exists(), "the step's processes were killed with it");
+    }
 }

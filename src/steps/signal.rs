@@ -221,3 +221,69 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod run_tests {
+    use super::*;
+    use crate::template::Context;
+
+    fn step(pid_file: &str, signal: Signal, wait_exit: bool) -> SignalStep {
+        SignalStep {
+            target: Target::PidFile(Template::parse(pid_file).expect("template")),
+            signal,
+            wait_exit,
+            systemctl: "/bin/false".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn signals_a_live_process_and_waits_for_its_exit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = tokio::process::Command::new("/bin/sleep")
+            .arg("30")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sleep");
+        let pid_file = dir.path().join("p.pid");
+        std::fs::write(&pid_file, format!("{}\n", child.id().expect("pid"))).expect("write");
+        let s = step(pid_file.to_str().expect("utf8"), Signal::SIGTERM, true);
+        let ctx = Context::default();
+        let env = StepEnv {
+            name: "t",
+            ctx: &ctx,
+            resumed: false,
+        };
+        // Reap the child concurrently, as its real parent (an init system) would.
+        let (r, status) = tokio::join!(s.run(&env), child.wait());
+        assert!(r.expect("ok").contains("it exited"));
+        assert!(!status.expect("status").success());
+    }
+
+    #[tokio::test]
+    async fn a_stale_pid_file_is_a_clear_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = tokio::process::Command::new("/bin/true")
+            .spawn()
+            .expect("true");
+        let pid = child.id().expect("pid");
+        child.wait().await.expect("wait");
+        let pid_file = dir.path().join("p.pid");
+        std::fs::write(&pid_file, pid.to_string()).expect("write");
+        let s = step(pid_file.to_str().expect("utf8"), Signal::SIGUSR1, false);
+        let ctx = Context::default();
+        let env = StepEnv {
+            name: "t",
+            ctx: &ctx,
+            resumed: false,
+        };
+        let err = s.run(&env).await.expect_err("stale");
+        assert!(err.to_string().contains("is not running"), "{err}");
+        let s = step("/nonexistent/x.pid", Signal::SIGUSR1, false);
+        let err = s.run(&env).await.expect_err("missing");
+        assert!(
+            err.to_string()
+                .contains("cannot read pid file /nonexistent/x.pid"),
+            "{err}"
+        );
+    }
+}

@@ -100,3 +100,86 @@ impl SystemdStep {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A stand-in for systemctl (systemd cannot run here): records its argv and answers
+    /// `is-active` with "active" twice, then "inactive".
+    fn fake_systemctl(dir: &std::path::Path, fail_stop: bool) -> PathBuf {
+        let p = dir.join("systemctl");
+        let script = format!(
+            r#"#!/bin/sh
+echo "$*" >> {dir}/calls
+case "$1" in
+  stop) {stop} ;;
+  is-active)
+    n=$(grep -c is-active {dir}/calls)
+    if [ "$n" -le 2 ]; then echo active; exit 0; else echo inactive; exit 3; fi ;;
+esac
+"#,
+            dir = dir.display(),
+            stop = if fail_stop {
+                "echo 'Unit nope.service not loaded.' >&2; exit 5"
+            } else {
+                "exit 0"
+            }
+        );
+        std::fs::write(&p, script).expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        p
+    }
+
+    fn step(unit: &str, systemctl: PathBuf) -> SystemdStep {
+        SystemdStep {
+            unit: Template::parse(unit).expect("template"),
+            action: "stop".into(),
+            systemctl,
+        }
+    }
+
+    #[tokio::test]
+    async fn stops_the_unit_and_waits_until_it_is_inactive() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = step("zabbix-agent.service", fake_systemctl(dir.path(), false));
+        let ctx = Context::default();
+        let env = StepEnv {
+            name: "t",
+            ctx: &ctx,
+            resumed: false,
+        };
+        let out = s.run(&env).await.expect("ok");
+        assert!(out.contains("inactive"), "{out}");
+        let calls = std::fs::read_to_string(dir.path().join("calls")).expect("calls");
+        assert_eq!(
+            calls.lines().collect::<Vec<_>>(),
+            [
+                "stop -- zabbix-agent.service",
+                "is-active -- zabbix-agent.service",
+                "is-active -- zabbix-agent.service",
+                "is-active -- zabbix-agent.service"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_systemctl_is_reported_with_its_message() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = step("nope.service", fake_systemctl(dir.path(), true));
+        let ctx = Context::default();
+        let env = StepEnv {
+            name: "t",
+            ctx: &ctx,
+            resumed: false,
+        };
+        let err = s.run(&env).await.expect_err("fails").to_string();
+        assert!(
+            err.contains(
+                "systemctl stop nope.service failed (exit 5): Unit nope.service not loaded."
+            ),
+            "{err}"
+        );
+    }
+}
