@@ -644,6 +644,24 @@ def install_patches() -> None:
 
     BackendDict.reset = classmethod(reset)
 
+    # --- SQS wake-ups -----------------------------------------------------------
+    # moto wakes a waiting long poll when a message is sent, but not when a message is made
+    # visible again with ChangeMessageVisibility(0); waiters then sleep out moto's 1 s poll
+    # step. Real SQS returns such a message to a waiting long poll promptly, which is what a
+    # shared queue relies on when instances release each other's messages.
+    from moto.sqs.models import SQSBackend
+
+    orig_change_visibility = SQSBackend.change_message_visibility
+
+    def change_message_visibility(self: Any, queue_name: str, receipt_handle: str, visibility_timeout: int) -> None:
+        orig_change_visibility(self, queue_name, receipt_handle, visibility_timeout)
+        if int(visibility_timeout) == 0:
+            cond = self.get_queue(queue_name)._messages_lock
+            with cond:
+                cond.notify_all()
+
+    SQSBackend.change_message_visibility = change_message_visibility
+
 
 # ---------------------------------------------------------------------------
 # Live instance data for IMDS
