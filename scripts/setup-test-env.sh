@@ -1,36 +1,65 @@
 #!/usr/bin/env bash
-# Sets up what the tests and the demo need besides Rust: a project-local Python virtualenv with
-# the pinned AWS emulator (moto) from tests/emulator/requirements.txt. Safe to run again: it does
-# nothing when the virtualenv already matches the requirements.
+# Sets up what the tests and the demo need besides Rust:
+# - a project-local Python virtualenv (.venv) with the pinned AWS emulator (moto) from
+#   tests/emulator/requirements.txt, and the pinned cfn-lint from tests/requirements-deploy.txt;
+# - the Debian packages the deployment tests (tests/deploy.rs) run: systemd (for systemd-analyze
+#   and `systemctl --root`; nothing is booted) and shellcheck, installed only when missing.
+# Safe to run again: it does nothing when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=.venv
 req=tests/emulator/requirements.txt
 stamp=$venv/.requirements
+deploy_req=tests/requirements-deploy.txt
+deploy_stamp=$venv/.requirements-deploy
 
-if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && cmp -s "$req" "$stamp"; then
-  exit 0
-fi
-
-python=${PYTHON:-python3}
-if ! command -v "$python" >/dev/null; then
-  echo "setup: $python not found; install Python 3.9 or later" >&2
-  exit 1
-fi
-# Debian's system Python needs python3-venv for `-m venv`.
-if ! "$python" -m venv --help >/dev/null 2>&1 || ! "$python" -c 'import ensurepip' 2>/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "setup: installing python3-venv" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-  else
-    echo "setup: '$python -m venv' does not work; install python3-venv" >&2
+# Installs Debian packages as root, running `apt-get update` at most once per run.
+apt_updated=
+apt_install() {
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "setup: cannot install $* (needs root and apt-get); install them and run this again" >&2
     exit 1
   fi
+  echo "setup: installing $*" >&2
+  local out
+  # apt's chatter (debconf notes and the like) is shown only when something fails.
+  if [ -z "$apt_updated" ]; then
+    out=$(apt-get update -qq 2>&1) || { printf '%s\n' "$out" >&2; exit 1; }
+    apt_updated=1
+  fi
+  out=$(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" 2>&1) ||
+    { printf '%s\n' "$out" >&2; exit 1; }
+}
+
+# Tools the deployment tests run.
+missing=()
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
+if [ "${#missing[@]}" -gt 0 ]; then
+  apt_install "${missing[@]}"
 fi
 
-echo "setup: creating $venv with the pinned emulator (moto)" >&2
-rm -rf "$venv"
-"$python" -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
-cp "$req" "$stamp"
+if ! { [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && cmp -s "$req" "$stamp"; }; then
+  python=${PYTHON:-python3}
+  if ! command -v "$python" >/dev/null; then
+    echo "setup: $python not found; install Python 3.9 or later" >&2
+    exit 1
+  fi
+  # Debian's system Python needs python3-venv for `-m venv`.
+  if ! "$python" -m venv --help >/dev/null 2>&1 || ! "$python" -c 'import ensurepip' 2>/dev/null; then
+    apt_install python3-venv
+  fi
+
+  echo "setup: creating $venv with the pinned emulator (moto)" >&2
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  cp "$req" "$stamp"
+fi
+
+if ! { [ -f "$deploy_stamp" ] && cmp -s "$deploy_req" "$deploy_stamp"; }; then
+  echo "setup: installing the pinned cfn-lint into $venv" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$deploy_req"
+  cp "$deploy_req" "$deploy_stamp"
+fi
