@@ -12,6 +12,7 @@ use crate::handler::{Handled, Handler};
 use crate::identity::{Identity, Imds};
 use crate::lifecycle::AutoScaling;
 use crate::shutdown::{self, Shutdown};
+use crate::source::imds::{ImdsSource, TARGET_STATE};
 use crate::source::sqs::SqsSource;
 
 /// First pause when instance metadata cannot be read at start; doubled up to a minute.
@@ -130,6 +131,7 @@ struct Parts {
     config: Arc<Config>,
     handler: Handler,
     sqs: Option<SqsSource>,
+    imds: Option<ImdsSource>,
 }
 
 async fn setup(cli: &Cli, attempts: Option<u32>, shutdown: &mut Shutdown) -> Result<Parts, Exit> {
@@ -140,6 +142,16 @@ async fn setup(cli: &Cli, attempts: Option<u32>, shutdown: &mut Shutdown) -> Res
     };
     let sdk = crate::aws::load(&identity.region).await;
     let asg = AutoScaling::new(crate::aws::autoscaling(&sdk));
+    let imds_source = config.imds.as_ref().map(|c| {
+        ImdsSource::new(
+            imds.clone(),
+            asg.clone(),
+            c.clone(),
+            identity.instance_id.clone(),
+            config.lifecycle.hook_name.clone(),
+            !config.launch_steps.is_empty(),
+        )
+    });
     let handler = Handler::new(
         config.clone(),
         identity.clone(),
@@ -157,6 +169,7 @@ async fn setup(cli: &Cli, attempts: Option<u32>, shutdown: &mut Shutdown) -> Res
             s.clone(),
             identity.instance_id.clone(),
             config.lifecycle.hook_name.clone(),
+            !config.launch_steps.is_empty(),
         )
     });
     info!(
@@ -170,6 +183,7 @@ async fn setup(cli: &Cli, attempts: Option<u32>, shutdown: &mut Shutdown) -> Res
         config,
         handler,
         sqs,
+        imds: imds_source,
     })
 }
 
@@ -206,10 +220,17 @@ async fn run(cli: &Cli) -> Exit {
     if shutdown.is_requested() {
         return Exit::Ok;
     }
-    match parts.sqs {
-        Some(src) => src.run(&parts.handler, shutdown).await,
-        None => error!(file = %parts.config.path.display(), "no event source is configured"),
-    }
+    let sqs = async {
+        if let Some(src) = parts.sqs {
+            src.run(&parts.handler, shutdown.clone()).await;
+        }
+    };
+    let imds = async {
+        if let Some(src) = parts.imds {
+            src.run(&parts.handler, shutdown.clone()).await;
+        }
+    };
+    tokio::join!(sqs, imds);
     info!("lastcall stopped");
     Exit::Ok
 }
@@ -231,6 +252,9 @@ async fn once(cli: &Cli, wait: Option<Duration>) -> Exit {
             return Exit::Failure;
         }
     };
+    if let Some(mut src) = parts.imds {
+        handled.extend(src.check(&parts.handler).await.handled);
+    }
     if let Some(mut src) = parts.sqs {
         let wait = wait
             .or(parts.config.sqs.as_ref().map(|s| s.wait_time))
@@ -315,6 +339,68 @@ async fn check_online(cli: &Cli) -> Exit {
             None
         }
     };
+    if let Some(ic) = config.imds.as_ref().filter(|i| i.lifecycle) {
+        match imds.get_opt(TARGET_STATE).await {
+            Ok(Some(v)) => report(true, "source imds: target-lifecycle-state", format!("{v} (polled every {})", humantime::format_duration(ic.poll_interval))),
+            Ok(None) => report(true, "source imds: target-lifecycle-state", "not recorded yet (404): it appears after the instance's first lifecycle transition".into()),
+            Err(e) => report(false, "source imds: target-lifecycle-state", aws_smithy_types::error::display::DisplayErrorContext(&e).to_string()),
+        }
+        if let Some(group) = &group {
+            match asg.hooks(group).await {
+                Ok(hooks) => {
+                    let term: Vec<_> = hooks
+                        .iter()
+                        .filter(|h| h.transition == crate::event::Transition::Terminating.as_str())
+                        .map(|h| h.name.as_str())
+                        .collect();
+                    let ok = match &config.lifecycle.hook_name {
+                        Some(name) => term.contains(&name.as_str()),
+                        None => term.len() == 1,
+                    };
+                    let detail = match (&config.lifecycle.hook_name, term.len()) {
+                        (Some(n), _) if ok => format!("{n} will be completed"),
+                        (Some(n), _) => format!("group {group} has no terminating hook named {n} (it has: {})", term.join(", ")),
+                        (None, 1) => format!("{} will be completed", term[0]),
+                        (None, 0) => format!("group {group} has no terminating hook: nothing would hold the instance"),
+                        (None, _) => format!("group {group} has several terminating hooks ({}): set [lifecycle] hook_name", term.join(", ")),
+                    };
+                    report(ok, "terminating hook (DescribeLifecycleHooks)", detail);
+                    if let Some(hook) = config.lifecycle.hook_name.clone().or(if term.len() == 1 {
+                        Some(term[0].to_string())
+                    } else {
+                        None
+                    }) {
+                        // A heartbeat for an action that does not exist is refused with "No active
+                        // Lifecycle Action found" when the call is allowed, and AccessDenied when not;
+                        // for an action that does exist it only extends it. Either way nothing changes.
+                        let a = crate::lifecycle::ActionRef {
+                            group: group.clone(),
+                            hook,
+                            instance_id: identity.instance_id.clone(),
+                            token: None,
+                        };
+                        match asg.heartbeat(&a).await {
+                            Ok(_) => report(
+                                true,
+                                "permission autoscaling:RecordLifecycleActionHeartbeat",
+                                "allowed".into(),
+                            ),
+                            Err(e) => report(
+                                false,
+                                "permission autoscaling:RecordLifecycleActionHeartbeat",
+                                e.to_string(),
+                            ),
+                        }
+                    }
+                }
+                Err(e) => report(
+                    false,
+                    "terminating hook (DescribeLifecycleHooks)",
+                    e.to_string(),
+                ),
+            }
+        }
+    }
     if let (Some(group), Some(hook)) = (&group, &config.lifecycle.hook_name) {
         match asg.hook(group, hook).await {
             Ok(Some(t)) => report(

@@ -24,6 +24,8 @@ pub const DEFAULT_WAIT_TIME: Duration = Duration::from_secs(20);
 pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// The longest a lifecycle action can stay alive (the Auto Scaling global timeout cap, 48 h).
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(48 * 3600);
+/// How often instance metadata is polled.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// A step's timeout when it sets none.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -34,10 +36,28 @@ pub struct Config {
     pub path: PathBuf,
     /// The shared-queue source, when `[sqs]` is present.
     pub sqs: Option<SqsConfig>,
+    /// The instance-metadata sources, when `[imds]` is present.
+    pub imds: Option<ImdsConfig>,
     /// How lifecycle actions are verified, kept alive and completed.
     pub lifecycle: LifecycleConfig,
     /// The steps, in order.
     pub steps: Vec<Step>,
+    /// The steps run when this instance launches (`[[launch_step]]`); empty: launches are not
+    /// handled.
+    pub launch_steps: Vec<Step>,
+}
+
+/// `[imds]`: sources that read this instance's own metadata, at no AWS cost while idle.
+#[derive(Debug, Clone)]
+pub struct ImdsConfig {
+    /// Poll `autoscaling/target-lifecycle-state` and handle lifecycle actions by instance id.
+    pub lifecycle: bool,
+    /// Poll `spot/instance-action` and run the `on_spot` steps before the interruption.
+    pub spot: bool,
+    /// Treat a rebalance recommendation like a spot interruption notice.
+    pub rebalance: bool,
+    /// How often the items are read.
+    pub poll_interval: Duration,
 }
 
 /// `[sqs]`.
@@ -126,8 +146,10 @@ pub struct Step {
     pub timeout: Duration,
     /// Failure policy.
     pub on_failure: OnFailure,
-    /// Run this step also when the instance goes to the warm pool (it comes back).
+    /// Run this step also when the instance only goes to the warm pool (it comes back).
     pub warm_pool: bool,
+    /// Run this step on a spot interruption notice.
+    pub on_spot: bool,
     /// What the step does.
     pub kind: StepKind,
 }
@@ -242,6 +264,7 @@ impl Config {
     pub fn tag_keys(&self) -> BTreeSet<String> {
         self.steps
             .iter()
+            .chain(&self.launch_steps)
             .flat_map(|s| s.kind.templates())
             .flat_map(|t| t.tag_keys().map(str::to_string).collect::<Vec<_>>())
             .collect()
@@ -277,19 +300,31 @@ fn parse(text: &str, path: &Path, problems: &mut Vec<Problem>) -> Option<Config>
         f.finish();
         l
     };
-    let steps = parse_steps(&mut top);
-    if sqs.is_none() {
+    let imds = top.table("imds").map(|t| {
+        let mut f = Fields::new(&t, path, "[imds]".into(), top.problems);
+        let imds = parse_imds(&mut f);
+        f.finish();
+        imds
+    });
+    let steps = parse_steps(&mut top, "step");
+    let launch_steps = parse_steps(&mut top, "launch_step");
+    let imds_source = imds
+        .as_ref()
+        .is_some_and(|i| i.lifecycle || i.spot || i.rebalance);
+    if sqs.is_none() && !imds_source {
         top.problem_here(
             None,
-            "no event source is configured: add an [sqs] section with the queue_url of the group's lifecycle queue",
+            "no event source is configured: add [imds] (lifecycle = true: no queue needed) or an [sqs] section with the queue_url of the group's lifecycle queue",
         );
     }
     top.finish();
     Some(Config {
         path: path.to_path_buf(),
         sqs: sqs.flatten(),
+        imds,
         lifecycle,
         steps,
+        launch_steps,
     })
 }
 
@@ -339,6 +374,28 @@ fn parse_sqs(f: &mut Fields) -> Option<SqsConfig> {
         visibility_timeout,
         stale_after,
     })
+}
+
+fn parse_imds(f: &mut Fields) -> ImdsConfig {
+    let lifecycle = f.opt("lifecycle").unwrap_or(true);
+    let spot = f.opt("spot").unwrap_or(false);
+    let rebalance = f.opt("rebalance").unwrap_or(false);
+    let poll_interval = f.duration("poll_interval").unwrap_or(DEFAULT_POLL_INTERVAL);
+    if poll_interval < Duration::from_millis(100) || poll_interval > Duration::from_secs(60) {
+        f.problem("poll_interval", "must be from 100ms to 60s");
+    }
+    if !(lifecycle || spot || rebalance) {
+        f.warn(
+            "lifecycle",
+            "[imds] enables nothing: set lifecycle, spot or rebalance to true, or remove the section",
+        );
+    }
+    ImdsConfig {
+        lifecycle,
+        spot,
+        rebalance,
+        poll_interval,
+    }
 }
 
 fn parse_lifecycle(f: &mut Fields) -> LifecycleConfig {
@@ -396,18 +453,20 @@ fn parse_lifecycle(f: &mut Fields) -> LifecycleConfig {
     }
 }
 
-fn parse_steps(top: &mut Fields) -> Vec<Step> {
-    let raw: Vec<toml::Value> = match top.table.get("step") {
+/// Reads `[[step]]` or `[[launch_step]]` (`list` is the key).
+fn parse_steps(top: &mut Fields, list: &str) -> Vec<Step> {
+    let launch = list == "launch_step";
+    let raw: Vec<toml::Value> = match top.table.get(list) {
         None => return Vec::new(),
         Some(toml::Value::Array(a)) => {
-            top.used.insert("step".into());
+            top.used.insert(list.into());
             a.clone()
         }
         Some(_) => {
-            top.used.insert("step".into());
+            top.used.insert(list.into());
             top.problem(
-                "step",
-                "must be an array of tables: write each step as [[step]]",
+                list,
+                format!("must be an array of tables: write each one as [[{list}]]"),
             );
             return Vec::new();
         }
@@ -424,7 +483,7 @@ fn parse_steps(top: &mut Fields) -> Vec<Step> {
     for (i, v) in raw.iter().enumerate() {
         let index = i + 1;
         let Some(t) = v.as_table() else {
-            top.problem_in(format!("[[step]] #{index}"), None, "must be a table");
+            top.problem_in(format!("[[{list}]] #{index}"), None, "must be a table");
             continue;
         };
         let kind = t.get("kind").and_then(|k| k.as_str()).map(str::to_string);
@@ -437,7 +496,7 @@ fn parse_steps(top: &mut Fields) -> Vec<Step> {
             (None, Some(k)) => k.clone(),
             (None, None) => format!("step-{index}"),
         };
-        let section = format!("[[step]] #{index} {name:?}");
+        let section = format!("[[{list}]] #{index} {name:?}");
         let mut f = Fields::new(t, top.path, section, top.problems);
         let _: Option<String> = f.opt("name");
         if explicit_name.as_deref() == Some("") {
@@ -465,7 +524,18 @@ fn parse_steps(top: &mut Fields) -> Vec<Step> {
                 OnFailure::Continue
             }
         };
-        let warm_pool = f.opt("warm_pool").unwrap_or(false);
+        let warm_pool: Option<bool> = f.opt("warm_pool");
+        let on_spot: Option<bool> = f.opt("on_spot");
+        if launch {
+            for (key, v) in [("warm_pool", warm_pool), ("on_spot", on_spot)] {
+                if v.is_some() {
+                    f.problem(
+                        key,
+                        "only applies to [[step]]: launch steps run on every launch",
+                    );
+                }
+            }
+        }
         let kind = kind_str.and_then(|k| StepKind::parse(&k, &mut f));
         if let Some(kind) = kind {
             let timeout = match timeout {
@@ -491,7 +561,8 @@ fn parse_steps(top: &mut Fields) -> Vec<Step> {
                 name,
                 timeout,
                 on_failure,
-                warm_pool,
+                warm_pool: warm_pool.unwrap_or_else(|| kind.default_warm_pool()),
+                on_spot: on_spot.unwrap_or(true),
                 kind,
             });
         }

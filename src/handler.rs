@@ -11,7 +11,10 @@ use crate::config::{ActionResult, Config, Heartbeat};
 use crate::event::{LifecycleEvent, Transition};
 use crate::identity::{Identity, Imds};
 use crate::journal::{self, Completion, Journal, JournalError, Record};
-use crate::lifecycle::{ActionRef, AutoScaling, CallOutcome, LifecycleError, TERMINATING_WAIT};
+use crate::lifecycle::{
+    ActionRef, AutoScaling, CallOutcome, LifecycleError, PENDING_WAIT, TERMINATING_WAIT,
+    WARMED_PENDING_WAIT,
+};
 use crate::pipeline;
 use crate::shutdown::Shutdown;
 use crate::template::Context;
@@ -30,6 +33,12 @@ const VERIFY_PAUSES: &[Duration] = &[
 const FALLBACK_HEARTBEAT: Duration = Duration::from_secs(10);
 /// How long completion is retried through throttling and outages.
 const COMPLETE_DEADLINE: Duration = Duration::from_secs(300);
+/// How long a completion by instance id (no token) retries "No active Lifecycle Action found"
+/// while the group still shows the instance waiting: IMDS can report the target state before the
+/// action exists.
+const NOT_YET_ACTIVE_DEADLINE: Duration = Duration::from_secs(60);
+/// The pseudo-transition under which spot interruptions are journaled.
+pub const SPOT_TRANSITION: &str = "ec2:SPOT_INSTANCE_INTERRUPTION";
 
 /// A lifecycle action to handle, from a notification or from the journal.
 #[derive(Debug, Clone)]
@@ -40,10 +49,27 @@ pub struct Action {
     pub transition: Transition,
     /// The hook's NotificationMetadata.
     pub metadata: Option<String>,
-    /// The instance goes to the warm pool, not away.
-    pub to_warm_pool: bool,
+    /// The destination is the warm pool: a termination that only stops the instance (it comes
+    /// back), or a launch into the pool.
+    pub warm_pool: bool,
     /// When Auto Scaling started it, if known.
     pub started: Option<SystemTime>,
+}
+
+impl Action {
+    /// The group state Auto Scaling holds the instance in while this action waits.
+    pub fn wait_state(&self) -> &'static str {
+        match (&self.transition, self.warm_pool) {
+            (_, true) => WARMED_PENDING_WAIT,
+            (Transition::Terminating, false) => TERMINATING_WAIT,
+            (Transition::Launching, false) => PENDING_WAIT,
+        }
+    }
+
+    /// Launches and warm-pool returns can happen to the same instance again.
+    fn repeatable(&self) -> bool {
+        self.warm_pool || self.transition == Transition::Launching
+    }
 }
 
 impl From<&LifecycleEvent> for Action {
@@ -57,7 +83,7 @@ impl From<&LifecycleEvent> for Action {
             },
             transition: ev.transition.clone(),
             metadata: ev.metadata.clone(),
-            to_warm_pool: ev.to_warm_pool(),
+            warm_pool: ev.to_warm_pool(),
             started: ev.time,
         }
     }
@@ -142,7 +168,9 @@ impl Handler {
         for rec in self.journal.incomplete(&self.identity.instance_id)? {
             let transition = match rec.transition.as_str() {
                 "autoscaling:EC2_INSTANCE_LAUNCHING" => Transition::Launching,
-                _ => Transition::Terminating,
+                "autoscaling:EC2_INSTANCE_TERMINATING" => Transition::Terminating,
+                // A spot interruption is resumed only if instance metadata still reports it.
+                _ => continue,
             };
             info!(instance_id = %rec.instance_id, hook = %rec.hook, trigger = %rec.trigger, "resuming an unfinished lifecycle action from the journal");
             let action = Action {
@@ -154,7 +182,7 @@ impl Handler {
                 },
                 transition,
                 metadata: rec.metadata.clone(),
-                to_warm_pool: false,
+                warm_pool: rec.warm_pool,
                 started: None,
             };
             let trigger = format!("{}+journal", rec.trigger);
@@ -179,23 +207,27 @@ impl Handler {
             // A completed record with another token is an earlier action (the instance went
             // to the warm pool and came back): start afresh.
             Some(r) if r.completion.is_none() => r,
-            _ => Record::new(
-                &a.instance_id,
-                &a.group,
-                &a.hook,
-                action.transition.as_str(),
-                a.token.as_deref(),
-                action.metadata.as_deref(),
-                trigger,
-            ),
+            _ => {
+                let mut r = Record::new(
+                    &a.instance_id,
+                    &a.group,
+                    &a.hook,
+                    action.transition.as_str(),
+                    a.token.as_deref(),
+                    action.metadata.as_deref(),
+                    trigger,
+                );
+                r.warm_pool = action.warm_pool;
+                r
+            }
         };
         if rec.token.is_none() {
             rec.token = a.token.clone();
         }
-        if self.config.lifecycle.verify && action.transition == Transition::Terminating {
-            if let Err(seen) = self.verify(a).await {
-                warn!(instance_id = %a.instance_id, group = %a.group, hook = %a.hook, seen = %seen,
-                    "suspicious notification: Auto Scaling does not show this instance in Terminating:Wait in this group; running nothing");
+        if self.config.lifecycle.verify {
+            if let Err(seen) = self.verify(a, action.wait_state()).await {
+                warn!(instance_id = %a.instance_id, group = %a.group, hook = %a.hook, expected = action.wait_state(), seen = %seen,
+                    "suspicious notification: Auto Scaling does not show this instance waiting in this group; running nothing");
                 return Ok(Handled::NotWaiting { seen });
             }
         }
@@ -204,11 +236,16 @@ impl Handler {
         let started = Instant::now();
         let ctx = self.context(action).await;
         let heartbeat = self.start_heartbeats(action).await;
-        let to_warm_pool = action.to_warm_pool;
-        let applies = move |s: &crate::config::Step| !to_warm_pool || s.warm_pool;
+        let warm_pool = action.warm_pool;
+        let applies = move |s: &crate::config::Step| !warm_pool || s.warm_pool;
+        let steps = match action.transition {
+            Transition::Terminating => &self.config.steps,
+            Transition::Launching => &self.config.launch_steps,
+        };
         let outcome = pipeline::run(
-            &self.config.steps,
+            steps,
             &applies,
+            None,
             &ctx,
             &self.journal,
             &mut rec,
@@ -220,28 +257,28 @@ impl Handler {
         if outcome.interrupted {
             return Ok(Handled::Interrupted);
         }
-        let result = if outcome.failed == 0 {
-            ActionResult::Continue
-        } else {
-            self.config.lifecycle.on_failure_result
+        let result = match action.transition {
+            _ if outcome.failed == 0 => ActionResult::Continue,
+            Transition::Terminating => self.config.lifecycle.on_failure_result,
+            // A launch whose step failed with on_failure = "abort" is abandoned: Auto Scaling
+            // replaces the instance.
+            Transition::Launching if outcome.skipped_by_abort => ActionResult::Abandon,
+            Transition::Launching => ActionResult::Continue,
         };
-        let accepted = match self.asg.complete(a, result, COMPLETE_DEADLINE).await {
-            Ok(CallOutcome::Done) => true,
-            Ok(CallOutcome::NoActiveAction) => false,
-            Err(e) => {
-                error!(instance_id = %a.instance_id, hook = %a.hook, error = %e, "could not complete the lifecycle action");
-                return Err(e.into());
-            }
-        };
+        let accepted = self.complete(action, result).await?;
         rec.completion = Some(Completion {
             result,
             at: journal::unix_now(),
             accepted,
         });
         self.journal.save(&rec)?;
-        let what = match action.transition {
-            Transition::Terminating => "termination handled",
-            Transition::Launching => "launch handled",
+        if action.repeatable() {
+            self.journal.archive(&rec)?;
+        }
+        let what = match (&action.transition, action.warm_pool) {
+            (Transition::Terminating, false) => "termination handled",
+            (Transition::Terminating, true) => "warm-pool return handled",
+            (Transition::Launching, _) => "launch handled",
         };
         info!(
             instance_id = %a.instance_id,
@@ -263,18 +300,132 @@ impl Handler {
         })
     }
 
-    /// Ok when the group shows the instance in `Terminating:Wait`; else what it shows.
-    async fn verify(&self, a: &ActionRef) -> Result<(), String> {
+    /// Completes the action; true when Auto Scaling accepted it, false when it said the action
+    /// was already gone.
+    async fn complete(&self, action: &Action, result: ActionResult) -> Result<bool, HandlerError> {
+        let a = &action.aref;
+        let start = Instant::now();
+        loop {
+            match self.asg.complete(a, result, COMPLETE_DEADLINE).await {
+                Ok(CallOutcome::Done) => return Ok(true),
+                // With a token the answer is final. By instance id it may only mean "not yet":
+                // retry while the group still shows the instance waiting.
+                Ok(CallOutcome::NoActiveAction)
+                    if a.token.is_none() && start.elapsed() < NOT_YET_ACTIVE_DEADLINE =>
+                {
+                    match self.asg.instance(&a.instance_id).await {
+                        Ok(Some(s)) if s.state == action.wait_state() => {
+                            debug!(instance_id = %a.instance_id, "no active lifecycle action yet; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        _ => return Ok(false),
+                    }
+                }
+                Ok(CallOutcome::NoActiveAction) => return Ok(false),
+                Err(e) => {
+                    error!(instance_id = %a.instance_id, hook = %a.hook, error = %e, "could not complete the lifecycle action");
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// True when the journal shows this action completed (no AWS call).
+    pub fn completed(&self, instance_id: &str, hook: &str, transition: &Transition) -> bool {
+        let key = journal::key(instance_id, hook, transition.as_str());
+        matches!(self.journal.load(&key), Ok(Some(r)) if r.completion.is_some())
+    }
+
+    /// Runs the `on_spot` steps before a spot interruption (or a rebalance recommendation).
+    /// There is no lifecycle action to complete; the journal still keeps finished steps from
+    /// running twice.
+    pub async fn handle_spot(
+        &self,
+        what: &str,
+        deadline: Option<SystemTime>,
+        group: Option<String>,
+    ) -> Result<Handled, HandlerError> {
+        let me = &self.identity.instance_id;
+        let key = journal::key(me, "spot", SPOT_TRANSITION);
+        let Some(_lock) = self.journal.try_lock(&key)? else {
+            return Ok(Handled::Busy);
+        };
+        let mut rec = match self.journal.load(&key)? {
+            Some(r) if r.completion.is_some() => return Ok(Handled::AlreadyCompleted),
+            Some(r) => r,
+            None => Record::new(
+                me,
+                group.as_deref().unwrap_or(""),
+                "spot",
+                SPOT_TRANSITION,
+                None,
+                None,
+                "imds",
+            ),
+        };
+        self.journal.save(&rec)?;
+        let started = Instant::now();
+        let remaining = deadline.map(|d| d.duration_since(SystemTime::now()).unwrap_or_default());
+        warn!(instance_id = %me, notice = what, seconds_left = remaining.map(|r| r.as_secs()), "spot interruption: running the on_spot steps");
+        let action = Action {
+            aref: ActionRef {
+                group: group.unwrap_or_default(),
+                hook: String::new(),
+                instance_id: me.clone(),
+                token: None,
+            },
+            transition: Transition::Terminating,
+            metadata: None,
+            warm_pool: false,
+            started: None,
+        };
+        let mut ctx = self.context(&action).await;
+        ctx.values.insert("transition", format!("spot:{what}"));
+        if action.aref.group.is_empty() {
+            ctx.values.remove("asg_name");
+        }
+        ctx.values.remove("hook_name");
+        let applies = |s: &crate::config::Step| s.on_spot;
+        let outcome = pipeline::run(
+            &self.config.steps,
+            &applies,
+            remaining.map(|r| Instant::now() + r),
+            &ctx,
+            &self.journal,
+            &mut rec,
+            &self.shutdown,
+        )
+        .await?;
+        if outcome.interrupted {
+            return Ok(Handled::Interrupted);
+        }
+        rec.completion = Some(Completion {
+            result: ActionResult::Continue,
+            at: journal::unix_now(),
+            accepted: false,
+        });
+        self.journal.save(&rec)?;
+        info!(instance_id = %me, trigger = "spot", notice = what, steps_ok = outcome.ok, steps_failed = outcome.failed,
+            steps_skipped = outcome.skipped, elapsed_ms = started.elapsed().as_millis() as u64, "spot interruption handled (nothing to complete)");
+        Ok(Handled::Completed {
+            result: ActionResult::Continue,
+            outcome,
+            accepted: false,
+        })
+    }
+
+    /// Ok when the group shows the instance in `want` in the action's group; else what it shows.
+    async fn verify(&self, a: &ActionRef, want: &str) -> Result<(), String> {
         let mut seen = String::from("nothing");
         for pause in VERIFY_PAUSES {
             tokio::time::sleep(*pause).await;
             match self.asg.instance(&a.instance_id).await {
-                Ok(Some(s)) if s.state == TERMINATING_WAIT && s.group == a.group => return Ok(()),
+                Ok(Some(s)) if s.state == want && s.group == a.group => return Ok(()),
                 Ok(Some(s)) => seen = format!("{} in group {}", s.state, s.group),
                 Ok(None) => seen = "not in any Auto Scaling group".into(),
                 Err(e) => seen = format!("unknown ({e})"),
             }
-            debug!(instance_id = %a.instance_id, seen = %seen, "not yet in Terminating:Wait");
+            debug!(instance_id = %a.instance_id, seen = %seen, want, "not yet waiting");
         }
         Err(seen)
     }
@@ -293,7 +444,9 @@ impl Handler {
             ("asg_name", &action.aref.group),
             ("hook_name", &action.aref.hook),
         ] {
-            ctx.values.insert(k, v.clone());
+            if !v.is_empty() {
+                ctx.values.insert(k, v.clone());
+            }
         }
         ctx.values
             .insert("transition", action.transition.as_str().to_string());

@@ -119,6 +119,9 @@ pub struct Record {
     pub metadata: Option<String>,
     /// Where the event came from (`sqs`, …).
     pub trigger: String,
+    /// The destination is the warm pool.
+    #[serde(default)]
+    pub warm_pool: bool,
     /// Unix time the record was created.
     pub created_at: u64,
     /// Steps that were started, in order.
@@ -147,6 +150,7 @@ impl Record {
             token: token.map(str::to_string),
             metadata: metadata.map(str::to_string),
             trigger: trigger.into(),
+            warm_pool: false,
             created_at: unix_now(),
             steps: Vec::new(),
             completion: None,
@@ -320,6 +324,18 @@ impl Journal {
             .and_then(|d| d.sync_all())
             .map_err(io("fsync", &self.dir))?;
         Ok(())
+    }
+
+    /// Moves a finished record out of the way, for actions that can happen again to the same
+    /// instance (launches and warm-pool returns): the next one starts afresh.
+    pub fn archive(&self, rec: &Record) -> Result<(), JournalError> {
+        let from = self.path(&rec.key(), "json");
+        let to = self.path(&format!("{}.{}", rec.key(), unix_now()), "done");
+        fs::rename(&from, &to).map_err(|source| JournalError::Io {
+            op: "archive",
+            path: from,
+            source,
+        })
     }
 
     /// Every record of this instance that is not completed.

@@ -12,6 +12,11 @@ use crate::config::ActionResult;
 
 /// The state Auto Scaling holds a terminating instance in while hooks run.
 pub const TERMINATING_WAIT: &str = "Terminating:Wait";
+/// The state a launching instance waits in.
+pub const PENDING_WAIT: &str = "Pending:Wait";
+/// The state an instance waits in on its way into the warm pool (launched into it, or returned
+/// to it on scale-in).
+pub const WARMED_PENDING_WAIT: &str = "Warmed:Pending:Wait";
 /// First pause between completion attempts.
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 /// Longest pause between completion attempts.
@@ -323,6 +328,45 @@ impl AutoScaling {
                     t.key()?.to_string(),
                     t.value().unwrap_or_default().to_string(),
                 ))
+            })
+            .collect())
+    }
+}
+
+/// One lifecycle hook of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    /// Its name.
+    pub name: String,
+    /// `autoscaling:EC2_INSTANCE_TERMINATING` or `…_LAUNCHING`.
+    pub transition: String,
+    /// Its NotificationMetadata.
+    pub metadata: Option<String>,
+}
+
+impl AutoScaling {
+    /// Every lifecycle hook of a group.
+    pub async fn hooks(&self, group: &str) -> Result<Vec<Hook>, LifecycleError> {
+        let out = self
+            .client
+            .describe_lifecycle_hooks()
+            .auto_scaling_group_name(group)
+            .send()
+            .await
+            .map_err(|e| LifecycleError::DescribeHook {
+                group: group.to_string(),
+                hook: "*".to_string(),
+                message: DisplayErrorContext(&e).to_string(),
+            })?;
+        Ok(out
+            .lifecycle_hooks()
+            .iter()
+            .filter_map(|h| {
+                Some(Hook {
+                    name: h.lifecycle_hook_name()?.to_string(),
+                    transition: h.lifecycle_transition().unwrap_or_default().to_string(),
+                    metadata: h.notification_metadata().map(str::to_string),
+                })
             })
             .collect())
     }

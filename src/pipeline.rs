@@ -24,15 +24,19 @@ pub struct Outcome {
     pub skipped: usize,
     /// True when shutdown stopped the pipeline before its end.
     pub interrupted: bool,
+    /// True when a step with `on_failure = "abort"` failed.
+    pub skipped_by_abort: bool,
 }
 
 /// Which steps apply to an event.
 pub type Filter<'a> = &'a dyn Fn(&Step) -> bool;
 
-/// Runs `steps` for the action in `rec`, saving progress to `journal`.
+/// Runs `steps` for the action in `rec`, saving progress to `journal`. With a `deadline` (a spot
+/// interruption), each step's timeout is cut so that it ends before it.
 pub async fn run(
     steps: &[Step],
     applies: Filter<'_>,
+    deadline: Option<Instant>,
     ctx: &Context,
     journal: &Journal,
     rec: &mut Record,
@@ -50,6 +54,7 @@ pub async fn run(
                     out.failed += 1;
                     if step.on_failure == OnFailure::Abort {
                         aborted_by = Some(step.name.clone());
+                        out.skipped_by_abort = true;
                     }
                 }
                 StepState::Skipped => out.skipped += 1,
@@ -96,7 +101,14 @@ pub async fn run(
             resumed,
         };
         let started = Instant::now();
-        let result = tokio::time::timeout(step.timeout, step.kind.run(&env)).await;
+        let timeout = match deadline {
+            Some(d) => step.timeout.min(d.saturating_duration_since(started)),
+            None => step.timeout,
+        };
+        if timeout < step.timeout {
+            warn!(step = %step.name, timeout_ms = timeout.as_millis() as u64, "step timeout cut short by the interruption deadline");
+        }
+        let result = tokio::time::timeout(timeout, step.kind.run(&env)).await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let (state, detail) = match result {
             Ok(Ok(detail)) => {
@@ -129,6 +141,7 @@ pub async fn run(
             out.failed += 1;
             if step.on_failure == OnFailure::Abort {
                 aborted_by = Some(step.name.clone());
+                out.skipped_by_abort = true;
             }
         }
     }

@@ -158,7 +158,7 @@ async fn every_message_shape_reaches_its_owner() {
     let g = group_with_target(
         &aws,
         &name,
-        &sink_arn,
+        Some(&sink_arn),
         GroupSpec {
             size: 5,
             ..Default::default()
@@ -447,7 +447,7 @@ async fn concurrent_once_runs_a_duplicated_message_once() {
     let g = group_with_target(
         &aws,
         &name,
-        &sink_arn,
+        Some(&sink_arn),
         GroupSpec {
             size: 1,
             ..Default::default()

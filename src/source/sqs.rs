@@ -62,8 +62,19 @@ pub enum Route {
     Launch,
     /// Not parseable: leave for redrive.
     Unparseable(ParseError),
-    /// This instance's termination: handle.
+    /// This instance's termination (or launch, with launch steps): handle.
     Mine(Box<LifecycleEvent>),
+}
+
+/// Who is asking, for [`route`].
+#[derive(Debug, Clone, Copy)]
+pub struct Me<'a> {
+    /// This instance.
+    pub instance_id: &'a str,
+    /// The only hook we complete, when configured.
+    pub hook: Option<&'a str>,
+    /// Launch steps are configured.
+    pub launch: bool,
 }
 
 /// Decides what to do with a message body.
@@ -71,8 +82,7 @@ pub fn route(
     body: &str,
     sent: Option<SystemTime>,
     now: SystemTime,
-    me: &str,
-    hook: Option<&str>,
+    me: Me<'_>,
     stale_after: Duration,
 ) -> Route {
     let ev = match event::parse(body) {
@@ -86,15 +96,15 @@ pub fn route(
     if let Some(age) = age.filter(|a| *a > stale_after) {
         return Route::Stale { age };
     }
-    if ev.instance_id != me {
+    if ev.instance_id != me.instance_id {
         return Route::Foreign {
             instance_id: ev.instance_id,
         };
     }
-    if hook.is_some_and(|h| h != ev.hook_name) {
+    if me.hook.is_some_and(|h| h != ev.hook_name) {
         return Route::OtherHook { hook: ev.hook_name };
     }
-    if ev.transition == Transition::Launching {
+    if ev.transition == Transition::Launching && !me.launch {
         return Route::Launch;
     }
     Route::Mine(Box::new(ev))
@@ -140,22 +150,26 @@ pub struct SqsSource {
     cfg: SqsConfig,
     me: String,
     hook: Option<String>,
+    launch: bool,
     seen: HashMap<String, Instant>,
 }
 
 impl SqsSource {
-    /// A source for `cfg.queue_url`, acting for instance `me`; only `hook` is completed when set.
+    /// A source for `cfg.queue_url`, acting for instance `me`; only `hook` is completed when
+    /// set; launches are handled when `launch` (launch steps are configured).
     pub fn new(
         client: aws_sdk_sqs::Client,
         cfg: SqsConfig,
         me: String,
         hook: Option<String>,
+        launch: bool,
     ) -> Self {
         Self {
             client,
             cfg,
             me,
             hook,
+            launch,
             seen: HashMap::new(),
         }
     }
@@ -254,14 +268,12 @@ impl SqsSource {
                 .and_then(|ms| ms.parse::<u64>().ok())
                 .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
             let body = m.body().unwrap_or_default();
-            let route = route(
-                body,
-                sent,
-                now,
-                &self.me,
-                self.hook.as_deref(),
-                self.cfg.stale_after,
-            );
+            let me = Me {
+                instance_id: &self.me,
+                hook: self.hook.as_deref(),
+                launch: self.launch,
+            };
+            let route = route(body, sent, now, me, self.cfg.stale_after);
             let repeat = self.seen.contains_key(&id);
             if !matches!(
                 route,
@@ -316,7 +328,7 @@ impl SqsSource {
         for (m, ev) in mine {
             let id = m.message_id().unwrap_or("-").to_string();
             info!(message_id = %id, instance_id = %ev.instance_id, group = %ev.group, hook = %ev.hook_name,
-                shape = ev.shape.as_str(), warm_pool = ev.to_warm_pool(), "termination notification for this instance");
+                shape = ev.shape.as_str(), warm_pool = ev.to_warm_pool(), "lifecycle notification for this instance");
             let keepalive = self.keep_invisible(&m);
             let handled = handler.handle(&Action::from(ev.as_ref()), "sqs").await;
             keepalive.abort();
@@ -465,7 +477,14 @@ mod tests {
     #[test]
     fn routes() {
         let now = at("2026-01-02T00:00:00Z");
-        let r = |b: &str, hook: Option<&str>| route(b, None, now, ME, hook, 2 * DAY);
+        let r = |b: &str, hook: Option<&str>| {
+            let me = Me {
+                instance_id: ME,
+                hook,
+                launch: false,
+            };
+            route(b, None, now, me, 2 * DAY)
+        };
         assert!(matches!(
             r(&body(ME, "drain", T, "2026-01-01T23:59:00Z"), None),
             Route::Mine(_)
@@ -517,12 +536,22 @@ mod tests {
         let b = body(ME, "drain", T, "").replace(",\"Time\":\"\"", "");
         let b = b.replace("\"Time\":\"\",", "");
         let old = Some(at("2026-01-01T00:00:00Z"));
+        let me = Me {
+            instance_id: ME,
+            hook: None,
+            launch: true,
+        };
         assert!(matches!(
-            route(&b, old, now, ME, None, 2 * DAY),
+            route(&b, old, now, me, 2 * DAY),
             Route::Stale { .. }
         ));
         assert!(matches!(
-            route(&b, Some(now), now, ME, None, 2 * DAY),
+            route(&b, Some(now), now, me, 2 * DAY),
+            Route::Mine(_)
+        ));
+        let launch = body(ME, "drain", "autoscaling:EC2_INSTANCE_LAUNCHING", "");
+        assert!(matches!(
+            route(&launch, Some(now), now, me, 2 * DAY),
             Route::Mine(_)
         ));
     }

@@ -91,6 +91,13 @@ impl StepKind {
         }
     }
 
+    /// Whether the step runs, unless it says otherwise, when the instance only goes to the warm
+    /// pool. Monitoring identities must survive that (the instance comes back); everything else
+    /// (flushing logs, stopping agents before the instance stops) is wanted there too.
+    pub fn default_warm_pool(&self) -> bool {
+        true
+    }
+
     /// A timeout shorter than this cannot succeed.
     pub fn minimum_timeout(&self) -> Option<Duration> {
         match self {

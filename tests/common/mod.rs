@@ -162,7 +162,7 @@ pub async fn queue(aws: &Aws, name: &str) -> (String, String) {
 pub async fn group(aws: &Aws, prefix: &str, spec: GroupSpec) -> Group {
     let name = unique(prefix);
     let (queue_url, queue_arn) = queue(aws, &name).await;
-    group_with_target(aws, &name, &queue_arn, spec)
+    group_with_target(aws, &name, Some(&queue_arn), spec)
         .await
         .with_queue(queue_url)
 }
@@ -174,8 +174,14 @@ impl Group {
     }
 }
 
-/// Creates a group whose terminating hook sends to `target_arn`.
-pub async fn group_with_target(aws: &Aws, name: &str, target_arn: &str, spec: GroupSpec) -> Group {
+/// Creates a group whose terminating hook sends to `target_arn` (no target: the hook only holds
+/// the instance, for the instance-metadata source).
+pub async fn group_with_target(
+    aws: &Aws,
+    name: &str,
+    target_arn: Option<&str>,
+    spec: GroupSpec,
+) -> Group {
     aws.asg
         .create_launch_configuration()
         .launch_configuration_name(name)
@@ -196,18 +202,15 @@ pub async fn group_with_target(aws: &Aws, name: &str, target_arn: &str, spec: Gr
         .send()
         .await
         .expect("create group");
-    aws.asg
-        .put_lifecycle_hook()
-        .auto_scaling_group_name(name)
-        .lifecycle_hook_name(&hook)
-        .lifecycle_transition("autoscaling:EC2_INSTANCE_TERMINATING")
-        .notification_target_arn(target_arn)
-        .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/asg-notify"))
-        .heartbeat_timeout(spec.heartbeat_timeout)
-        .default_result(spec.default_result)
-        .send()
-        .await
-        .expect("put lifecycle hook");
+    add_hook(
+        aws,
+        name,
+        &hook,
+        "autoscaling:EC2_INSTANCE_TERMINATING",
+        target_arn,
+        &spec,
+    )
+    .await;
     let instances = instances(aws, name).await;
     assert_eq!(
         instances.len(),
@@ -220,6 +223,43 @@ pub async fn group_with_target(aws: &Aws, name: &str, target_arn: &str, spec: Gr
         queue_url: String::new(),
         instances,
     }
+}
+
+/// Adds a lifecycle hook to a group.
+pub async fn add_hook(
+    aws: &Aws,
+    group: &str,
+    hook: &str,
+    transition: &str,
+    target_arn: Option<&str>,
+    spec: &GroupSpec,
+) {
+    let mut req = aws
+        .asg
+        .put_lifecycle_hook()
+        .auto_scaling_group_name(group)
+        .lifecycle_hook_name(hook)
+        .lifecycle_transition(transition)
+        .heartbeat_timeout(spec.heartbeat_timeout)
+        .default_result(spec.default_result);
+    if let Some(t) = target_arn {
+        req = req
+            .notification_target_arn(t)
+            .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/asg-notify"));
+    }
+    req.send().await.expect("put lifecycle hook");
+}
+
+/// Sets an item of a fake IMDS (status 404 removes it).
+pub async fn imds_override(imds_endpoint: &str, path: &str, status: u16, body: &str) {
+    let port = imds_endpoint.rsplit(':').next().expect("port");
+    let r = reqwest::Client::new()
+        .post(format!("{}/imds/{port}/override", emulator().control))
+        .json(&serde_json::json!({ "path": path, "status": status, "body": body }))
+        .send()
+        .await
+        .expect("override");
+    assert!(r.status().is_success());
 }
 
 /// The instance ids in a group.

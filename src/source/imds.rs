@@ -1,0 +1,359 @@
+//! The instance-metadata sources: no queue at all. This instance reads its own
+//! `autoscaling/target-lifecycle-state` (and, when enabled, `spot/instance-action` and the
+//! rebalance recommendation) from IMDSv2, which costs nothing while idle, and handles its
+//! lifecycle actions by instance id.
+//!
+//! - `Terminated`: the instance is (about to be) in `Terminating:Wait`. Find the group and the
+//!   hook, wait until the group shows `Terminating:Wait`, run the steps, complete by instance id.
+//! - `Warmed:*` after `InService`: the instance goes back to the warm pool (it waits in
+//!   `Warmed:Pending:Wait`); only `warm_pool` steps run.
+//! - `InService` while the group shows `Pending:Wait`, with launch steps: a launch to handle.
+//! - 404: no transition recorded yet; nothing to do.
+
+use std::collections::{HashMap, HashSet};
+use std::time::SystemTime;
+
+use tracing::{debug, error, info, warn};
+
+use crate::config::ImdsConfig;
+use crate::event::Transition;
+use crate::handler::{Action, Handled, Handler};
+use crate::identity::Imds;
+use crate::lifecycle::{ActionRef, AutoScaling, Hook};
+use crate::shutdown::Shutdown;
+
+/// The target lifecycle state item.
+pub const TARGET_STATE: &str = "/latest/meta-data/autoscaling/target-lifecycle-state";
+/// The spot interruption notice item.
+pub const SPOT_ACTION: &str = "/latest/meta-data/spot/instance-action";
+/// The rebalance recommendation item.
+pub const REBALANCE: &str = "/latest/meta-data/events/recommendations/rebalance";
+
+/// The metadata sources of one instance.
+#[derive(Debug)]
+pub struct ImdsSource {
+    imds: Imds,
+    asg: AutoScaling,
+    cfg: ImdsConfig,
+    me: String,
+    hook: Option<String>,
+    launch: bool,
+    /// The last target state read.
+    last: Option<String>,
+    /// The instance was seen InService (so `Warmed:*` means a return to the warm pool).
+    seen_in_service: bool,
+    /// What was finished for the current target state (reset when it changes).
+    done: HashSet<&'static str>,
+    /// Hooks by group, read once.
+    hooks: HashMap<String, Vec<Hook>>,
+    /// Errors already logged (to log each once, not every poll).
+    logged: HashSet<String>,
+}
+
+/// One check of every enabled item.
+#[derive(Debug, Default)]
+pub struct ImdsReport {
+    /// How this instance's actions ended.
+    pub handled: Vec<Handled>,
+}
+
+impl ImdsSource {
+    /// A source for this instance.
+    pub fn new(
+        imds: Imds,
+        asg: AutoScaling,
+        cfg: ImdsConfig,
+        me: String,
+        hook: Option<String>,
+        launch: bool,
+    ) -> Self {
+        Self {
+            imds,
+            asg,
+            cfg,
+            me,
+            hook,
+            launch,
+            last: None,
+            seen_in_service: false,
+            done: HashSet::new(),
+            hooks: HashMap::new(),
+            logged: HashSet::new(),
+        }
+    }
+
+    /// Polls until shutdown.
+    pub async fn run(mut self, handler: &Handler, mut shutdown: Shutdown) {
+        info!(
+            lifecycle = self.cfg.lifecycle,
+            spot = self.cfg.spot,
+            rebalance = self.cfg.rebalance,
+            interval_ms = self.cfg.poll_interval.as_millis() as u64,
+            "polling instance metadata"
+        );
+        while !shutdown.is_requested() {
+            let report = self.check(handler).await;
+            if report.handled.contains(&Handled::Interrupted) {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+                _ = shutdown.requested() => break,
+            }
+        }
+        info!("stopped polling instance metadata");
+    }
+
+    /// Reads every enabled item once and handles what it finds.
+    pub async fn check(&mut self, handler: &Handler) -> ImdsReport {
+        let mut report = ImdsReport::default();
+        if self.cfg.lifecycle {
+            if let Some(h) = self.check_lifecycle(handler).await {
+                report.handled.push(h);
+            }
+        }
+        if self.cfg.spot && !self.done.contains("spot") {
+            if let Some(h) = self.check_spot(handler).await {
+                report.handled.push(h);
+            }
+        }
+        if self.cfg.rebalance && !self.done.contains("spot") {
+            if let Some(h) = self.check_rebalance(handler).await {
+                report.handled.push(h);
+            }
+        }
+        report
+    }
+
+    async fn read(&mut self, path: &str) -> Option<String> {
+        match self.imds.get_opt(path).await {
+            Ok(v) => {
+                self.logged.remove(path);
+                v.map(|s| s.trim().to_string())
+            }
+            Err(e) => {
+                if self.logged.insert(path.to_string()) {
+                    warn!(item = path, error = %aws_smithy_types::error::display::DisplayErrorContext(&e), "cannot read instance metadata; will keep trying");
+                }
+                None
+            }
+        }
+    }
+
+    async fn check_lifecycle(&mut self, handler: &Handler) -> Option<Handled> {
+        let target = self.read(TARGET_STATE).await?;
+        if self.last.as_deref() != Some(target.as_str()) {
+            info!(target_state = %target, previous = self.last.as_deref().unwrap_or("-"), "target lifecycle state");
+            self.done.retain(|d| *d == "spot");
+            self.last = Some(target.clone());
+        }
+        match target.as_str() {
+            "Terminated" => {
+                self.lifecycle(handler, Transition::Terminating, false, "terminate")
+                    .await
+            }
+            "Warmed:Terminated" => None,
+            s if s.starts_with("Warmed:") && self.seen_in_service => {
+                self.lifecycle(handler, Transition::Terminating, true, "warm")
+                    .await
+            }
+            "InService" => {
+                self.seen_in_service = true;
+                if self.launch {
+                    self.lifecycle(handler, Transition::Launching, false, "launch")
+                        .await
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Handles the lifecycle action the target state points at, once per target state.
+    async fn lifecycle(
+        &mut self,
+        handler: &Handler,
+        transition: Transition,
+        warm_pool: bool,
+        episode: &'static str,
+    ) -> Option<Handled> {
+        if self.done.contains(episode) {
+            return None;
+        }
+        if let Some(hook) = &self.hook {
+            if handler.completed(&self.me, hook, &transition)
+                && !warm_pool
+                && transition == Transition::Terminating
+            {
+                self.done.insert(episode);
+                return None;
+            }
+        }
+        let state = match self.asg.instance(&self.me).await {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                // Gone from the group (terminated) or not in one at all.
+                debug!(instance_id = %self.me, "not in any Auto Scaling group");
+                if transition != Transition::Launching {
+                    self.done.insert(episode);
+                }
+                return None;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read this instance's lifecycle state; will try again");
+                return None;
+            }
+        };
+        let probe = Action {
+            aref: ActionRef {
+                group: state.group.clone(),
+                hook: String::new(),
+                instance_id: self.me.clone(),
+                token: None,
+            },
+            transition: transition.clone(),
+            metadata: None,
+            warm_pool,
+            started: None,
+        };
+        let want = probe.wait_state();
+        if state.state != want {
+            let on_the_way = match &transition {
+                Transition::Terminating if warm_pool => {
+                    state.state.starts_with("Warmed:Pending") || state.state == "InService"
+                }
+                Transition::Terminating => {
+                    state.state == "Terminating" || state.state == "InService"
+                }
+                Transition::Launching => false,
+            };
+            if !on_the_way {
+                debug!(instance_id = %self.me, state = %state.state, "no lifecycle action waiting");
+                if transition != Transition::Launching {
+                    self.done.insert(episode);
+                }
+            }
+            return None;
+        }
+        let hook = match self.resolve_hook(&state.group, &transition).await {
+            Ok(h) => h,
+            Err(msg) => {
+                if self.logged.insert(msg.clone()) {
+                    error!(group = %state.group, "{msg}");
+                }
+                return None;
+            }
+        };
+        let action = Action {
+            aref: ActionRef {
+                hook: hook.name.clone(),
+                ..probe.aref
+            },
+            metadata: hook.metadata.clone(),
+            ..probe
+        };
+        info!(instance_id = %self.me, group = %state.group, hook = %hook.name, transition = %transition, warm_pool, "lifecycle action for this instance (instance metadata)");
+        match handler.handle(&action, "imds").await {
+            Ok(h) => {
+                if matches!(h, Handled::Completed { .. } | Handled::AlreadyCompleted) {
+                    self.done.insert(episode);
+                }
+                Some(h)
+            }
+            Err(e) => {
+                error!(error = %e, "handling this instance's lifecycle action failed; will try again");
+                None
+            }
+        }
+    }
+
+    /// The hook to complete: `[lifecycle] hook_name`, else the group's only hook for the
+    /// transition. Several such hooks and none configured is an error that names them.
+    async fn resolve_hook(&mut self, group: &str, transition: &Transition) -> Result<Hook, String> {
+        if !self.hooks.contains_key(group) {
+            let hooks = self.asg.hooks(group).await.map_err(|e| e.to_string())?;
+            self.hooks.insert(group.to_string(), hooks);
+        }
+        let all = &self.hooks[group];
+        let mine: Vec<&Hook> = all
+            .iter()
+            .filter(|h| h.transition == transition.as_str())
+            .collect();
+        match (&self.hook, mine.as_slice()) {
+            (Some(name), _) => match all.iter().find(|h| &h.name == name) {
+                Some(h) if h.transition == transition.as_str() => Ok(h.clone()),
+                Some(_) => Err(format!("hook {name} of group {group} is not a {transition} hook")),
+                // Describe may lack the permission or lag; the name is all we need.
+                None => Ok(Hook { name: name.clone(), transition: transition.as_str().into(), metadata: None }),
+            },
+            (None, [one]) => Ok((*one).clone()),
+            (None, []) => Err(format!("group {group} has no {transition} lifecycle hook; there is nothing to complete (add one, or set [lifecycle] hook_name)")),
+            (None, many) => Err(format!(
+                "group {group} has several {transition} hooks ({}); set [lifecycle] hook_name to the one lastcall completes",
+                many.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+
+    async fn check_spot(&mut self, handler: &Handler) -> Option<Handled> {
+        let body = self.read(SPOT_ACTION).await?;
+        let notice: serde_json::Value = match serde_json::from_str(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                if self.logged.insert(format!("spot:{body}")) {
+                    warn!(error = %e, "spot instance-action is not JSON; ignoring it");
+                }
+                return None;
+            }
+        };
+        let action = notice
+            .get("action")
+            .and_then(|a| a.as_str())
+            .unwrap_or_default()
+            .to_string();
+        if !matches!(action.as_str(), "terminate" | "stop") {
+            if self.logged.insert(format!("spot-action:{action}")) {
+                info!(action = %action, "spot instance-action is not terminate or stop; nothing to do");
+            }
+            return None;
+        }
+        let deadline = notice
+            .get("time")
+            .and_then(|t| t.as_str())
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+        self.spot(handler, &action, deadline).await
+    }
+
+    async fn check_rebalance(&mut self, handler: &Handler) -> Option<Handled> {
+        self.read(REBALANCE).await?;
+        self.spot(handler, "rebalance", None).await
+    }
+
+    async fn spot(
+        &mut self,
+        handler: &Handler,
+        what: &str,
+        deadline: Option<SystemTime>,
+    ) -> Option<Handled> {
+        let group = self
+            .asg
+            .instance(&self.me)
+            .await
+            .ok()
+            .flatten()
+            .map(|s| s.group);
+        match handler.handle_spot(what, deadline, group).await {
+            Ok(h) => {
+                if matches!(h, Handled::Completed { .. } | Handled::AlreadyCompleted) {
+                    self.done.insert("spot");
+                }
+                Some(h)
+            }
+            Err(e) => {
+                error!(error = %e, "handling the spot interruption failed");
+                None
+            }
+        }
+    }
+}

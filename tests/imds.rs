@@ -1,0 +1,331 @@
+//! End-to-end tests of the instance-metadata sources (no queue, spot notices, launches), and of
+//! the queue and metadata sources together: the built binary against the emulator, whose fake
+//! IMDS reports the target lifecycle state from the group.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(40);
+
+fn marker(name: &str, file: &str, extra: &str) -> String {
+    format!(
+        "\n[[step]]\nkind = \"command\"\nname = \"{name}\"\ncommand = [\"/bin/sh\", \"-c\", \"echo \\\"$0\\\" >> {{dir}}/{file}\", \"{{instance_id}} {{transition}}\"]\n{extra}\n"
+    )
+}
+
+fn imds_config(extra: &str, steps: &str) -> String {
+    format!(
+        "[imds]\nlifecycle = true\npoll_interval = \"200ms\"\n{extra}\n[lifecycle]\nstate_dir = \"{{dir}}/state\"\n{steps}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_queue_scale_in_completes_by_instance_id() {
+    let aws = aws().await;
+    let name = unique("noqueue");
+    let g = group_with_target(
+        &aws,
+        &name,
+        None,
+        GroupSpec {
+            size: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut nodes = Vec::new();
+    for i in &g.instances {
+        let mut n = Node::new(i, "", &imds_config("", &marker("mark", "ran", ""))).await;
+        n.start();
+        nodes.push(n);
+    }
+    for n in &nodes {
+        n.wait_log("target lifecycle state target_state=InService", LONG)
+            .await;
+    }
+    aws.asg
+        .set_desired_capacity()
+        .auto_scaling_group_name(&g.name)
+        .desired_capacity(1)
+        .send()
+        .await
+        .expect("scale in");
+    let victim = wait_for("a victim", LONG, || async {
+        for i in &g.instances {
+            if state(&aws, i).await.as_deref() == Some("Terminating:Wait") {
+                return Some(i.clone());
+            }
+        }
+        None
+    })
+    .await;
+    wait_terminated(&aws, &victim, LONG).await;
+    let acts = actions(&victim).await;
+    assert_eq!(acts.len(), 1);
+    assert_eq!(
+        (acts[0]["state"].as_str(), acts[0]["result"].as_str()),
+        (Some("completed"), Some("CONTINUE"))
+    );
+    for n in &nodes {
+        let ran = lines(&n.path("ran"));
+        if n.instance == victim {
+            assert_eq!(
+                ran,
+                [format!("{victim} autoscaling:EC2_INSTANCE_TERMINATING")]
+            );
+            assert!(n.log().contains("termination handled"));
+            assert!(n.log().contains("trigger=\"imds\""));
+        } else {
+            assert!(ran.is_empty());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_and_metadata_together_run_one_pipeline_and_clean_the_queue() {
+    let aws = aws().await;
+    let g = group(
+        &aws,
+        "both",
+        GroupSpec {
+            size: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let victim = g.instances[0].clone();
+    let cfg = format!(
+        "[sqs]\nqueue_url = \"{{queue}}\"\nwait_time = \"1s\"\nvisibility_timeout = \"3s\"\n{}",
+        imds_config(
+            "",
+            &marker(
+                "mark",
+                "ran",
+                "[[step]]\nkind = \"sleep\"\nduration = \"1s\"\n"
+            )
+        )
+    );
+    let mut n = Node::new(&victim, &g.queue_url, &cfg).await;
+    n.start();
+    n.wait_log("polling the lifecycle queue", LONG).await;
+    n.wait_log("target lifecycle state target_state=InService", LONG)
+        .await;
+    terminate(&aws, &victim).await;
+    wait_terminated(&aws, &victim, LONG).await;
+    assert_eq!(lines(&n.path("ran")).len(), 1, "one pipeline: {}", n.log());
+    assert_eq!(completed_count(&victim).await, 1);
+    wait_for("the notification to be deleted", LONG, || async {
+        (queue_counts(&aws, &g.queue_url).await == (0, 0)).then_some(())
+    })
+    .await;
+}
+
+async fn completed_count(instance: &str) -> usize {
+    actions(instance)
+        .await
+        .iter()
+        .filter(|a| a["state"] == "completed")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_notice_runs_the_spot_steps_before_its_deadline() {
+    let aws = aws().await;
+    let name = unique("spot");
+    let g = group_with_target(
+        &aws,
+        &name,
+        None,
+        GroupSpec {
+            size: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let me = g.instances[0].clone();
+    let steps = format!(
+        "{}{}\n[[step]]\nkind = \"sleep\"\nname = \"long-drain\"\nduration = \"20s\"\ntimeout = \"30s\"\n{}",
+        marker("flush", "flushed", ""),
+        marker("not-on-spot", "never", "on_spot = false"),
+        marker("after", "after", "")
+    );
+    let mut n = Node::new(&me, "", &imds_config("spot = true", &steps)).await;
+    n.start();
+    n.wait_log("polling instance metadata", LONG).await;
+    let deadline = std::time::SystemTime::now() + Duration::from_secs(3);
+    let body = format!(
+        "{{\"action\": \"terminate\", \"time\": \"{}\"}}",
+        humantime::format_rfc3339_seconds(deadline)
+    );
+    let start = Instant::now();
+    imds_override(
+        &n.imds,
+        "/latest/meta-data/spot/instance-action",
+        200,
+        &body,
+    )
+    .await;
+    n.wait_log("spot interruption handled", LONG).await;
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "finished near the deadline, not after the 20s step: {took:?}"
+    );
+    assert_eq!(lines(&n.path("flushed")).len(), 1);
+    assert!(lines(&n.path("flushed"))[0].ends_with("spot:terminate"));
+    assert!(
+        lines(&n.path("never")).is_empty(),
+        "on_spot = false is not run"
+    );
+    // The step after the squeezed one has no time left.
+    assert!(lines(&n.path("after")).is_empty());
+    let log = n.log();
+    assert!(
+        log.contains("cut short by the interruption deadline"),
+        "{log}"
+    );
+    assert!(log.contains("outcome=\"timed_out\""));
+    // Nothing to complete: the instance is still in service as far as the group knows.
+    assert_eq!(state(&aws, &me).await.as_deref(), Some("InService"));
+    // The notice stays in metadata; the steps are not run again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(lines(&n.path("flushed")).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_terminating_hooks_need_a_configured_name() {
+    let aws = aws().await;
+    let name = unique("twohooks");
+    let g = group_with_target(
+        &aws,
+        &name,
+        None,
+        GroupSpec {
+            size: 1,
+            heartbeat_timeout: 30,
+            ..Default::default()
+        },
+    )
+    .await;
+    let other = format!("{name}-other");
+    add_hook(
+        &aws,
+        &g.name,
+        &other,
+        "autoscaling:EC2_INSTANCE_TERMINATING",
+        None,
+        &GroupSpec {
+            size: 1,
+            heartbeat_timeout: 30,
+            default_result: "CONTINUE",
+        },
+    )
+    .await;
+    let me = g.instances[0].clone();
+    let mut n = Node::new(&me, "", &imds_config("", &marker("mark", "ran", ""))).await;
+    n.start();
+    n.wait_log("target lifecycle state target_state=InService", LONG)
+        .await;
+    terminate(&aws, &me).await;
+    n.wait_log(
+        "set [lifecycle] hook_name to the one lastcall completes",
+        LONG,
+    )
+    .await;
+    assert!(n.log().contains(&g.hook) && n.log().contains(&other));
+    assert!(lines(&n.path("ran")).is_empty());
+
+    // With the name configured, lastcall completes its own hook only; the other stays pending.
+    let mut m = Node::new(
+        &me,
+        "",
+        &imds_config("", &marker("mark", "ran", "")).replace(
+            "[lifecycle]\n",
+            &format!("[lifecycle]\nhook_name = \"{}\"\n", g.hook),
+        ),
+    )
+    .await;
+    n.signal(nix::sys::signal::Signal::SIGTERM);
+    n.wait_exit(LONG).await;
+    m.start();
+    m.wait_log("termination handled", LONG).await;
+    let acts = actions(&me).await;
+    let mine: Vec<_> = acts
+        .iter()
+        .filter(|a| a["hook"] == g.hook.as_str())
+        .collect();
+    let theirs: Vec<_> = acts
+        .iter()
+        .filter(|a| a["hook"] == other.as_str())
+        .collect();
+    assert_eq!(mine[0]["state"], "completed");
+    assert_eq!(
+        theirs[0]["state"], "pending",
+        "the other tool's hook is not ours to complete"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_steps_run_and_continue_or_abandon() {
+    let aws = aws().await;
+    let name = unique("launch");
+    let g = group_with_target(
+        &aws,
+        &name,
+        None,
+        GroupSpec {
+            size: 0,
+            ..Default::default()
+        },
+    )
+    .await;
+    add_hook(
+        &aws,
+        &g.name,
+        &format!("{name}-boot"),
+        "autoscaling:EC2_INSTANCE_LAUNCHING",
+        None,
+        &GroupSpec::default(),
+    )
+    .await;
+    aws.asg
+        .set_desired_capacity()
+        .auto_scaling_group_name(&g.name)
+        .desired_capacity(2)
+        .send()
+        .await
+        .expect("scale out");
+    let ids = wait_for("two pending instances", LONG, || async {
+        let ids = instances(&aws, &g.name).await;
+        (ids.len() == 2).then_some(ids)
+    })
+    .await;
+    for i in &ids {
+        assert_eq!(state(&aws, i).await.as_deref(), Some("Pending:Wait"));
+    }
+    let launch = |fail: bool| {
+        format!(
+            "\n[[launch_step]]\nkind = \"command\"\nname = \"register\"\ncommand = [\"/bin/sh\", \"-c\", \"echo \\\"$0\\\" >> {{dir}}/launched; exit {}\", \"{{instance_id}} {{transition}}\"]\non_failure = \"abort\"\n",
+            if fail { 1 } else { 0 }
+        )
+    };
+    let mut good = Node::new(&ids[0], "", &imds_config("", &launch(false))).await;
+    let mut bad = Node::new(&ids[1], "", &imds_config("", &launch(true))).await;
+    // `once` at boot, as a timer would run it.
+    assert_eq!(good.once(&[]), 0, "{}", good.log());
+    assert_eq!(bad.once(&[]), 4, "{}", bad.log());
+    assert_eq!(
+        lines(&good.path("launched")),
+        [format!("{} autoscaling:EC2_INSTANCE_LAUNCHING", ids[0])]
+    );
+    assert_eq!(state(&aws, &ids[0]).await.as_deref(), Some("InService"));
+    let bad_acts = actions(&ids[1]).await;
+    assert_eq!(bad_acts[0]["result"], "ABANDON", "{bad_acts:?}");
+    wait_terminated(&aws, &ids[1], LONG).await;
+    // A later check finds nothing more to do.
+    assert_eq!(good.once(&[]), 0);
+    assert_eq!(lines(&good.path("launched")).len(), 1);
+}
