@@ -941,6 +941,10 @@ mod example_tests {
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
         let c = loaded.config;
         assert_eq!(c.steps.len(), 4);
+        assert_eq!(c.launch_steps.len(), 1);
+        let imds = c.imds.expect("[imds] shown");
+        assert!(imds.lifecycle && !imds.spot && !imds.rebalance);
+        assert!(c.sqs.is_some());
         assert_eq!(c.lifecycle.hook_name.as_deref(), Some("drain"));
         let kinds: Vec<_> = c.steps.iter().map(|s| s.kind.kind_name()).collect();
         for k in crate::steps::KINDS {
