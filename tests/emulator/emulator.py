@@ -8,7 +8,10 @@ One process runs:
   victims at once, sends no notifications and has no CompleteLifecycleAction /
   RecordLifecycleActionHeartbeat.  The patches below add lifecycle actions with
   tokens, Terminating:Wait / Pending:Wait, SQS/SNS notifications, heartbeat and
-  default-result timeouts and AWS-worded errors.
+  default-result timeouts and AWS-worded errors.  Warm pools (moto keeps only
+  their configuration) get instances: scale-in with ReuseOnScaleIn returns the
+  victim to the pool (Warmed:Pending:Wait, then Warmed:Stopped|Running|
+  Hibernated) and scale-out takes instances from it.
 * a control HTTP server (health, lifecycle-action listing, and a fake IMDSv2
   server per simulated instance, with per-server overrides).
 
@@ -35,7 +38,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Collection
 
 from werkzeug.serving import make_server
 
@@ -50,7 +53,7 @@ from moto.autoscaling.models import (
 )
 from moto.autoscaling.responses import AutoScalingResponse
 from moto.core.base_backend import BackendDict
-from moto.core.responses import EmptyResult
+from moto.core.responses import ActionResult, EmptyResult
 from moto.ec2 import ec2_backends
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -98,6 +101,8 @@ class LifecycleAction:
     heartbeat_timeout: int
     deadline: float  # time.monotonic() at which DefaultResult applies
     global_deadline: float  # hard cap: start + GlobalTimeout
+    origin: str = ""  # EC2 | AutoScalingGroup | WarmPool (as in the message)
+    destination: str = ""
     started_at: str = field(default_factory=iso_now)
     state: str = "pending"  # pending | completed | timed-out | cancelled
     result: str | None = None
@@ -114,6 +119,8 @@ class LifecycleAction:
             "instance": self.instance_id,
             "token": self.token,
             "transition": self.transition,
+            "origin": self.origin,
+            "destination": self.destination,
             "state": self.state,
             "result": self.result,
             "started_at": self.started_at,
@@ -125,7 +132,8 @@ class LifecycleAction:
 
 # token -> action; finished actions are kept for GET /actions.
 ACTIONS: dict[str, LifecycleAction] = {}
-# instance id -> "Terminated" | "Detached" for instances that left a group;
+# instance id -> "Terminated" | "Detached" | "Warmed:Terminated" for instances
+# that left a group (or its warm pool);
 # the IMDS target-lifecycle-state needs it once the group forgot them.
 DEPARTED: dict[str, str] = {}
 
@@ -181,15 +189,22 @@ def send_test_notification(backend: AutoScalingBackend, group: FakeAutoScalingGr
         )
 
 
-def send_action_notification(backend: AutoScalingBackend, group_name: str, hook: LifecycleHook, instance_id: str, token: str) -> None:
+def default_route(transition: str) -> tuple[str, str]:
+    """(Origin, Destination) of a plain launch or termination."""
+    return ("EC2", "AutoScalingGroup") if transition == LAUNCHING else ("AutoScalingGroup", "EC2")
+
+
+def send_action_notification(
+    backend: AutoScalingBackend, group_name: str, hook: LifecycleHook, instance_id: str, token: str, origin: str, destination: str
+) -> None:
     target = getattr(hook, "notification_target_arn", None)
     if not target:
         return  # EventBridge-only hook: nothing to emulate.
     launching = hook.lifecycle_transition == LAUNCHING
-    # Flat message of platform-facts §1.1(a).
+    # Flat message of platform-facts §1.1(a); Origin/Destination per §1.3.
     body: dict[str, Any] = {
-        "Origin": "EC2" if launching else "AutoScalingGroup",
-        "Destination": "AutoScalingGroup" if launching else "EC2",
+        "Origin": origin,
+        "Destination": destination,
         "LifecycleHookName": hook.name,
         "AccountId": backend.account_id,
         "RequestId": str(uuid.uuid4()),
@@ -246,10 +261,15 @@ def cancel_actions(instance_ids: list[str] | set[str]) -> None:
             a.state, a.finished_at = "cancelled", iso_now()
 
 
-def start_actions(group: FakeAutoScalingGroup, state: InstanceState, hooks: list[LifecycleHook]) -> None:
+def start_actions(
+    group: FakeAutoScalingGroup, state: InstanceState, hooks: list[LifecycleHook], route: tuple[str, str] | None = None
+) -> None:
+    """One action (token + notification) per hook.  route is (Origin,
+    Destination); by default that of a plain launch or termination."""
     backend = group.autoscaling_backend
     now = time.monotonic()
     for hook in hooks:
+        origin, destination = route or default_route(hook.lifecycle_transition)
         token = str(uuid.uuid4())
         hb = int(hook.heartbeat_timeout)
         global_deadline = now + int(getattr(hook, "global_timeout", 100 * hb))
@@ -264,15 +284,125 @@ def start_actions(group: FakeAutoScalingGroup, state: InstanceState, hooks: list
             heartbeat_timeout=hb,
             deadline=min(now + hb, global_deadline),
             global_deadline=global_deadline,
+            origin=origin,
+            destination=destination,
         )
-        send_action_notification(backend, group.name, hook, state.instance.id, token)
+        send_action_notification(backend, group.name, hook, state.instance.id, token, origin, destination)
     COND.notify_all()
 
 
+# --- warm pools ---------------------------------------------------------------
+# moto stores the warm pool configuration (group.warm_pool, incl.
+# InstanceReusePolicy) but never puts an instance in it.  Here the pool's
+# instances are InstanceState objects kept in group.warm_instances, *not* in
+# group.instance_states, so nothing of moto's (capacity, ELB registration,
+# DescribeAutoScalingGroups' Instances) sees them.  Each one carries
+# warm_target, the steady state it is heading for (what IMDS reports).
+POOL_STATES = ("Stopped", "Running", "Hibernated")
+WARM_STEADY = tuple(f"Warmed:{p}" for p in POOL_STATES)
+
+
+def has_warm_pool(group: FakeAutoScalingGroup) -> bool:
+    # getattr: moto's constructor sizes the group before it sets warm_pool.
+    return getattr(group, "warm_pool", None) is not None or bool(group.__dict__.get("warm_instances"))
+
+
+def warm_instances(group: FakeAutoScalingGroup) -> list[InstanceState]:
+    return group.__dict__.setdefault("warm_instances", [])
+
+
+def reuse_on_scale_in(group: FakeAutoScalingGroup) -> bool:
+    pool = getattr(group, "warm_pool", None)
+    policy = (pool.instance_reuse_policy or {}) if pool is not None else {}
+    return str(policy.get("ReuseOnScaleIn", False)).lower() == "true"
+
+
+def warmed_state(group: FakeAutoScalingGroup) -> str:
+    """Warmed:Stopped | Warmed:Running | Warmed:Hibernated per PoolState."""
+    pool = getattr(group, "warm_pool", None)
+    pool_state = getattr(pool, "pool_state", None)
+    return f"Warmed:{pool_state if pool_state in POOL_STATES else 'Stopped'}"
+
+
+def return_to_warm_pool(group: FakeAutoScalingGroup, state: InstanceState) -> None:
+    """Scale-in with ReuseOnScaleIn: the victim leaves the group for the warm
+    pool.  Terminating hooks run (Warmed:Pending:Wait, Origin
+    AutoScalingGroup, Destination WarmPool); without any it is warmed at once."""
+    group.instance_states = [s for s in group.instance_states if s is not state]
+    warm_instances(group).append(state)
+    state.warm_target = warmed_state(group)
+    hooks = group_hooks(group, TERMINATING)
+    if not hooks:
+        settle_in_warm_pool(group, state)
+        return
+    state.lifecycle_state = "Warmed:Pending:Wait"
+    start_actions(group, state, hooks, ("AutoScalingGroup", "WarmPool"))
+
+
+def settle_in_warm_pool(group: FakeAutoScalingGroup, state: InstanceState) -> None:
+    """Hooks done: Warmed:<PoolState>; the EC2 instance is stopped unless the
+    pool keeps its instances running (a hibernated one reads "stopped" too)."""
+    state.warm_target = state.lifecycle_state = warmed_state(group)
+    if state.lifecycle_state != "Warmed:Running":
+        try:
+            group.autoscaling_backend.ec2_backend.stop_instances([state.instance.id])
+        except Exception as exc:
+            log.warning("EC2 stop of %s failed: %s", state.instance.id, exc)
+
+
+def take_from_warm_pool(group: FakeAutoScalingGroup, count: int, exclude: Collection[str]) -> int:
+    """Scale-out: move up to count warmed instances (oldest first) into the
+    group; returns how many.  Launching hooks see Origin WarmPool."""
+    ready = [s for s in warm_instances(group) if s.lifecycle_state in WARM_STEADY and s.instance.id not in exclude][:count]
+    hooks = group_hooks(group, LAUNCHING)
+    for state in ready:
+        warm_instances(group).remove(state)
+        state.__dict__.pop("warm_target", None)
+        try:
+            group.autoscaling_backend.ec2_backend.start_instances([state.instance.id])
+        except Exception as exc:
+            log.warning("EC2 start of %s failed: %s", state.instance.id, exc)
+        group.instance_states.append(state)
+        if hooks:
+            state.lifecycle_state = "Pending:Wait"
+            start_actions(group, state, hooks, ("WarmPool", "AutoScalingGroup"))
+        else:
+            state.lifecycle_state = "InService"
+    return len(ready)
+
+
+def begin_warm_termination(group: FakeAutoScalingGroup, state: InstanceState) -> None:
+    """TerminateInstanceInAutoScalingGroup on a warmed instance: terminating
+    hooks run (Warmed:Terminating:Wait, Origin WarmPool, Destination EC2),
+    then it is terminated."""
+    state.warm_target = "Warmed:Terminated"
+    hooks = group_hooks(group, TERMINATING)
+    if not hooks:
+        terminate_warm_now(group, state)
+        return
+    state.lifecycle_state = "Warmed:Terminating:Wait"
+    start_actions(group, state, hooks, ("WarmPool", "EC2"))
+
+
+def terminate_warm_now(group: FakeAutoScalingGroup, state: InstanceState) -> None:
+    cancel_actions({state.instance.id})
+    if state in warm_instances(group):
+        warm_instances(group).remove(state)
+    DEPARTED[state.instance.id] = "Warmed:Terminated"
+    try:
+        group.autoscaling_backend.ec2_backend.terminate_instances([state.instance.id])
+    except Exception as exc:
+        log.warning("EC2 terminate of %s failed: %s", state.instance.id, exc)
+
+
 def begin_termination(group: FakeAutoScalingGroup, state: InstanceState) -> None:
-    """Take a victim out of service: Terminating:Wait if the group has
+    """Take a victim out of service: back to the warm pool if the group's
+    warm pool has ReuseOnScaleIn, else Terminating:Wait if the group has
     terminating hooks, otherwise terminate it right away."""
     cancel_actions({state.instance.id})  # e.g. a victim still in Pending:Wait
+    if reuse_on_scale_in(group):
+        return_to_warm_pool(group, state)
+        return
     hooks = group_hooks(group, TERMINATING)
     if not hooks:
         terminate_now(group, state)
@@ -303,7 +433,7 @@ def find_instance_state(backend: AutoScalingBackend, group_name: str, instance_i
     group = backend.autoscaling_groups.get(group_name)
     if group is None:
         return None, None
-    for s in group.instance_states:
+    for s in group.instance_states + group.__dict__.get("warm_instances", []):
         if s.instance.id == instance_id:
             return group, s
     return group, None
@@ -321,7 +451,13 @@ def finish_action(action: LifecycleAction, result: str, how: str) -> None:
             # ABANDON on a terminating instance skips the remaining hooks.
             cancel_actions({action.instance_id})
         if not pending_actions(action.instance_id, TERMINATING):
-            terminate_now(group, state)  # both results terminate
+            # Both results end the wait the same way.
+            if state.lifecycle_state == "Warmed:Pending:Wait":
+                settle_in_warm_pool(group, state)
+            elif state.lifecycle_state.startswith("Warmed:"):
+                terminate_warm_now(group, state)
+            else:
+                terminate_now(group, state)
     else:  # launching
         if result == "ABANDON":
             cancel_actions({action.instance_id})
@@ -420,10 +556,16 @@ def install_patches() -> None:
 
     # --- group capacity ----------------------------------------------------
     def set_desired_capacity(self: FakeAutoScalingGroup, new_capacity: int | None) -> None:
-        # Groups without hooks keep moto's behaviour untouched.
-        if not group_hooks(self):
+        # Groups without hooks or a warm pool keep moto's behaviour untouched.
+        if not group_hooks(self) and not has_warm_pool(self):
             return orig_set_desired(self, new_capacity)
         self.desired_capacity = self.min_size if new_capacity is None else new_capacity
+        reconcile(self)
+
+    def reconcile(self: FakeAutoScalingGroup, exclude: Collection[str] = ()) -> None:
+        """Launch or take out instances until the group holds its desired
+        capacity.  exclude: instance ids the warm pool must not hand back
+        (the victim of a TerminateInstance without decrement)."""
         # moto counts only InService instances and picks victims from *all*
         # instances (incl. Standby and ones already terminating); here victims
         # come only from instances that count towards capacity, so an
@@ -431,7 +573,10 @@ def install_patches() -> None:
         counted = [s for s in self.instance_states if s.lifecycle_state in CAPACITY_STATES]
         delta = target_instance_count(self) - len(counted)
         if delta > 0:
-            self.replace_autoscaling_group_instances(delta, self.get_propagated_tags())
+            # A warm pool's instances are used before new ones are launched.
+            delta -= take_from_warm_pool(self, delta, exclude)
+            if delta > 0:
+                self.replace_autoscaling_group_instances(delta, self.get_propagated_tags())
         elif delta < 0:
             # Like moto: oldest first (list order), never protected ones.
             victims = [s for s in counted if not s.protected_from_scale_in][: -delta]
@@ -459,14 +604,26 @@ def install_patches() -> None:
     # --- backend operations --------------------------------------------------
     def terminate_instance(self: AutoScalingBackend, instance_id: str, should_decrement: bool) -> TerminateInstanceActivity:
         with LOCK:
-            state = next(
-                (s for g in self.autoscaling_groups.values() for s in g.instance_states if s.instance.id == instance_id),
+            found = next(
+                ((g, s) for g in self.autoscaling_groups.values() for s in g.instance_states if s.instance.id == instance_id),
                 None,
             )
-            if state is None:  # moto would raise StopIteration -> HTTP 500
-                raise ValidationError(f"Instance Id not found - No managed instance found for instance ID: {instance_id}")
-            group = state.instance.autoscaling_group
-            if not group_hooks(group, TERMINATING):
+            if found is None:
+                warm = next(
+                    ((g, s) for g in self.autoscaling_groups.values() for s in g.__dict__.get("warm_instances", []) if s.instance.id == instance_id),
+                    None,
+                )
+                if warm is None:  # moto would raise StopIteration -> HTTP 500
+                    raise ValidationError(f"Instance Id not found - No managed instance found for instance ID: {instance_id}")
+                # An instance in the warm pool: terminated (after the terminating
+                # hooks); desired capacity is not affected.  Repeat calls, and
+                # calls while it is still on its way into the pool, do nothing.
+                group, state = warm
+                if state.lifecycle_state in WARM_STEADY:
+                    begin_warm_termination(group, state)
+                return TerminateInstanceActivity(state.instance, group.desired_capacity)
+            group, state = found
+            if not group_hooks(group, TERMINATING) and not reuse_on_scale_in(group):
                 activity = orig_terminate_instance(self, instance_id, should_decrement)
                 DEPARTED[instance_id] = "Terminated"  # moto detached it first
                 return activity
@@ -475,8 +632,9 @@ def install_patches() -> None:
                 begin_termination(group, state)
                 if should_decrement:
                     group.desired_capacity = original_size - 1
-                # Without decrement this launches the replacement right away.
-                group.set_desired_capacity(group.desired_capacity)
+                # Without decrement this launches the replacement right away
+                # (never the victim itself back from the warm pool).
+                reconcile(group, exclude={instance_id})
             return TerminateInstanceActivity(state.instance, original_size)
 
     def detach_instances(self: AutoScalingBackend, group_name: str, instance_ids: list[str], should_decrement: bool) -> Any:
@@ -495,6 +653,10 @@ def install_patches() -> None:
                 for s in group.instance_states:
                     if s.instance.id in instance_ids:
                         DEPARTED[s.instance.id] = "Terminated"
+                for s in list(group.__dict__.get("warm_instances", [])):
+                    if s.instance.id in instance_ids:  # leaves the warm pool
+                        warm_instances(group).remove(s)
+                        DEPARTED[s.instance.id] = "Warmed:Terminated"
             cancel_actions(set(instance_ids))
             orig_notify_terminate(self, instance_ids)
 
@@ -506,9 +668,14 @@ def install_patches() -> None:
             group = self.autoscaling_groups.get(group_name)
             if group is not None:
                 ids = [s.instance.id for s in group.instance_states]
-                cancel_actions(set(ids))
+                warm_ids = [s.instance.id for s in group.__dict__.get("warm_instances", [])]
+                group.__dict__["warm_instances"] = []
                 for i in ids:
                     DEPARTED[i] = "Terminated"
+                for i in warm_ids:
+                    DEPARTED[i] = "Warmed:Terminated"
+                ids += warm_ids
+                cancel_actions(set(ids))
                 if ids:
                     try:
                         self.ec2_backend.terminate_instances(ids)
@@ -519,6 +686,22 @@ def install_patches() -> None:
                     del self.lifecycle_hooks[key]
             orig_delete_group(self, group_name)
 
+    def describe_auto_scaling_instances(self: AutoScalingBackend, instance_ids: list[str]) -> list[InstanceState]:
+        # Warm-pool instances are listed too (with their Warmed:* state and
+        # the group's name), after each group's own instances.
+        out: list[InstanceState] = []
+        for group in self.autoscaling_groups.values():
+            for s in group.instance_states + group.__dict__.get("warm_instances", []):
+                if not instance_ids or s.instance.id in instance_ids:
+                    out.append(s)
+        return out
+
+    def warm_pool_size(self: FakeAutoScalingGroup) -> int | None:
+        # DescribeAutoScalingGroups' WarmPoolSize: only when there is a pool.
+        return len(self.__dict__.get("warm_instances", [])) if getattr(self, "warm_pool", None) is not None else None
+
+    FakeAutoScalingGroup.warm_pool_size = property(warm_pool_size)
+    AutoScalingBackend.describe_auto_scaling_instances = describe_auto_scaling_instances
     AutoScalingBackend.terminate_instance = terminate_instance
     AutoScalingBackend.detach_instances = detach_instances
     AutoScalingBackend.notify_terminate_instances = notify_terminate_instances
@@ -630,6 +813,41 @@ def install_patches() -> None:
         COND.notify_all()
         return EmptyResult()
 
+    # --- warm pools (moto stores the configuration; the instances are ours) ---
+    def warm_pool_group(self: AutoScalingResponse) -> FakeAutoScalingGroup:
+        group_name = self._get_param("AutoScalingGroupName")
+        group = self.autoscaling_backend.autoscaling_groups.get(group_name)
+        if group is None:  # moto: IndexError -> HTTP 500
+            raise ValidationError(f"AutoScalingGroup name not found - AutoScalingGroup '{group_name}' not found")
+        return group
+
+    def put_warm_pool(self: AutoScalingResponse) -> Any:
+        warm_pool_group(self)
+        pool_state = self._get_param("PoolState")
+        if pool_state is not None and pool_state not in POOL_STATES:
+            raise ValidationError(
+                f"1 validation error detected: Value '{pool_state}' at 'poolState' failed to satisfy constraint: "
+                "Member must satisfy enum value set: [Running, Stopped, Hibernated]"
+            )
+        return orig_put_warm_pool(self)
+
+    def describe_warm_pool(self: AutoScalingResponse) -> Any:
+        group = warm_pool_group(self)
+        return ActionResult({"WarmPoolConfiguration": group.warm_pool, "Instances": list(group.__dict__.get("warm_instances", []))})
+
+    def delete_warm_pool(self: AutoScalingResponse) -> Any:
+        # The pool's instances are terminated at once (no hooks run, like
+        # ForceDelete); their pending actions are cancelled.
+        group = warm_pool_group(self)
+        for state in list(group.__dict__.get("warm_instances", [])):
+            terminate_warm_now(group, state)
+        return orig_delete_warm_pool(self)
+
+    orig_put_warm_pool = AutoScalingResponse.put_warm_pool
+    orig_delete_warm_pool = AutoScalingResponse.delete_warm_pool
+    AutoScalingResponse.put_warm_pool = put_warm_pool
+    AutoScalingResponse.describe_warm_pool = describe_warm_pool
+    AutoScalingResponse.delete_warm_pool = delete_warm_pool
     AutoScalingResponse.call_action = call_action
     AutoScalingResponse.put_lifecycle_hook = put_lifecycle_hook
     AutoScalingResponse.delete_lifecycle_hook = delete_lifecycle_hook
@@ -704,6 +922,11 @@ def target_lifecycle_state(instance_id: str) -> str | None:
                 for s in group.instance_states:
                     if s.instance.id == instance_id:
                         return TARGET_STATE.get(s.lifecycle_state, "InService")
+                for s in group.__dict__.get("warm_instances", []):
+                    if s.instance.id == instance_id:
+                        # The steady state it is heading for, also while in
+                        # Warmed:Pending:Wait / Warmed:Terminating:Wait.
+                        return getattr(s, "warm_target", s.lifecycle_state)
     return DEPARTED.get(instance_id)
 
 

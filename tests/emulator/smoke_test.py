@@ -399,6 +399,100 @@ def run(endpoint: str, control: str) -> None:
     lone = ec2.run_instances(ImageId=AMI, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     check(Imds(control, lone).get("/latest/meta-data/autoscaling/target-lifecycle-state")[0] == 404, "never in a group")
 
+    # --- warm pool with instance reuse on scale-in --------------------------------------
+    wurl = sqs.create_queue(QueueName="warm-lifecycle")["QueueUrl"]
+    warn = sqs.get_queue_attributes(QueueUrl=wurl, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    asg.create_auto_scaling_group(AutoScalingGroupName="warm", LaunchConfigurationName="lc", MinSize=0, MaxSize=5,
+                                  DesiredCapacity=2, AvailabilityZones=["us-east-1a"])
+    asg.put_warm_pool(AutoScalingGroupName="warm", PoolState="Stopped", MinSize=0,
+                      InstanceReusePolicy={"ReuseOnScaleIn": True})
+    pool = asg.describe_warm_pool(AutoScalingGroupName="warm")
+    check(pool["WarmPoolConfiguration"] == {"MinSize": 0, "PoolState": "Stopped", "InstanceReusePolicy": {"ReuseOnScaleIn": True}}
+          and pool["Instances"] == [], f"warm pool, nothing pre-launched: {pool}")
+    check(len(instances("warm")) == 2, "warm group has 2 instances")
+    asg.put_lifecycle_hook(AutoScalingGroupName="warm", LifecycleHookName="drain",
+                           LifecycleTransition="autoscaling:EC2_INSTANCE_TERMINATING", HeartbeatTimeout=30,
+                           NotificationTargetARN=warn, RoleARN=f"arn:aws:iam::{ACCOUNT}:role/hook")
+    receive(wurl)  # test notification
+    asg.set_desired_capacity(AutoScalingGroupName="warm", DesiredCapacity=1)
+    (msg,) = receive(wurl)
+    wv = msg["EC2InstanceId"]
+    check(set(msg) == LIFECYCLE_KEYS and msg["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+          and msg["Origin"] == "AutoScalingGroup" and msg["Destination"] == "WarmPool"
+          and msg["LifecycleHookName"] == "drain" and msg["AutoScalingGroupName"] == "warm", f"warm pool message {msg}")
+    check(wv not in instances("warm") and list(instances("warm").values()) == ["InService"], f"victim left the group {instances('warm')}")
+
+    def scaling_instance(iid: str) -> dict[str, Any]:
+        (inst,) = asg.describe_auto_scaling_instances(InstanceIds=[iid])["AutoScalingInstances"]
+        return inst
+
+    def pool_instances(group: str) -> dict[str, str]:
+        return {i["InstanceId"]: i["LifecycleState"] for i in asg.describe_warm_pool(AutoScalingGroupName=group)["Instances"]}
+
+    inst = scaling_instance(wv)
+    check(inst["LifecycleState"] == "Warmed:Pending:Wait" and inst["AutoScalingGroupName"] == "warm", inst)
+    check(pool_instances("warm") == {wv: "Warmed:Pending:Wait"}, f"DescribeWarmPool {pool_instances('warm')}")
+    check(ec2_state(wv) == "running", "running while its hook waits")
+    imds_w = Imds(control, wv)
+    check(imds_w.get("/latest/meta-data/autoscaling/target-lifecycle-state") == (200, "Warmed:Stopped"), "target while Warmed:Pending:Wait")
+    (act,) = [a for a in actions() if a["instance"] == wv]
+    check(act["token"] == msg["LifecycleActionToken"] and act["state"] == "pending" and act["result"] is None
+          and act["origin"] == "AutoScalingGroup" and act["destination"] == "WarmPool", f"warm action {act}")
+    asg.record_lifecycle_action_heartbeat(AutoScalingGroupName="warm", LifecycleHookName="drain", InstanceId=wv)
+    asg.complete_lifecycle_action(AutoScalingGroupName="warm", LifecycleHookName="drain", InstanceId=wv,
+                                  LifecycleActionResult="CONTINUE")
+    inst = scaling_instance(wv)
+    check(inst["LifecycleState"] == "Warmed:Stopped" and inst["AutoScalingGroupName"] == "warm", f"after complete {inst}")
+    check(pool_instances("warm") == {wv: "Warmed:Stopped"}, "in the warm pool")
+    check(ec2_state(wv) == "stopped", f"EC2 stopped, not terminated: {ec2_state(wv)}")
+    check(imds_w.get("/latest/meta-data/autoscaling/target-lifecycle-state") == (200, "Warmed:Stopped"), "target Warmed:Stopped")
+    (act,) = [a for a in actions() if a["instance"] == wv]
+    check(act["state"] == "completed" and act["result"] == "CONTINUE" and act["heartbeats"] == 1, f"warm action done {act}")
+    g = asg.describe_auto_scaling_groups(AutoScalingGroupNames=["warm"])["AutoScalingGroups"][0]
+    check(g["DesiredCapacity"] == 1 and len(g["Instances"]) == 1 and g["WarmPoolSize"] == 1
+          and g["WarmPoolConfiguration"]["PoolState"] == "Stopped", f"group with warm pool {g}")
+    validation_error(asg.complete_lifecycle_action, f"No active Lifecycle Action found with instance ID {wv}",
+                     AutoScalingGroupName="warm", LifecycleHookName="drain", InstanceId=wv, LifecycleActionResult="CONTINUE")
+
+    # back into service: scale-out takes it from the warm pool; a launch hook sees Origin WarmPool
+    asg.put_lifecycle_hook(AutoScalingGroupName="warm", LifecycleHookName="warmup",
+                           LifecycleTransition="autoscaling:EC2_INSTANCE_LAUNCHING", HeartbeatTimeout=30,
+                           NotificationTargetARN=warn, RoleARN=f"arn:aws:iam::{ACCOUNT}:role/hook")
+    receive(wurl)
+    asg.set_desired_capacity(AutoScalingGroupName="warm", DesiredCapacity=2)
+    (msg,) = receive(wurl)
+    check(msg["EC2InstanceId"] == wv and msg["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_LAUNCHING"
+          and msg["Origin"] == "WarmPool" and msg["Destination"] == "AutoScalingGroup", f"reused launch {msg}")
+    check(instances("warm").get(wv) == "Pending:Wait" and len(instances("warm")) == 2 and pool_instances("warm") == {},
+          f"from the warm pool {instances('warm')}")
+    check(ec2_state(wv) == "running", "started again")
+    check(imds_w.get("/latest/meta-data/autoscaling/target-lifecycle-state") == (200, "InService"), "target InService again")
+    asg.complete_lifecycle_action(AutoScalingGroupName="warm", LifecycleHookName="warmup", InstanceId=wv,
+                                  LifecycleActionResult="CONTINUE")
+    check(instances("warm").get(wv) == "InService", "reused instance InService")
+
+    # a plain group (no warm pool) still terminates; so does one whose pool does not reuse
+    asg.create_auto_scaling_group(AutoScalingGroupName="plain", LaunchConfigurationName="lc", MinSize=0, MaxSize=5,
+                                  DesiredCapacity=3, AvailabilityZones=["us-east-1a"])
+    check("WarmPoolConfiguration" not in asg.describe_warm_pool(AutoScalingGroupName="plain"), "no warm pool")
+    asg.put_lifecycle_hook(AutoScalingGroupName="plain", LifecycleHookName="drain",
+                           LifecycleTransition="autoscaling:EC2_INSTANCE_TERMINATING", HeartbeatTimeout=30,
+                           NotificationTargetARN=warn, RoleARN=f"arn:aws:iam::{ACCOUNT}:role/hook")
+    receive(wurl)
+    for desired in (2, 1):
+        if desired == 1:
+            asg.put_warm_pool(AutoScalingGroupName="plain", InstanceReusePolicy={"ReuseOnScaleIn": False})
+        asg.set_desired_capacity(AutoScalingGroupName="plain", DesiredCapacity=desired)
+        (msg,) = receive(wurl)
+        pv = msg["EC2InstanceId"]
+        check(msg["Destination"] == "EC2" and instances("plain").get(pv) == "Terminating:Wait", f"plain scale-in {msg}")
+        check(imds_w.get("/latest/meta-data/instance-id")[0] == 200, "IMDS still up")
+        asg.complete_lifecycle_action(AutoScalingGroupName="plain", LifecycleHookName="drain", InstanceId=pv,
+                                      LifecycleActionResult="CONTINUE")
+        check(pv not in instances("plain") and ec2_state(pv) == "terminated"
+              and asg.describe_auto_scaling_instances(InstanceIds=[pv])["AutoScalingInstances"] == [], f"plain victim terminated ({desired})")
+    check(pool_instances("plain") == {}, "nothing went to the non-reusing pool")
+
     asg.delete_auto_scaling_group(AutoScalingGroupName="web", ForceDelete=True)
     check(asg.describe_lifecycle_hooks(AutoScalingGroupName="web")["LifecycleHooks"] == [], "hooks deleted with group")
 
