@@ -329,3 +329,65 @@ async fn launch_steps_run_and_continue_or_abandon() {
     assert_eq!(good.once(&[]), 0);
     assert_eq!(lines(&good.path("launched")).len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pool_return_runs_only_warm_pool_steps_and_keeps_monitoring() {
+    let aws = aws().await;
+    let g = group(
+        &aws,
+        "warm",
+        GroupSpec {
+            size: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    aws.asg
+        .put_warm_pool()
+        .auto_scaling_group_name(&g.name)
+        .pool_state(aws_sdk_autoscaling::types::WarmPoolState::Stopped)
+        .instance_reuse_policy(
+            aws_sdk_autoscaling::types::InstanceReusePolicy::builder()
+                .reuse_on_scale_in(true)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("warm pool");
+    // Monitoring must survive a trip to the warm pool: such steps say warm_pool = false.
+    let steps = format!(
+        "{}{}",
+        marker("flush", "flushed", ""),
+        marker("retire-monitoring", "retired", "warm_pool = false")
+    );
+    // One instance sees it through instance metadata, the other through the queue.
+    let (a, b) = (g.instances[0].clone(), g.instances[1].clone());
+    let mut na = Node::new(&a, "", &imds_config("", &steps)).await;
+    let sqs_cfg = format!(
+        "[sqs]\nqueue_url = \"{{queue}}\"\nwait_time = \"1s\"\n[lifecycle]\nstate_dir = \"{{dir}}/state\"\n{steps}"
+    );
+    let mut nb = Node::new(&b, &g.queue_url, &sqs_cfg).await;
+    na.start();
+    nb.start();
+    na.wait_log("target lifecycle state target_state=InService", LONG)
+        .await;
+    nb.wait_log("polling the lifecycle queue", LONG).await;
+    for (i, n) in [(&a, &na), (&b, &nb)] {
+        terminate(&aws, i).await;
+        n.wait_log("warm-pool return handled", LONG).await;
+        wait_for("the warmed state", LONG, || async {
+            (state(&aws, i).await.as_deref() == Some("Warmed:Stopped")).then_some(())
+        })
+        .await;
+        assert_eq!(lines(&n.path("flushed")).len(), 1, "{}", n.log());
+        assert!(
+            lines(&n.path("retired")).is_empty(),
+            "monitoring kept: {}",
+            n.log()
+        );
+        let acts = actions(i).await;
+        assert_eq!(acts[0]["destination"], "WarmPool");
+        assert_eq!(acts[0]["result"], "CONTINUE");
+    }
+    assert!(nb.log().contains("warm_pool=true"));
+}

@@ -41,6 +41,8 @@ pub fn root() -> PathBuf {
 pub fn emulator() -> &'static Emulator {
     static EMU: OnceLock<Emulator> = OnceLock::new();
     EMU.get_or_init(|| {
+        // reqwest is built without a bundled crypto provider; use the one the AWS SDK links.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let python = root().join(".venv/bin/python");
         assert!(
             python.exists(),
