@@ -391,3 +391,64 @@ async fn a_warm_pool_return_runs_only_warm_pool_steps_and_keeps_monitoring() {
     }
     assert!(nb.log().contains("warm_pool=true"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_which_sources_will_work() {
+    let aws = aws().await;
+    let g = group(
+        &aws,
+        "check",
+        GroupSpec {
+            size: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let cfg = format!(
+        "[sqs]\nqueue_url = \"{{queue}}\"\n{}",
+        imds_config("", &marker("mark", "ran", ""))
+    );
+    let mut n = Node::new(&g.instances[0], &g.queue_url, &cfg).await;
+    let out = n
+        .command(&["check"])
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", n.log());
+    for needle in [
+        "[ ok ] instance metadata (IMDSv2)",
+        "[ ok ] Auto Scaling (DescribeAutoScalingInstances): group",
+        "[ ok ] source imds: target-lifecycle-state: InService",
+        &format!(
+            "[ ok ] terminating hook (DescribeLifecycleHooks): {} will be completed",
+            g.hook
+        ),
+        "[ ok ] permission autoscaling:RecordLifecycleActionHeartbeat: allowed",
+        "[ ok ] queue (GetQueueAttributes)",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    // A second terminating hook makes the choice ambiguous: check says so and fails.
+    add_hook(
+        &aws,
+        &g.name,
+        "other-tool",
+        "autoscaling:EC2_INSTANCE_TERMINATING",
+        None,
+        &GroupSpec::default(),
+    )
+    .await;
+    let out = n
+        .command(&["check"])
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("[FAIL] terminating hook (DescribeLifecycleHooks)")
+            && text.contains("set [lifecycle] hook_name"),
+        "{text}"
+    );
+}
