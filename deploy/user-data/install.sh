@@ -83,25 +83,27 @@ aws_region() {
 }
 
 # 1. The binary, verified before anything is written.
-say "fetching $url"
+# Logged without its query string, which may hold a presigned URL's credentials.
+shown=${url%%\?*}
+say "fetching $shown"
 case $url in
   https://*)
     if command -v curl >/dev/null; then
-      curl -fsSL --proto '=https' --retry 5 --retry-connrefused -o "$tmp/lastcall" "$url" || die "cannot download $url"
+      curl -fsSL --proto '=https' --retry 5 --retry-connrefused -o "$tmp/lastcall" "$url" || die "cannot download $shown"
     else
-      wget -q -O "$tmp/lastcall" "$url" || die "cannot download $url"
+      wget -q --https-only -O "$tmp/lastcall" "$url" || die "cannot download $shown"
     fi
     ;;
   s3://*)
-    aws_region "$url"
-    aws s3 cp --only-show-errors "$url" "$tmp/lastcall" || die "cannot copy $url"
+    aws_region "$shown"
+    aws s3 cp --only-show-errors "$url" "$tmp/lastcall" || die "cannot copy $shown"
     ;;
-  file://*) cp "${url#file://}" "$tmp/lastcall" || die "cannot read $url" ;;
+  file://*) cp "${url#file://}" "$tmp/lastcall" || die "cannot read $shown" ;;
   *) die "LASTCALL_URL must start with https://, s3:// or file://" ;;
 esac
 actual=$(sha256sum <"$tmp/lastcall")
 actual=${actual%% *}
-[ "$actual" = "$sha" ] || die "SHA-256 mismatch for $url: expected $sha, got $actual; nothing installed"
+[ "$actual" = "$sha" ] || die "SHA-256 mismatch for $shown: expected $sha, got $actual; nothing installed"
 chmod 0755 "$tmp/lastcall"
 
 # 2. The config, validated before anything is written.
@@ -111,7 +113,7 @@ if [ -n "$config_ssm" ]; then
   aws ssm get-parameter --with-decryption --name "$config_ssm" --query Parameter.Value \
     --output text >"$tmp/lastcall.toml" || die "cannot read SSM parameter $config_ssm"
 elif [ -n "$config_text" ]; then
-  # $(…) drops trailing newlines, so that the file ends in exactly one.
+  # $(...) drops trailing newlines, so that the file ends in exactly one.
   config_text=$(printf '%s' "$config_text")
   printf '%s\n' "$config_text" >"$tmp/lastcall.toml"
 elif [ -f "$conf" ]; then
