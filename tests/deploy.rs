@@ -1,0 +1,892 @@
+//! The deployment files, checked with the tools that read them: `systemd-analyze verify` on the
+//! units, the user-data installer run into a scratch root (and `shellcheck`), the cron.d entry's
+//! shape, `cfn-lint` on the CloudFormation templates, and the instance policies against the AWS
+//! calls in src/. scripts/setup-test-env.sh installs the tools; a missing one fails the test.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+
+const TOP: &str = env!("CARGO_MANIFEST_DIR");
+const LASTCALL: &str = env!("CARGO_BIN_EXE_lastcall");
+const UNITS: [&str; 3] = [
+    "lastcall.service",
+    "lastcall-once.service",
+    "lastcall-once.timer",
+];
+const TEMPLATES: [&str; 3] = [
+    "cloudformation/queue-mode.yaml",
+    "cloudformation/imds-mode.yaml",
+    "cloudformation/example.yaml",
+];
+const SETUP: &str = "run scripts/setup-test-env.sh (as root on Debian) to install it";
+const SYNC: &str = "run `python3 tests/deploy/sync_copies.py` to rewrite the copies";
+
+/// Where an IAM action may apply, in the instance policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// The shared queue only (`!GetAtt Queue.Arn`).
+    Queue,
+    /// The one group, by ARN.
+    Group,
+    /// `"*"`: the action supports no resource-level permissions.
+    Any,
+}
+
+/// Every AWS SDK call lastcall may make: (service, SDK method, IAM action, where it applies).
+/// A call in src/ that is missing here fails `instance_policies_grant_exactly_the_calls_in_src`.
+#[rustfmt::skip]
+const SDK_CALLS: &[(&str, &str, &str, Scope)] = &[
+    ("autoscaling", "describe_auto_scaling_instances", "autoscaling:DescribeAutoScalingInstances", Scope::Any),
+    ("autoscaling", "describe_lifecycle_hooks", "autoscaling:DescribeLifecycleHooks", Scope::Any),
+    ("autoscaling", "describe_tags", "autoscaling:DescribeTags", Scope::Any),
+    ("autoscaling", "record_lifecycle_action_heartbeat", "autoscaling:RecordLifecycleActionHeartbeat", Scope::Group),
+    ("autoscaling", "complete_lifecycle_action", "autoscaling:CompleteLifecycleAction", Scope::Group),
+    ("sqs", "receive_message", "sqs:ReceiveMessage", Scope::Queue),
+    ("sqs", "delete_message", "sqs:DeleteMessage", Scope::Queue),
+    ("sqs", "delete_message_batch", "sqs:DeleteMessage", Scope::Queue),
+    ("sqs", "change_message_visibility", "sqs:ChangeMessageVisibility", Scope::Queue),
+    ("sqs", "change_message_visibility_batch", "sqs:ChangeMessageVisibility", Scope::Queue),
+    ("sqs", "get_queue_attributes", "sqs:GetQueueAttributes", Scope::Queue),
+];
+
+/// The SDK crate of each service lastcall talks to.
+const SDK_CRATES: [(&str, &str); 2] = [
+    ("autoscaling", "aws-sdk-autoscaling"),
+    ("sqs", "aws-sdk-sqs"),
+];
+
+const GROUP_ARN_PREFIX: &str = "arn:${AWS::Partition}:autoscaling:${AWS::Region}:${AWS::AccountId}:autoScalingGroup:*:autoScalingGroupName/";
+
+// ---- helpers
+
+fn top(rel: &str) -> PathBuf {
+    Path::new(TOP).join(rel)
+}
+
+fn read(rel: &str) -> String {
+    fs::read_to_string(top(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+}
+
+/// A program from PATH, or a failed test that says how to install it.
+fn system_tool(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is not installed: {SETUP}"))
+}
+
+/// A program from the project's virtualenv, or a failed test that says how to install it.
+fn venv_tool(name: &str) -> PathBuf {
+    let path = top(".venv/bin").join(name);
+    assert!(path.is_file(), "{} is missing: {SETUP}", path.display());
+    path
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// A command's exit status and both its outputs, for assertion messages.
+fn described(out: &Output) -> String {
+    format!(
+        "{}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn sha256(path: &Path) -> String {
+    let out = run(Command::new("sha256sum").arg(path));
+    assert!(out.status.success(), "sha256sum: {}", described(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("a hash")
+        .to_string()
+}
+
+/// The SHA-256 of the built binary, computed once per test run.
+fn lastcall_sha256() -> &'static str {
+    static SHA: OnceLock<String> = OnceLock::new();
+    SHA.get_or_init(|| sha256(Path::new(LASTCALL)))
+}
+
+/// The user id files created by this process get: what the installer's files must be owned by
+/// (root, when the tests run as root as they do in CI).
+fn own_uid() -> u32 {
+    let probe = tempfile::NamedTempFile::new().expect("temp file");
+    probe.as_file().metadata().expect("metadata").uid()
+}
+
+/// Every entry under `root`, by relative path: "dir 0755", "file 0600", "link TARGET".
+fn tree(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for entry in fs::read_dir(dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            let meta = fs::symlink_metadata(&path).expect("metadata");
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let mode = meta.permissions().mode() & 0o7777;
+            let what = if meta.file_type().is_symlink() {
+                format!("link {}", fs::read_link(&path).unwrap().display())
+            } else if meta.is_dir() {
+                walk(root, &path, out);
+                format!("dir {mode:04o}")
+            } else {
+                format!("file {mode:04o}")
+            };
+            out.insert(rel, what);
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Values of `key` in `[section]` of a systemd unit file.
+fn unit_values(unit: &str, section: &str, key: &str) -> Vec<String> {
+    let mut current = "";
+    let mut values = Vec::new();
+    for line in unit.lines().map(str::trim) {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name;
+        } else if let Some((k, v)) = line.split_once('=') {
+            if current == section && k.trim() == key {
+                values.push(v.trim().to_string());
+            }
+        }
+    }
+    values
+}
+
+fn unit_value(unit: &str, section: &str, key: &str) -> String {
+    let values = unit_values(unit, section, key);
+    assert_eq!(values.len(), 1, "[{section}] {key}= once, in:\n{unit}");
+    values[0].clone()
+}
+
+/// Runs deploy/user-data/install.sh with /bin/sh (dash on Debian: the strictest sh at hand) into
+/// the scratch root `root`, with the given parameters and no others from this environment.
+fn install(root: &Path, vars: &[(&str, &str)]) -> Output {
+    system_tool("systemctl");
+    let mut cmd = Command::new("sh");
+    cmd.arg(top("deploy/user-data/install.sh"));
+    for name in [
+        "LASTCALL_URL",
+        "LASTCALL_SHA256",
+        "LASTCALL_CONFIG",
+        "LASTCALL_CONFIG_SSM",
+        "LASTCALL_MODE",
+    ] {
+        cmd.env_remove(name);
+    }
+    cmd.env("LASTCALL_ROOT", root).envs(vars.iter().copied());
+    run(&mut cmd)
+}
+
+fn binary_url() -> String {
+    format!("file://{LASTCALL}")
+}
+
+/// The CloudFormation templates as JSON, read by cfn-lint's own decoder.
+fn templates() -> &'static BTreeMap<String, Value> {
+    static TEMPLATES_JSON: OnceLock<BTreeMap<String, Value>> = OnceLock::new();
+    TEMPLATES_JSON.get_or_init(|| {
+        let out = run(Command::new(venv_tool("python"))
+            .current_dir(TOP)
+            .arg("tests/deploy/decode_templates.py")
+            .args(TEMPLATES));
+        assert!(
+            out.status.success(),
+            "decode templates: {}",
+            described(&out)
+        );
+        serde_json::from_slice(&out.stdout).expect("decoded templates are JSON")
+    })
+}
+
+fn template(path: &str) -> &'static Value {
+    &templates()[path]
+}
+
+// ---- systemd units
+
+#[test]
+fn systemd_units_verify_without_warnings() {
+    let analyze = system_tool("systemd-analyze");
+    // A scratch root holding systemd's own units (for the targets ours refer to), our units and a
+    // stand-in /usr/bin/lastcall: verify checks that ExecStart= binaries exist under the root.
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path();
+    let system_units = ["/usr/lib/systemd/system", "/lib/systemd/system"]
+        .into_iter()
+        .find(|d| Path::new(d).join("sysinit.target").exists())
+        .expect("systemd's own units (sysinit.target) are installed");
+    let copy_to = root.join(system_units.trim_start_matches('/'));
+    fs::create_dir_all(copy_to.parent().unwrap()).unwrap();
+    let out = run(Command::new("cp").arg("-a").arg(system_units).arg(&copy_to));
+    assert!(
+        out.status.success(),
+        "copy systemd's units: {}",
+        described(&out)
+    );
+    let etc = root.join("etc/systemd/system");
+    fs::create_dir_all(&etc).unwrap();
+    for unit in UNITS {
+        fs::copy(top(&format!("deploy/systemd/{unit}")), etc.join(unit)).unwrap();
+    }
+    fs::create_dir_all(root.join("usr/bin")).unwrap();
+    let stand_in = root.join("usr/bin/lastcall");
+    fs::write(&stand_in, "#!/bin/sh\n").unwrap();
+    fs::set_permissions(&stand_in, fs::Permissions::from_mode(0o755)).unwrap();
+
+    let out = run(Command::new(&analyze)
+        .arg("verify")
+        .arg("--man=no")
+        .arg(format!("--root={}", root.display()))
+        .args(UNITS));
+    let ours: Vec<&str> = std::str::from_utf8(&out.stderr)
+        .unwrap()
+        .lines()
+        .chain(std::str::from_utf8(&out.stdout).unwrap().lines())
+        .filter(|l| l.contains("lastcall"))
+        .collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify: {}",
+        described(&out)
+    );
+}
+
+#[test]
+fn systemd_units_run_lastcall_as_documented() {
+    let daemon = read("deploy/systemd/lastcall.service");
+    assert_eq!(
+        unit_value(&daemon, "Service", "ExecStart"),
+        "/usr/bin/lastcall run"
+    );
+    assert_eq!(unit_value(&daemon, "Service", "Restart"), "always");
+    assert_eq!(unit_value(&daemon, "Service", "KillMode"), "mixed");
+    assert_eq!(unit_value(&daemon, "Service", "StateDirectory"), "lastcall");
+    assert_eq!(
+        unit_value(&daemon, "Unit", "Wants"),
+        "network-online.target"
+    );
+    assert_eq!(
+        unit_value(&daemon, "Unit", "After"),
+        "network-online.target"
+    );
+    assert_eq!(
+        unit_value(&daemon, "Install", "WantedBy"),
+        "multi-user.target"
+    );
+
+    let once = read("deploy/systemd/lastcall-once.service");
+    assert_eq!(unit_value(&once, "Service", "Type"), "oneshot");
+    assert_eq!(
+        unit_value(&once, "Service", "ExecStart"),
+        "/usr/bin/lastcall once"
+    );
+    assert_eq!(unit_value(&once, "Service", "KillMode"), "mixed");
+    assert_eq!(unit_value(&once, "Service", "StateDirectory"), "lastcall");
+
+    // A stop lets the running step finish: the kill must not come before a step's own timeout.
+    for unit in [&daemon, &once] {
+        let stop = unit_value(unit, "Service", "TimeoutStopSec");
+        let stop = humantime::parse_duration(&stop).expect("TimeoutStopSec is a duration");
+        assert!(
+            stop > lastcall::config::DEFAULT_STEP_TIMEOUT + Duration::from_secs(60),
+            "TimeoutStopSec={stop:?} leaves a step with the default timeout no time to finish"
+        );
+    }
+
+    let timer = read("deploy/systemd/lastcall-once.timer");
+    assert_eq!(unit_value(&timer, "Timer", "OnCalendar"), "minutely");
+    assert_eq!(unit_value(&timer, "Timer", "Persistent"), "true");
+    let spread = unit_value(&timer, "Timer", "RandomizedDelaySec");
+    let spread = humantime::parse_duration(&spread).expect("RandomizedDelaySec is a duration");
+    assert!(spread > Duration::ZERO && spread < Duration::from_secs(30));
+    assert_eq!(unit_value(&timer, "Install", "WantedBy"), "timers.target");
+}
+
+// ---- cron
+
+#[test]
+fn cron_entry_runs_lastcall_once_every_minute_as_root() {
+    let text = read("deploy/cron/lastcall");
+    assert!(
+        text.ends_with('\n'),
+        "cron ignores a last line without a newline"
+    );
+    let entries: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .collect();
+    assert_eq!(entries.len(), 1, "one entry in deploy/cron/lastcall");
+    for entry in entries {
+        let fields: Vec<&str> = entry.split_whitespace().collect();
+        assert!(
+            fields.len() >= 7,
+            "5 time fields, a user and a command: {entry:?}"
+        );
+        for time in &fields[..5] {
+            assert!(
+                time.chars()
+                    .all(|c| c.is_ascii_digit() || "*/,-".contains(c)),
+                "time field {time:?} in {entry:?}"
+            );
+        }
+        assert_eq!(fields[..5], ["*"; 5], "every minute: {entry:?}");
+        assert_eq!(fields[5], "root");
+        assert_eq!(fields[6..8], ["/usr/bin/lastcall", "once"], "{entry:?}");
+        let command = fields[6..].join(" ");
+        assert!(
+            !command.contains('%'),
+            "cron turns % into a newline: {command:?}"
+        );
+        // Every program in the pipeline by absolute path: cron's PATH is minimal.
+        for program in command
+            .split('|')
+            .map(|p| p.split_whitespace().next().unwrap_or(""))
+        {
+            assert!(
+                program.starts_with('/'),
+                "{program:?} by absolute path in {command:?}"
+            );
+        }
+        let out = run(Command::new("sh").args(["-n", "-c", &command]));
+        assert!(out.status.success(), "sh -n: {}", described(&out));
+    }
+}
+
+// ---- the user-data installer
+
+#[test]
+fn shell_scripts_are_shellcheck_clean() {
+    let out = run(Command::new(system_tool("shellcheck"))
+        .current_dir(TOP)
+        .args(["deploy/user-data/install.sh", "scripts/setup-test-env.sh"]));
+    assert!(out.status.success(), "shellcheck: {}", described(&out));
+}
+
+#[test]
+fn installer_installs_into_a_scratch_root() {
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path().join("root");
+    let config = read("tests/fixtures/good.toml");
+    let url = binary_url();
+    let out = install(
+        &root,
+        &[
+            ("LASTCALL_URL", &url),
+            ("LASTCALL_SHA256", lastcall_sha256()),
+            ("LASTCALL_CONFIG", &config),
+        ],
+    );
+    assert!(out.status.success(), "install.sh: {}", described(&out));
+
+    let mut expected: BTreeMap<String, String> = [
+        ("etc", "dir 0755"),
+        ("etc/lastcall", "dir 0755"),
+        ("etc/lastcall/lastcall.toml", "file 0600"),
+        ("etc/systemd", "dir 0755"),
+        ("etc/systemd/system", "dir 0755"),
+        ("etc/systemd/system/multi-user.target.wants", "dir 0755"),
+        (
+            "etc/systemd/system/multi-user.target.wants/lastcall.service",
+            "link /etc/systemd/system/lastcall.service",
+        ),
+        ("usr", "dir 0755"),
+        ("usr/bin", "dir 0755"),
+        ("usr/bin/lastcall", "file 0755"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for unit in UNITS {
+        expected.insert(format!("etc/systemd/system/{unit}"), "file 0644".into());
+    }
+    assert_eq!(tree(&root), expected, "what install.sh wrote");
+
+    assert_eq!(sha256(&root.join("usr/bin/lastcall")), lastcall_sha256());
+    let installed_config = root.join("etc/lastcall/lastcall.toml");
+    assert_eq!(fs::read_to_string(&installed_config).unwrap(), config);
+    assert_eq!(fs::metadata(&installed_config).unwrap().uid(), own_uid());
+    for unit in UNITS {
+        assert_eq!(
+            fs::read_to_string(root.join("etc/systemd/system").join(unit)).unwrap(),
+            read(&format!("deploy/systemd/{unit}")),
+            "the installed {unit} differs from deploy/systemd/{unit}: {SYNC}"
+        );
+    }
+
+    // Again in timer mode, keeping the config: the timer is enabled instead of the daemon.
+    let out = install(
+        &root,
+        &[
+            ("LASTCALL_URL", &url),
+            ("LASTCALL_SHA256", lastcall_sha256()),
+            ("LASTCALL_MODE", "timer"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "install.sh, timer mode: {}",
+        described(&out)
+    );
+    let after = tree(&root);
+    assert_eq!(
+        after
+            .get("etc/systemd/system/timers.target.wants/lastcall-once.timer")
+            .map(String::as_str),
+        Some("link /etc/systemd/system/lastcall-once.timer"),
+        "{after:#?}"
+    );
+    assert!(
+        !after.contains_key("etc/systemd/system/multi-user.target.wants/lastcall.service"),
+        "the daemon is disabled in timer mode: {after:#?}"
+    );
+    assert_eq!(fs::read_to_string(&installed_config).unwrap(), config);
+}
+
+#[test]
+fn installer_refuses_a_wrong_checksum_and_installs_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path().join("root");
+    let good = lastcall_sha256();
+    let wrong = format!(
+        "{}{}",
+        if good.starts_with('0') { "1" } else { "0" },
+        &good[1..]
+    );
+    let out = install(
+        &root,
+        &[
+            ("LASTCALL_URL", &binary_url()),
+            ("LASTCALL_SHA256", &wrong),
+            ("LASTCALL_CONFIG", &read("tests/fixtures/good.toml")),
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "install.sh accepted a wrong hash: {}",
+        described(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SHA-256 mismatch"),
+        "{}",
+        described(&out)
+    );
+    assert!(!root.exists(), "nothing installed: {:#?}", tree(&root));
+}
+
+#[test]
+fn installer_refuses_an_invalid_config_and_installs_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path().join("root");
+    let out = install(
+        &root,
+        &[
+            ("LASTCALL_URL", &binary_url()),
+            ("LASTCALL_SHA256", lastcall_sha256()),
+            ("LASTCALL_CONFIG", &read("tests/fixtures/bad.toml")),
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "install.sh accepted a bad config: {}",
+        described(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the config is not valid"),
+        "{}",
+        described(&out)
+    );
+    assert!(!root.exists(), "nothing installed: {:#?}", tree(&root));
+}
+
+// ---- CloudFormation
+
+#[test]
+fn cloudformation_templates_pass_cfn_lint() {
+    let out = run(Command::new(venv_tool("cfn-lint"))
+        .current_dir(TOP)
+        .args(["--format", "parseable"])
+        .args(TEMPLATES));
+    assert!(
+        out.status.success() && out.stdout.is_empty(),
+        "cfn-lint (no errors, no warnings): {}",
+        described(&out)
+    );
+}
+
+/// The SDK operations of `krate` (the directories of its src/operation/), from the version in
+/// Cargo.lock, in Cargo's registry sources.
+fn sdk_operations(krate: &str) -> BTreeSet<String> {
+    let lock = read("Cargo.lock");
+    let versions: Vec<&str> = lock
+        .split("[[package]]")
+        .filter(|p| p.lines().any(|l| l.trim() == format!("name = \"{krate}\"")))
+        .filter_map(|p| {
+            p.lines()
+                .find_map(|l| l.trim().strip_prefix("version = \"")?.strip_suffix('"'))
+        })
+        .collect();
+    assert!(!versions.is_empty(), "{krate} is not in Cargo.lock");
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cargo"));
+    let mut ops = BTreeSet::new();
+    for version in versions {
+        let sources = fs::read_dir(cargo_home.join("registry/src"))
+            .unwrap_or_else(|e| panic!("{}/registry/src: {e}", cargo_home.display()))
+            .map(|r| {
+                r.unwrap()
+                    .path()
+                    .join(format!("{krate}-{version}/src/operation"))
+            })
+            .find(|p| p.is_dir())
+            .unwrap_or_else(|| {
+                panic!("the sources of {krate} {version} are not in Cargo's registry")
+            });
+        for entry in fs::read_dir(sources).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                ops.insert(path.file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    assert!(ops.len() > 5, "{krate}: operations found: {ops:?}");
+    ops
+}
+
+/// src/ without its comment lines, every .rs file.
+fn source_code() -> String {
+    fn walk(dir: &Path, out: &mut String) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                for line in fs::read_to_string(&path).unwrap().lines() {
+                    if !line.trim_start().starts_with("//") {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                }
+            }
+        }
+    }
+    let mut code = String::new();
+    walk(&top("src"), &mut code);
+    code
+}
+
+/// The IAM actions lastcall needs, with where they apply: one per SDK call found in src/ (an SDK
+/// operation is called as `.operation_name()`).
+fn needed_actions() -> BTreeMap<&'static str, Scope> {
+    let code = source_code();
+    let mut needed = BTreeMap::new();
+    for (service, krate) in SDK_CRATES {
+        for op in sdk_operations(krate) {
+            if !code.contains(&format!(".{op}()")) {
+                continue;
+            }
+            let (_, _, action, scope) = SDK_CALLS
+                .iter()
+                .find(|(s, o, _, _)| *s == service && *o == op)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "src/ calls {service} .{op}(), which SDK_CALLS in tests/deploy.rs does not \
+                         list: add its IAM action there and grant it in cloudformation/*.yaml"
+                    )
+                });
+            needed.insert(*action, *scope);
+        }
+    }
+    assert!(
+        needed.contains_key("autoscaling:CompleteLifecycleAction"),
+        "the scan of src/ found the calls: {needed:?}"
+    );
+    needed
+}
+
+/// The group name (a Fn::Sub string) the template's lifecycle hook is on.
+fn hook_group(t: &Value) -> String {
+    let group = &t["Resources"]["LifecycleHook"]["Properties"]["AutoScalingGroupName"];
+    let name = group["Ref"].as_str().expect("the hook's group is a Ref");
+    if t["Parameters"].get(name).is_some() {
+        return format!("${{{name}}}");
+    }
+    let resource = &t["Resources"][name];
+    assert_eq!(resource["Type"], "AWS::AutoScaling::AutoScalingGroup");
+    resource["Properties"]["AutoScalingGroupName"]["Fn::Sub"]
+        .as_str()
+        .expect("the group has a fixed name, so that the policy can name it")
+        .to_string()
+}
+
+/// The instance policy's grants: action -> scope, checking each resource's form on the way.
+fn granted_actions(path: &str) -> BTreeMap<String, Scope> {
+    let t = template(path);
+    let policy = &t["Resources"]["InstancePolicy"];
+    assert_eq!(policy["Type"], "AWS::IAM::ManagedPolicy", "{path}");
+    let group = hook_group(t);
+    let mut granted = BTreeMap::new();
+    for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        .as_array()
+        .expect("statements")
+    {
+        assert_eq!(statement["Effect"], "Allow", "{path}: {statement}");
+        assert!(statement.get("Condition").is_none() && statement.get("NotAction").is_none());
+        let resource = &statement["Resource"];
+        let scope = if resource == "*" {
+            Scope::Any
+        } else if resource["Fn::GetAtt"] == serde_json::json!(["Queue", "Arn"]) {
+            Scope::Queue
+        } else if let Some(sub) = resource["Fn::Sub"].as_str() {
+            assert_eq!(
+                sub.strip_prefix(GROUP_ARN_PREFIX),
+                Some(group.as_str()),
+                "{path}: the group's ARN, with the hook's group {group}"
+            );
+            Scope::Group
+        } else {
+            panic!("{path}: unexpected resource {resource}");
+        };
+        let actions = match &statement["Action"] {
+            Value::String(a) => vec![a.clone()],
+            Value::Array(a) => a.iter().map(|a| a.as_str().unwrap().to_string()).collect(),
+            other => panic!("{path}: Action {other}"),
+        };
+        for action in actions {
+            assert!(
+                !action.contains('*'),
+                "{path}: no wildcard actions: {action}"
+            );
+            assert!(
+                granted.insert(action.clone(), scope).is_none(),
+                "{path}: {action} twice"
+            );
+        }
+    }
+    granted
+}
+
+#[test]
+fn instance_policies_grant_exactly_the_calls_in_src() {
+    let needed = needed_actions();
+    let queue_mode: BTreeMap<String, Scope> =
+        needed.iter().map(|(a, s)| (a.to_string(), *s)).collect();
+    let imds_mode: BTreeMap<String, Scope> = queue_mode
+        .iter()
+        .filter(|(a, _)| a.starts_with("autoscaling:"))
+        .map(|(a, s)| (a.clone(), *s))
+        .collect();
+    assert_eq!(
+        granted_actions("cloudformation/queue-mode.yaml"),
+        queue_mode,
+        "queue-mode.yaml's InstancePolicy against the AWS calls in src/"
+    );
+    assert_eq!(
+        granted_actions("cloudformation/example.yaml"),
+        queue_mode,
+        "example.yaml's InstancePolicy against the AWS calls in src/"
+    );
+    assert_eq!(
+        granted_actions("cloudformation/imds-mode.yaml"),
+        imds_mode,
+        "imds-mode.yaml's InstancePolicy against the Auto Scaling calls in src/"
+    );
+}
+
+#[test]
+fn queue_stacks_suit_a_shared_queue() {
+    for path in [
+        "cloudformation/queue-mode.yaml",
+        "cloudformation/example.yaml",
+    ] {
+        let r = &template(path)["Resources"];
+        let redrive = &r["Queue"]["Properties"]["RedrivePolicy"];
+        assert_eq!(
+            redrive["deadLetterTargetArn"]["Fn::GetAtt"],
+            serde_json::json!(["DeadLetterQueue", "Arn"])
+        );
+        let max = redrive["maxReceiveCount"]
+            .as_u64()
+            .expect("maxReceiveCount");
+        // lastcall check warns below 100: every instance receives every message.
+        assert!(max >= 1000, "{path}: maxReceiveCount {max}");
+
+        let hook = &r["LifecycleHook"]["Properties"];
+        assert_eq!(
+            hook["LifecycleTransition"],
+            "autoscaling:EC2_INSTANCE_TERMINATING"
+        );
+        assert_eq!(
+            hook["NotificationTargetARN"]["Fn::GetAtt"],
+            serde_json::json!(["Queue", "Arn"])
+        );
+        assert_eq!(
+            hook["RoleARN"]["Fn::GetAtt"],
+            serde_json::json!(["NotificationRole", "Arn"])
+        );
+
+        let role = &r["NotificationRole"]["Properties"];
+        assert_eq!(
+            role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["Service"],
+            "autoscaling.amazonaws.com"
+        );
+        let send = &role["Policies"][0]["PolicyDocument"]["Statement"][0];
+        assert_eq!(
+            send["Action"],
+            serde_json::json!(["sqs:SendMessage", "sqs:GetQueueUrl"])
+        );
+        assert_eq!(
+            send["Resource"]["Fn::GetAtt"],
+            serde_json::json!(["Queue", "Arn"])
+        );
+    }
+    // The example carries the queue-mode resources inline: the same queues.
+    for queue in ["Queue", "DeadLetterQueue"] {
+        assert_eq!(
+            template("cloudformation/example.yaml")["Resources"][queue],
+            template("cloudformation/queue-mode.yaml")["Resources"][queue],
+            "{queue} in example.yaml and queue-mode.yaml"
+        );
+    }
+    let imds_hook =
+        &template("cloudformation/imds-mode.yaml")["Resources"]["LifecycleHook"]["Properties"];
+    assert_eq!(
+        imds_hook["LifecycleTransition"],
+        "autoscaling:EC2_INSTANCE_TERMINATING"
+    );
+    assert!(
+        imds_hook.get("NotificationTargetARN").is_none(),
+        "no target in imds mode"
+    );
+}
+
+#[test]
+fn example_launch_template_requires_imdsv2_and_attaches_the_policy() {
+    let r = &template("cloudformation/example.yaml")["Resources"];
+    let data = &r["LaunchTemplate"]["Properties"]["LaunchTemplateData"];
+    let metadata = &data["MetadataOptions"];
+    assert_eq!(metadata["HttpTokens"], "required");
+    assert_eq!(metadata["InstanceMetadataTags"], "enabled");
+    assert_eq!(metadata["HttpPutResponseHopLimit"], 2);
+    assert_eq!(
+        data["IamInstanceProfile"]["Arn"]["Fn::GetAtt"],
+        serde_json::json!(["InstanceProfile", "Arn"])
+    );
+    assert_eq!(
+        r["InstanceProfile"]["Properties"]["Roles"][0]["Ref"],
+        "InstanceRole"
+    );
+    assert_eq!(
+        r["InstanceRole"]["Properties"]["ManagedPolicyArns"],
+        serde_json::json!([{"Ref": "InstancePolicy"}])
+    );
+}
+
+/// Fn::Sub as CloudFormation does it: `${Name}` from `vars`, `${!Text}` to `${Text}`.
+fn fn_sub(text: &str, vars: &BTreeMap<&str, String>) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + 2..];
+        if let Some(literal) = rest.strip_prefix('!') {
+            out.push_str("${");
+            rest = literal;
+            continue;
+        }
+        let end = rest.find('}').expect("a closing brace");
+        let name = &rest[..end];
+        out.push_str(
+            vars.get(name)
+                .unwrap_or_else(|| panic!("Fn::Sub: ${{{name}}} is not known")),
+        );
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn example_user_data_carries_the_installer_and_installs_with_it() {
+    let user_data = template("cloudformation/example.yaml")["Resources"]["LaunchTemplate"]
+        ["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+        .as_str()
+        .expect("UserData is Fn::Base64 of a Fn::Sub string");
+
+    // The copy of install.sh matches the script.
+    let begin = "# --- BEGIN a copy of deploy/user-data/install.sh";
+    let end = "# --- END of the copy ---\n";
+    let start = user_data.find(begin).expect("the copy's first marker");
+    let start = start + user_data[start..].find('\n').unwrap() + 1;
+    let stop = user_data.rfind(end).expect("the copy's last marker");
+    assert!(user_data[stop..] == *end, "the copy ends the user-data");
+    assert!(
+        user_data[start..stop].replace("${!", "${") == read("deploy/user-data/install.sh"),
+        "the copy of install.sh in cloudformation/example.yaml differs from the script: {SYNC}"
+    );
+
+    // As an instance gets it: substituted, at most 16 KB, and installing lastcall in timer mode.
+    let vars: BTreeMap<&str, String> = [
+        ("LastcallUrl", binary_url()),
+        ("LastcallSha256", lastcall_sha256().to_string()),
+        ("LastcallMode", "timer".to_string()),
+        (
+            "Queue",
+            "https://sqs.eu-west-1.amazonaws.com/123456789012/example-Queue-1".to_string(),
+        ),
+        ("HookName", "lastcall".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    let script = fn_sub(user_data, &vars);
+    assert!(
+        script.len() <= 16 * 1024,
+        "EC2 takes at most 16 KB of user-data: {}",
+        script.len()
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("user-data");
+    fs::write(&file, &script).unwrap();
+    system_tool("systemctl");
+    let root = scratch.path().join("root");
+    let out = run(Command::new("sh")
+        .arg(&file)
+        .env("LASTCALL_ROOT", &root)
+        .env_remove("LASTCALL_CONFIG")
+        .env_remove("LASTCALL_CONFIG_SSM"));
+    assert!(
+        out.status.success(),
+        "the example's user-data: {}",
+        described(&out)
+    );
+    let config = fs::read_to_string(root.join("etc/lastcall/lastcall.toml")).unwrap();
+    assert!(config.starts_with("[sqs]\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/123456789012/example-Queue-1\"\n"), "{config}");
+    assert!(config.contains("hook_name = \"lastcall\"\n"), "{config}");
+    assert!(root
+        .join("etc/systemd/system/timers.target.wants/lastcall-once.timer")
+        .is_symlink());
+}
