@@ -56,12 +56,6 @@ const SDK_CALLS: &[(&str, &str, &str, Scope)] = &[
     ("sqs", "get_queue_attributes", "sqs:GetQueueAttributes", Scope::Queue),
 ];
 
-/// The SDK crate of each service lastcall talks to.
-const SDK_CRATES: [(&str, &str); 2] = [
-    ("autoscaling", "aws-sdk-autoscaling"),
-    ("sqs", "aws-sdk-sqs"),
-];
-
 const GROUP_ARN_PREFIX: &str = "arn:${AWS::Partition}:autoscaling:${AWS::Region}:${AWS::AccountId}:autoScalingGroup:*:autoScalingGroupName/";
 
 // ---- helpers
@@ -603,15 +597,32 @@ fn source_code() -> String {
 /// operation is called as `.operation_name()`).
 fn needed_actions() -> BTreeMap<&'static str, Scope> {
     let code = source_code();
+    // Every AWS SDK crate lastcall depends on, so that a new service is scanned too.
+    let crates: Vec<String> = read("Cargo.toml")
+        .lines()
+        .filter_map(|l| {
+            Some(
+                l.strip_prefix("aws-sdk-")?
+                    .split_once('=')?
+                    .0
+                    .trim()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        crates.len() >= 2,
+        "aws-sdk-* crates in Cargo.toml: {crates:?}"
+    );
     let mut needed = BTreeMap::new();
-    for (service, krate) in SDK_CRATES {
-        for op in sdk_operations(krate) {
+    for service in &crates {
+        for op in sdk_operations(&format!("aws-sdk-{service}")) {
             if !code.contains(&format!(".{op}()")) {
                 continue;
             }
             let (_, _, action, scope) = SDK_CALLS
                 .iter()
-                .find(|(s, o, _, _)| *s == service && *o == op)
+                .find(|(s, o, _, _)| s == service && *o == op)
                 .unwrap_or_else(|| {
                     panic!(
                         "src/ calls {service} .{op}(), which SDK_CALLS in tests/deploy.rs does not \
