@@ -938,9 +938,14 @@ mod example_tests {
         let text = include_str!("../deploy/lastcall.example.toml");
         let loaded = Config::from_str(text, Path::new("deploy/lastcall.example.toml"))
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        // The example's secret files do not exist here; nothing else may be warned about.
+        assert!(
+            loaded.warnings.iter().all(|w| w.message.contains("cannot be read now")),
+            "{:?}",
+            loaded.warnings
+        );
         let c = loaded.config;
-        assert_eq!(c.steps.len(), 4);
+        assert_eq!(c.steps.len(), 9);
         assert_eq!(c.launch_steps.len(), 1);
         let imds = c.imds.expect("[imds] shown");
         assert!(imds.lifecycle && !imds.spot && !imds.rebalance);

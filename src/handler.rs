@@ -389,7 +389,7 @@ impl Handler {
         let outcome = pipeline::run(
             &self.config.steps,
             &applies,
-            remaining.map(|r| Instant::now() + r),
+            remaining.map(|r| tokio::time::Instant::now() + r),
             &ctx,
             &self.journal,
             &mut rec,

@@ -3,7 +3,9 @@
 //! journal is not run again; a step that was started but never finished is run again (with
 //! `LASTCALL_RESUMED=1` for commands).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tracing::{error, info, warn};
 
@@ -95,15 +97,16 @@ pub async fn run(
         }
         journal.save(rec)?;
         info!(step = %step.name, kind = step.kind.kind_name(), timeout_ms = step.timeout.as_millis() as u64, resumed, "step started");
-        let env = StepEnv {
-            name: &step.name,
-            ctx,
-            resumed,
-        };
         let started = Instant::now();
         let timeout = match deadline {
             Some(d) => step.timeout.min(d.saturating_duration_since(started)),
             None => step.timeout,
+        };
+        let env = StepEnv {
+            name: &step.name,
+            ctx,
+            resumed,
+            deadline: started + timeout,
         };
         if timeout < step.timeout {
             warn!(step = %step.name, timeout_ms = timeout.as_millis() as u64, "step timeout cut short by the interruption deadline");

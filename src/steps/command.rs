@@ -269,6 +269,7 @@ mod tests {
             name: "t",
             ctx: &c,
             resumed: true,
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
         };
         s.run(&env).await.expect("ok");
         assert_eq!(
@@ -284,6 +285,7 @@ mod tests {
             name: "t",
             ctx: &c,
             resumed: false,
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
         };
         let err = step(&["/bin/sh", "-c", "exit 7"], None)
             .run(&env)
@@ -348,6 +350,7 @@ mod tests {
             name: "t",
             ctx: &c,
             resumed: false,
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
         };
         let r = tokio::time::timeout(Duration::from_millis(200), s.run(&env)).await;
         assert!(r.is_err(), "timed out");

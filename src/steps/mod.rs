@@ -10,9 +10,13 @@ use crate::config::{Fields, DEFAULT_STEP_TIMEOUT};
 use crate::template::{Context, RenderError, Template};
 
 pub mod command;
+pub mod fluentd;
+pub mod http;
+pub mod mackerel;
 pub mod signal;
 pub mod sleep;
 pub mod systemd;
+pub mod zabbix;
 
 /// Where `systemctl` is unless a step says otherwise.
 pub const DEFAULT_SYSTEMCTL: &str = "/usr/bin/systemctl";
@@ -28,10 +32,20 @@ pub enum StepKind {
     Systemd(systemd::SystemdStep),
     /// Wait a fixed time.
     Sleep(sleep::SleepStep),
+    /// Flush fluentd and confirm it.
+    Fluentd(fluentd::FluentdStep),
+    /// Delete (or disable) the host in Zabbix.
+    Zabbix(zabbix::ZabbixStep),
+    /// Retire the host in Mackerel.
+    Mackerel(mackerel::MackerelStep),
+    /// One HTTP request.
+    Http(http::HttpStep),
 }
 
 /// The names of the kinds, as written in `kind = "…"`.
-pub const KINDS: &[&str] = &["command", "signal", "systemd", "sleep"];
+pub const KINDS: &[&str] = &[
+    "fluentd", "systemd", "zabbix", "mackerel", "command", "http", "signal", "sleep",
+];
 
 /// What a step is given when it runs.
 #[derive(Debug)]
@@ -42,6 +56,18 @@ pub struct StepEnv<'a> {
     pub ctx: &'a Context,
     /// True when this step was started before and interrupted (the process died mid-step).
     pub resumed: bool,
+    /// When the step's timeout runs out: steps that wait or retry stop shortly before, so
+    /// that they can say what they were waiting for.
+    pub deadline: tokio::time::Instant,
+}
+
+impl StepEnv<'_> {
+    /// Time left before the deadline, less a small margin for reporting.
+    pub fn remaining(&self) -> std::time::Duration {
+        self.deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .saturating_sub(std::time::Duration::from_millis(100))
+    }
 }
 
 /// Why a step did not succeed (a timeout is reported by the pipeline, not here).
@@ -63,6 +89,10 @@ impl StepKind {
             "signal" => signal::SignalStep::parse(f).map(Self::Signal),
             "systemd" => systemd::SystemdStep::parse(f).map(Self::Systemd),
             "sleep" => sleep::SleepStep::parse(f).map(Self::Sleep),
+            "fluentd" => fluentd::FluentdStep::parse(f).map(Self::Fluentd),
+            "zabbix" => zabbix::ZabbixStep::parse(f).map(Self::Zabbix),
+            "mackerel" => mackerel::MackerelStep::parse(f).map(Self::Mackerel),
+            "http" => http::HttpStep::parse(f).map(Self::Http),
             other => {
                 f.problem(
                     "kind",
@@ -80,6 +110,10 @@ impl StepKind {
             Self::Signal(_) => "signal",
             Self::Systemd(_) => "systemd",
             Self::Sleep(_) => "sleep",
+            Self::Fluentd(_) => "fluentd",
+            Self::Zabbix(_) => "zabbix",
+            Self::Mackerel(_) => "mackerel",
+            Self::Http(_) => "http",
         }
     }
 
@@ -95,7 +129,7 @@ impl StepKind {
     /// pool. Monitoring identities must survive that (the instance comes back); everything else
     /// (flushing logs, stopping agents before the instance stops) is wanted there too.
     pub fn default_warm_pool(&self) -> bool {
-        true
+        !matches!(self, Self::Zabbix(_) | Self::Mackerel(_))
     }
 
     /// A timeout shorter than this cannot succeed.
@@ -113,6 +147,10 @@ impl StepKind {
             Self::Signal(s) => s.templates(),
             Self::Systemd(s) => s.templates(),
             Self::Sleep(_) => Vec::new(),
+            Self::Fluentd(s) => s.templates(),
+            Self::Zabbix(s) => s.templates(),
+            Self::Mackerel(s) => s.templates(),
+            Self::Http(s) => s.templates(),
         }
     }
 
@@ -123,6 +161,10 @@ impl StepKind {
             Self::Signal(s) => s.describe(ctx),
             Self::Systemd(s) => s.describe(ctx),
             Self::Sleep(s) => Ok(format!("sleep {}", humantime::format_duration(s.duration))),
+            Self::Fluentd(s) => s.describe(ctx),
+            Self::Zabbix(s) => s.describe(ctx),
+            Self::Mackerel(s) => s.describe(ctx),
+            Self::Http(s) => s.describe(ctx),
         }
     }
 
@@ -133,8 +175,17 @@ impl StepKind {
             Self::Signal(s) => s.run(env).await,
             Self::Systemd(s) => s.run(env).await,
             Self::Sleep(s) => s.run().await,
+            Self::Fluentd(s) => s.run(env).await,
+            Self::Zabbix(s) => s.run(env).await,
+            Self::Mackerel(s) => s.run(env).await,
+            Self::Http(s) => s.run(env).await,
         }
     }
+}
+
+/// The shared HTTP client, as a step error when it cannot be built.
+fn http_client() -> Result<&'static reqwest::Client, StepError> {
+    crate::http::client().map_err(StepError::Failed)
 }
 
 /// Reads an optional `systemctl` path key (for hosts where it is not at the usual place).

@@ -252,6 +252,7 @@ mod run_tests {
             name: "t",
             ctx: &ctx,
             resumed: false,
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
         };
         // Reap the child concurrently, as its real parent (an init system) would.
         let (r, status) = tokio::join!(s.run(&env), child.wait());
@@ -275,6 +276,7 @@ mod run_tests {
             name: "t",
             ctx: &ctx,
             resumed: false,
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
         };
         let err = s.run(&env).await.expect_err("stale");
         assert!(err.to_string().contains("is not running"), "{err}");

@@ -149,6 +149,7 @@ esac
             name: "t",
             ctx: &ctx,
             resumed: false,
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
         };
         let out = s.run(&env).await.expect("ok");
         assert!(out.contains("inactive"), "{out}");
@@ -173,6 +174,7 @@ esac
             name: "t",
             ctx: &ctx,
             resumed: false,
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
         };
         let err = s.run(&env).await.expect_err("fails").to_string();
         assert!(

@@ -1,0 +1,311 @@
+//! `fluentd`: make fluentd flush its buffers (SIGUSR1 to the supervisor) and confirm that it
+//! did, before the agents stop and the instance goes away.
+//!
+//! SIGUSR1 is asynchronous: fluentd says nothing when the flush ends, and an output in retry
+//! state ignores it. Completion is confirmed by watching the file buffer (no `buffer.*.log` chunk
+//! left, in two consecutive scans, worker subdirectories included: one scan can miss a chunk
+//! being renamed from `b` to `q`) and/or `monitor_agent` (`buffer_total_queued_size` 0 for every
+//! output or the given `@id`s: it drops only after the write, unlike the queue length).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::config::Fields;
+use crate::template::{Context, RenderError, Template};
+
+use super::{StepEnv, StepError};
+
+/// Where the packages put the supervisor's pid file, in the order they are tried.
+pub const DEFAULT_PID_FILES: &[&str] = &[
+    "/var/run/fluent/fluentd.pid",
+    "/var/run/td-agent/td-agent.pid",
+    "/var/run/calyptia-fluentd/calyptia-fluentd.pid",
+];
+/// How often the buffer and monitor_agent are looked at.
+const POLL: Duration = Duration::from_millis(200);
+
+/// `kind = "fluentd"`.
+#[derive(Debug, Clone)]
+pub struct FluentdStep {
+    /// The supervisor's pid file (default: the packages' paths).
+    pub pid_file: Option<Template>,
+    /// A file buffer's `path`, to watch for chunks.
+    pub buffer_path: Option<Template>,
+    /// monitor_agent's base URL, e.g. `http://127.0.0.1:24220`.
+    pub monitor_agent: Option<Template>,
+    /// Only these outputs (`@id`) must be empty (default: every output).
+    pub output_ids: Vec<String>,
+}
+
+impl FluentdStep {
+    /// Reads `pid_file`, `buffer_path`, `monitor_agent`, `output_ids`.
+    pub fn parse(f: &mut Fields) -> Option<Self> {
+        let pid_file = f.template("pid_file");
+        let buffer_path = f.template("buffer_path");
+        if buffer_path
+            .as_ref()
+            .is_some_and(|b| !b.source().starts_with('/'))
+        {
+            f.problem(
+                "buffer_path",
+                "must be an absolute path (the buffer's path in fluentd's config)",
+            );
+        }
+        let monitor_agent = f.template("monitor_agent");
+        if monitor_agent.as_ref().is_some_and(|m| {
+            !m.source().starts_with("http://") && !m.source().starts_with("https://")
+        }) {
+            f.problem(
+                "monitor_agent",
+                "must be monitor_agent's URL, like http://127.0.0.1:24220",
+            );
+        }
+        let output_ids: Vec<String> = f.opt("output_ids").unwrap_or_default();
+        if !output_ids.is_empty() && monitor_agent.is_none() {
+            f.problem(
+                "output_ids",
+                "needs monitor_agent: the outputs are checked through it",
+            );
+        }
+        Some(Self {
+            pid_file,
+            buffer_path,
+            monitor_agent,
+            output_ids,
+        })
+    }
+
+    pub(super) fn templates(&self) -> Vec<&Template> {
+        [&self.pid_file, &self.buffer_path, &self.monitor_agent]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    pub(super) fn describe(&self, ctx: &Context) -> Result<String, RenderError> {
+        let pid = match &self.pid_file {
+            Some(p) => p.render(ctx)?,
+            None => DEFAULT_PID_FILES.join(" or "),
+        };
+        let mut confirm = Vec::new();
+        if let Some(b) = &self.buffer_path {
+            confirm.push(format!("no chunk left in {}", b.render(ctx)?));
+        }
+        if let Some(m) = &self.monitor_agent {
+            confirm.push(format!("{} reports empty buffers", m.render(ctx)?));
+        }
+        Ok(format!(
+            "SIGUSR1 to the fluentd supervisor in {pid}, then wait until {}",
+            if confirm.is_empty() {
+                "(unconfirmed)".to_string()
+            } else {
+                confirm.join(" and ")
+            }
+        ))
+    }
+
+    /// The supervisor's pid, refusing stale pid files, workers and unrelated processes.
+    pub fn supervisor(&self, ctx: &Context) -> Result<(Pid, String), StepError> {
+        let path = match &self.pid_file {
+            Some(p) => p.render(ctx)?,
+            None => DEFAULT_PID_FILES
+                .iter()
+                .find(|p| Path::new(p).exists())
+                .map(|p| p.to_string())
+                .ok_or_else(|| {
+                    StepError::Failed(format!(
+                        "no fluentd pid file found (looked at {}); is fluentd running? set pid_file",
+                        DEFAULT_PID_FILES.join(", ")
+                    ))
+                })?,
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| StepError::Failed(format!("cannot read fluentd pid file {path}: {e}")))?;
+        let pid: i32 = text.trim().parse().ok().filter(|p| *p > 1).ok_or_else(|| {
+            StepError::Failed(format!("fluentd pid file {path} does not hold a pid"))
+        })?;
+        // A pid file outlives fluentd, and SIGUSR1 kills a process that does not handle it:
+        // only signal a live fluentd supervisor.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|_| {
+            StepError::Failed(format!(
+                "stale pid file {path}: process {pid} is not running"
+            ))
+        })?;
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !cmdline.contains("fluentd") {
+            return Err(StepError::Failed(format!(
+                "stale pid file {path}: process {pid} is not fluentd ({}); not signalling it",
+                cmdline.trim().chars().take(80).collect::<String>()
+            )));
+        }
+        if cmdline.contains("--under-supervisor") {
+            return Err(StepError::Failed(format!(
+                "pid file {path} names a fluentd worker ({pid}), not the supervisor; not signalling it"
+            )));
+        }
+        Ok((Pid::from_raw(pid), path))
+    }
+
+    /// Signals and waits for the confirmation, until shortly before the deadline.
+    pub async fn run(&self, env: &StepEnv<'_>) -> Result<String, StepError> {
+        let (pid, path) = self.supervisor(env.ctx)?;
+        kill(pid, Signal::SIGUSR1).map_err(|e| {
+            StepError::Failed(format!(
+                "cannot send SIGUSR1 to fluentd {pid} (from {path}): {e}"
+            ))
+        })?;
+        let buffer = self
+            .buffer_path
+            .as_ref()
+            .map(|b| b.render(env.ctx))
+            .transpose()?;
+        let monitor = self
+            .monitor_agent
+            .as_ref()
+            .map(|m| m.render(env.ctx))
+            .transpose()?;
+        if buffer.is_none() && monitor.is_none() {
+            tracing::warn!(step = env.name, "sent SIGUSR1 to fluentd; the flush is unconfirmed (set buffer_path or monitor_agent to wait for it)");
+            return Ok(format!("sent SIGUSR1 to fluentd {pid}; flush unconfirmed"));
+        }
+        let mut empty_scans = 0;
+        loop {
+            tokio::time::sleep(POLL).await;
+            let mut pending = Vec::new();
+            if let Some(dir) = &buffer {
+                let chunks = chunks(Path::new(dir));
+                if chunks.is_empty() {
+                    empty_scans += 1;
+                } else {
+                    empty_scans = 0;
+                }
+                if empty_scans < 2 {
+                    pending.push(if chunks.is_empty() {
+                        format!("{dir}: confirming it is empty")
+                    } else {
+                        format!("{dir}: {} chunk(s) left", chunks.len())
+                    });
+                }
+            }
+            if let Some(url) = &monitor {
+                match self.queued(url, env).await {
+                    Ok(outputs) => pending.extend(outputs),
+                    Err(e) => pending.push(e),
+                }
+            }
+            if pending.is_empty() {
+                return Ok(format!("fluentd {pid} flushed its buffers"));
+            }
+            if env.remaining() <= POLL {
+                return Err(StepError::Failed(format!(
+                    "fluentd did not finish flushing before the timeout; still holding data: {} (an output in retry state ignores SIGUSR1 and sends at its next retry)",
+                    pending.join("; ")
+                )));
+            }
+        }
+    }
+
+    /// Outputs that still hold data, as monitor_agent reports them.
+    async fn queued(&self, base: &str, env: &StepEnv<'_>) -> Result<Vec<String>, String> {
+        let client = crate::http::client()?;
+        let url = format!("{}/api/plugins.json", base.trim_end_matches('/'));
+        let v: Value = client
+            .get(&url)
+            .timeout(
+                env.remaining()
+                    .clamp(Duration::from_millis(100), Duration::from_secs(5)),
+            )
+            .send()
+            .await
+            .map_err(|e| format!("monitor_agent {url}: {}", crate::http::describe(e)))?
+            .json()
+            .await
+            .map_err(|e| format!("monitor_agent {url}: {}", crate::http::describe(e)))?;
+        let mut pending = Vec::new();
+        let mut seen = Vec::new();
+        for p in v["plugins"].as_array().into_iter().flatten() {
+            if p["output_plugin"].as_bool() != Some(true) {
+                continue;
+            }
+            let id = p["plugin_id"].as_str().unwrap_or("?").to_string();
+            if !self.output_ids.is_empty() && !self.output_ids.contains(&id) {
+                continue;
+            }
+            seen.push(id.clone());
+            let queued = p["buffer_total_queued_size"].as_u64().unwrap_or(0);
+            if queued > 0 {
+                let retry = p["retry_count"].as_u64().unwrap_or(0);
+                let mut s = format!("output {id}: {queued} bytes queued");
+                if retry > 0 || p["retry"].as_object().is_some_and(|r| !r.is_empty()) {
+                    s.push_str(&format!(", in retry state ({retry} retries)"));
+                }
+                pending.push(s);
+            }
+        }
+        for id in &self.output_ids {
+            if !seen.contains(id) {
+                pending.push(format!(
+                    "output {id}: not reported by monitor_agent (check output_ids)"
+                ));
+            }
+        }
+        Ok(pending)
+    }
+}
+
+/// Every `buffer.*.log` chunk under `dir` (worker subdirectories included).
+fn chunks(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(_) => {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    if name.starts_with("buffer.") && name.ends_with(".log") {
+                        out.push(p);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_found_in_worker_directories_and_meta_files_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("worker1")).expect("mkdir");
+        for f in [
+            "buffer.b5f1.log",
+            "buffer.b5f1.log.meta",
+            "worker1/buffer.q77.log",
+            "other.log",
+        ] {
+            std::fs::write(dir.path().join(f), "x").expect("write");
+        }
+        let mut found: Vec<_> = chunks(dir.path())
+            .into_iter()
+            .map(|p| {
+                p.strip_prefix(dir.path())
+                    .expect("under")
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        found.sort();
+        assert_eq!(found, ["buffer.b5f1.log", "worker1/buffer.q77.log"]);
+    }
+}

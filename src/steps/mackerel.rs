@@ -1,0 +1,228 @@
+//! `mackerel`: retire this host in Mackerel, so that it disappears from monitoring before the
+//! instance does. The host id comes from mackerel-agent's id file, else from the custom
+//! identifier EC2 hosts are registered with (`<instance-id>.ec2.amazonaws.com`). Already retired
+//! or absent is success; 5xx and 429 are retried within the timeout; 401/403 are reported.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::config::Fields;
+use crate::secret::{Secret, SecretSource};
+use crate::template::{Context, RenderError, Template};
+
+use super::{StepEnv, StepError};
+
+/// The public API.
+pub const DEFAULT_API_BASE: &str = "https://api.mackerelio.com";
+/// mackerel-agent's id file.
+pub const DEFAULT_HOST_ID_FILE: &str = "/var/lib/mackerel-agent/id";
+/// How mackerel-agent identifies an EC2 host.
+pub const DEFAULT_CUSTOM_IDENTIFIER: &str = "{instance_id}.ec2.amazonaws.com";
+
+/// `kind = "mackerel"`.
+#[derive(Debug, Clone)]
+pub struct MackerelStep {
+    /// The API key (read+write).
+    pub api_key: SecretSource,
+    /// The API's base URL.
+    pub api_base: Template,
+    /// mackerel-agent's id file.
+    pub host_id_file: Template,
+    /// The custom identifier to look the host up by.
+    pub custom_identifier: Template,
+}
+
+/// An API answer that ends the step.
+enum Answer {
+    Ok(Value),
+    NotFound,
+}
+
+impl MackerelStep {
+    /// Reads `api_key_file`/`api_key_env`, `api_base`, `host_id_file`, `custom_identifier`.
+    pub fn parse(f: &mut Fields) -> Option<Self> {
+        let api_key = SecretSource::parse(f, "api_key", true);
+        let api_base = f
+            .template("api_base")
+            .or_else(|| Template::parse(DEFAULT_API_BASE).ok());
+        if let Some(b) = &api_base {
+            if !(b.source().starts_with("https://") || b.source().starts_with("http://")) {
+                f.problem("api_base", "must start with https:// or http://");
+            }
+        }
+        let host_id_file = f
+            .template("host_id_file")
+            .or_else(|| Template::parse(DEFAULT_HOST_ID_FILE).ok());
+        let custom_identifier = f
+            .template("custom_identifier")
+            .or_else(|| Template::parse(DEFAULT_CUSTOM_IDENTIFIER).ok());
+        Some(Self {
+            api_key: api_key?,
+            api_base: api_base?,
+            host_id_file: host_id_file?,
+            custom_identifier: custom_identifier?,
+        })
+    }
+
+    pub(super) fn templates(&self) -> Vec<&Template> {
+        vec![&self.api_base, &self.host_id_file, &self.custom_identifier]
+    }
+
+    pub(super) fn describe(&self, ctx: &Context) -> Result<String, RenderError> {
+        Ok(format!(
+            "retire the Mackerel host in {} (else the one with custom identifier {}) at {}",
+            self.host_id_file.render(ctx)?,
+            self.custom_identifier.render(ctx)?,
+            self.api_base.render(ctx)?
+        ))
+    }
+
+    /// Retires the host.
+    pub async fn run(&self, env: &StepEnv<'_>) -> Result<String, StepError> {
+        let key = self
+            .api_key
+            .load()
+            .map_err(|e| StepError::Failed(e.to_string()))?;
+        let base = self.api_base.render(env.ctx)?;
+        let ci = self.custom_identifier.render(env.ctx)?;
+        let id_file = self.host_id_file.render(env.ctx)?;
+        let from_file = match std::fs::read_to_string(&id_file) {
+            Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            _ => None,
+        };
+        let host_id = match from_file {
+            Some(id) => {
+                if !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+                    return Err(StepError::Failed(format!("{id_file} does not hold a Mackerel host id")));
+                }
+                // A baked image can carry another machine's id file: never retire a host that
+                // says it is some other instance.
+                match self.call(env, &key, reqwest::Method::GET, &base, &["api", "v0", "hosts", &id], None).await? {
+                    Answer::NotFound => return Ok(format!("host {id} (from {id_file}) does not exist or is retired already")),
+                    Answer::Ok(v) => {
+                        let theirs = v["host"]["customIdentifier"].as_str().unwrap_or_default();
+                        if !theirs.is_empty() && theirs != ci {
+                            return Err(StepError::Failed(format!(
+                                "{id_file} names host {id}, whose custom identifier is {theirs}, not this instance's {ci}; not retiring it"
+                            )));
+                        }
+                        if v["host"]["isRetired"].as_bool() == Some(true) {
+                            return Ok(format!("host {id} is retired already"));
+                        }
+                    }
+                }
+                id
+            }
+            None => match self
+                .call(env, &key, reqwest::Method::GET, &base, &["api", "v0", "hosts-by-custom-identifier", &ci], None)
+                .await?
+            {
+                Answer::NotFound => {
+                    return Ok(format!("no Mackerel host with custom identifier {ci} (retired already, or never registered)"))
+                }
+                Answer::Ok(v) => match v["host"]["id"].as_str() {
+                    Some(id) => id.to_string(),
+                    None => return Err(StepError::Failed("hosts-by-custom-identifier answered without a host id".into())),
+                },
+            },
+        };
+        match self
+            .call(
+                env,
+                &key,
+                reqwest::Method::POST,
+                &base,
+                &["api", "v0", "hosts", &host_id, "retire"],
+                Some(serde_json::json!({})),
+            )
+            .await?
+        {
+            Answer::Ok(_) => Ok(format!("retired Mackerel host {host_id}")),
+            Answer::NotFound => Ok(format!("Mackerel host {host_id} is retired already")),
+        }
+    }
+
+    /// One API call, with retries for 5xx, 429 and network errors until the deadline.
+    async fn call(
+        &self,
+        env: &StepEnv<'_>,
+        key: &Secret,
+        method: reqwest::Method,
+        base: &str,
+        segments: &[&str],
+        body: Option<Value>,
+    ) -> Result<Answer, StepError> {
+        let mut url = reqwest::Url::parse(base)
+            .map_err(|e| StepError::Failed(format!("api_base {base}: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|_| StepError::Failed(format!("api_base {base} cannot take a path")))?
+            .pop_if_empty()
+            .extend(segments);
+        let what = format!("{method} {}", url.path());
+        let client = super::http_client()?;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let mut req = client
+                .request(method.clone(), url.clone())
+                .header("X-Api-Key", key.expose())
+                .timeout(env.remaining().min(crate::http::REQUEST_TIMEOUT));
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            let (why, retry_after) = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let retry_after = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let text = resp.text().await.unwrap_or_default();
+                    let message = serde_json::from_str::<Value>(&text)
+                        .ok()
+                        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                        .unwrap_or_else(|| text.chars().take(200).collect());
+                    match status {
+                        s if s.is_success() => {
+                            return Ok(Answer::Ok(serde_json::from_str(&text).unwrap_or(Value::Null)))
+                        }
+                        StatusCode::NOT_FOUND => return Ok(Answer::NotFound),
+                        StatusCode::UNAUTHORIZED => {
+                            return Err(StepError::Failed(format!(
+                                "{what}: Mackerel refused the API key from {} (401: {message})",
+                                self.api_key
+                            )))
+                        }
+                        StatusCode::FORBIDDEN => {
+                            return Err(StepError::Failed(format!(
+                                "{what}: forbidden (403: {message}); retiring needs an API key with write permission, and the organisation may restrict IP addresses"
+                            )))
+                        }
+                        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+                            (format!("{what}: {} {message}", s.as_u16()), retry_after)
+                        }
+                        s => return Err(StepError::Failed(format!("{what}: {} {message}", s.as_u16()))),
+                    }
+                }
+                Err(e) => (format!("{what}: {}", crate::http::describe(e)), None),
+            };
+            let pause = retry_after.unwrap_or_else(|| crate::http::backoff(attempt));
+            if env.remaining() <= pause {
+                return Err(StepError::Failed(format!(
+                    "{why} (gave up after {attempt} attempt(s))"
+                )));
+            }
+            tracing::warn!(
+                step = env.name,
+                attempt,
+                retry_in_ms = pause.as_millis() as u64,
+                "{why}; retrying"
+            );
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
