@@ -7,13 +7,17 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use crate::cli::{Cli, Command, Exit};
-use crate::config::{Config, ConfigError, Loaded, Severity};
+use crate::config::{Config, ConfigError, Loaded, Severity, Step};
+use crate::event::Transition;
+use crate::handler::Action;
 use crate::handler::{Handled, Handler};
 use crate::identity::{Identity, Imds};
+use crate::lifecycle::ActionRef;
 use crate::lifecycle::AutoScaling;
 use crate::shutdown::{self, Shutdown};
 use crate::source::imds::{ImdsSource, TARGET_STATE};
 use crate::source::sqs::SqsSource;
+use crate::steps::{StepEnv, StepKind};
 
 /// First pause when instance metadata cannot be read at start; doubled up to a minute.
 const IDENTITY_RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -27,6 +31,22 @@ pub async fn main(cli: Cli) -> Exit {
         Command::Check { offline: false } => check_online(&cli).await,
         Command::Run => run(&cli).await,
         Command::Once { wait } => once(&cli, *wait).await,
+        Command::Plan => plan(&cli).await,
+        Command::Simulate {
+            message,
+            group,
+            hook,
+            dry_run,
+        } => {
+            simulate(
+                &cli,
+                message.as_deref(),
+                group.clone(),
+                hook.clone(),
+                *dry_run,
+            )
+            .await
+        }
     }
 }
 
@@ -464,8 +484,332 @@ async fn check_online(cli: &Cli) -> Exit {
             ),
         }
     }
+    let action = synthetic_action(
+        &identity,
+        group.clone().unwrap_or_default(),
+        config.lifecycle.hook_name.clone().unwrap_or_default(),
+    );
+    let ctx = crate::handler::context(&config, &identity, &imds, Some(&asg), &action).await;
+    let env = StepEnv {
+        name: "check",
+        ctx: &ctx,
+        resumed: false,
+        deadline: tokio::time::Instant::now() + CHECK_TIMEOUT,
+    };
+    for step in config.steps.iter().chain(&config.launch_steps) {
+        let what = format!(
+            "step {} {:?} ({})",
+            step.index,
+            step.name,
+            step.kind.kind_name()
+        );
+        let r = match &step.kind {
+            StepKind::Zabbix(z) => Some(z.check(&env).await),
+            StepKind::Mackerel(m) => Some(m.check(&env).await),
+            StepKind::Fluentd(f) => Some(
+                f.supervisor(&ctx)
+                    .map(|(pid, path)| format!("supervisor {pid} (from {path})")),
+            ),
+            _ => None,
+        };
+        match r {
+            Some(Ok(detail)) => report(true, &what, detail),
+            Some(Err(e)) => report(false, &what, e.to_string()),
+            None => {}
+        }
+    }
     if failed {
         Exit::Failure
+    } else {
+        Exit::Ok
+    }
+}
+
+/// How long `check` gives each service.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn synthetic_action(identity: &Identity, group: String, hook: String) -> Action {
+    Action {
+        aref: ActionRef {
+            group,
+            hook,
+            instance_id: identity.instance_id.clone(),
+            token: None,
+        },
+        transition: Transition::Terminating,
+        metadata: None,
+        warm_pool: false,
+        started: None,
+    }
+}
+
+async fn plan(cli: &Cli) -> Exit {
+    let config = match load(cli) {
+        Ok(l) => l.config,
+        Err(code) => return code,
+    };
+    let imds = Imds::new();
+    let identity = match imds.identity().await {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("lastcall: {e}");
+            return Exit::Failure;
+        }
+    };
+    let sdk = crate::aws::load(&identity.region).await;
+    let asg = AutoScaling::new(crate::aws::autoscaling(&sdk));
+    let (group, state) = match asg.instance(&identity.instance_id).await {
+        Ok(Some(s)) => (s.group, s.state),
+        Ok(None) => (String::new(), "not in an Auto Scaling group".into()),
+        Err(e) => (String::new(), format!("unknown ({e})")),
+    };
+    let hook = match &config.lifecycle.hook_name {
+        Some(h) => h.clone(),
+        None if !group.is_empty() => asg
+            .hooks(&group)
+            .await
+            .ok()
+            .and_then(|hs| {
+                let t: Vec<_> = hs
+                    .into_iter()
+                    .filter(|h| h.transition == Transition::Terminating.as_str())
+                    .collect();
+                (t.len() == 1).then(|| t[0].name.clone())
+            })
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    println!(
+        "lastcall plan for {} ({}, {}) in {}: {}",
+        identity.instance_id,
+        identity.hostname,
+        identity.local_ipv4,
+        if group.is_empty() { "no group" } else { &group },
+        state
+    );
+    if let Some(s) = &config.sqs {
+        println!(
+            "source sqs: {} (long poll {})",
+            s.queue_url,
+            humantime::format_duration(s.wait_time)
+        );
+    }
+    if let Some(i) = &config.imds {
+        println!(
+            "source imds: lifecycle {}, spot {}, rebalance {} (every {})",
+            i.lifecycle,
+            i.spot,
+            i.rebalance,
+            humantime::format_duration(i.poll_interval)
+        );
+    }
+    println!(
+        "completes hook: {}",
+        if hook.is_empty() {
+            "the one named in each notification"
+        } else {
+            &hook
+        }
+    );
+    let action = synthetic_action(&identity, group, hook);
+    let ctx = crate::handler::context(&config, &identity, &imds, Some(&asg), &action).await;
+    print_steps("On termination", &config.steps, &ctx, |_| true);
+    print_steps("On a return to the warm pool", &config.steps, &ctx, |s| {
+        s.warm_pool
+    });
+    if config.imds.as_ref().is_some_and(|i| i.spot || i.rebalance) {
+        print_steps("On a spot interruption notice", &config.steps, &ctx, |s| {
+            s.on_spot
+        });
+    }
+    if !config.launch_steps.is_empty() {
+        let launch = Action {
+            transition: Transition::Launching,
+            ..action
+        };
+        let ctx = crate::handler::context(&config, &identity, &imds, Some(&asg), &launch).await;
+        print_steps("On launch", &config.launch_steps, &ctx, |_| true);
+    }
+    Exit::Ok
+}
+
+fn print_steps(
+    title: &str,
+    steps: &[Step],
+    ctx: &crate::template::Context,
+    applies: impl Fn(&Step) -> bool,
+) {
+    println!("{title}:");
+    let mut any = false;
+    for s in steps.iter().filter(|s| applies(s)) {
+        any = true;
+        let what = match s.kind.describe(ctx) {
+            Ok(d) => d,
+            Err(e) => format!("!! {e}"),
+        };
+        println!(
+            "  {}. {} [{}, timeout {}, on failure {}]: {what}",
+            s.index,
+            s.name,
+            s.kind.kind_name(),
+            humantime::format_duration(s.timeout),
+            match s.on_failure {
+                crate::config::OnFailure::Continue => "continue",
+                crate::config::OnFailure::Abort => "abort",
+            }
+        );
+    }
+    if !any {
+        println!("  (no steps)");
+    }
+}
+
+async fn simulate(
+    cli: &Cli,
+    message: Option<&std::path::Path>,
+    group: Option<String>,
+    hook: Option<String>,
+    dry_run: bool,
+) -> Exit {
+    let config = match load(cli) {
+        Ok(l) => l.config,
+        Err(code) => return code,
+    };
+    let imds = Imds::new();
+    let identity = match imds.identity().await {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("lastcall: {e}");
+            return Exit::Failure;
+        }
+    };
+    let action = match message {
+        Some(path) => {
+            let body = match std::fs::read_to_string(path) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("lastcall: cannot read message file {}: {e}", path.display());
+                    return Exit::Failure;
+                }
+            };
+            match crate::event::parse(&body) {
+                Ok(crate::event::Notification::Lifecycle(ev))
+                    if ev.instance_id == identity.instance_id =>
+                {
+                    Action::from(&ev)
+                }
+                Ok(crate::event::Notification::Lifecycle(ev)) => {
+                    eprintln!(
+                        "lastcall: {} is a notification for {}, and this instance is {}: lastcall would leave it to its owner",
+                        path.display(),
+                        ev.instance_id,
+                        identity.instance_id
+                    );
+                    return Exit::Failure;
+                }
+                Ok(crate::event::Notification::Test { .. }) => {
+                    println!(
+                        "{} is a test notification: lastcall would delete it and run nothing",
+                        path.display()
+                    );
+                    return Exit::Ok;
+                }
+                Err(e) => {
+                    eprintln!(
+                        "lastcall: {}: {e}; lastcall would leave it for the queue's redrive policy",
+                        path.display()
+                    );
+                    return Exit::Failure;
+                }
+            }
+        }
+        None => {
+            let group = match group {
+                Some(g) => g,
+                None => imds
+                    .tag("aws:autoscaling:groupName")
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| "simulated-group".into()),
+            };
+            let hook = hook
+                .or(config.lifecycle.hook_name.clone())
+                .unwrap_or_else(|| "simulated-hook".into());
+            synthetic_action(&identity, group, hook)
+        }
+    };
+    let ctx = crate::handler::context(&config, &identity, &imds, None, &action).await;
+    let steps = match action.transition {
+        Transition::Terminating => &config.steps,
+        Transition::Launching => &config.launch_steps,
+    };
+    let warm = action.warm_pool;
+    let applies = move |s: &Step| !warm || s.warm_pool;
+    let what = match (&action.transition, warm) {
+        (Transition::Launching, _) => "launch",
+        (Transition::Terminating, true) => "return to the warm pool",
+        (Transition::Terminating, false) => "termination",
+    };
+    println!(
+        "simulating a {what} of {} (group {}, hook {}); no lifecycle call is made",
+        identity.instance_id, action.aref.group, action.aref.hook
+    );
+    if dry_run {
+        print_steps("Steps (dry run: nothing is run)", steps, &ctx, applies);
+        return Exit::Ok;
+    }
+    // A journal of its own, so that the real one never sees a simulated action.
+    let dir = std::env::temp_dir().join(format!("lastcall-simulate-{}", std::process::id()));
+    let journal = match crate::journal::Journal::open(&dir) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("lastcall: {e}");
+            return Exit::Failure;
+        }
+    };
+    let mut rec = crate::journal::Record::new(
+        &identity.instance_id,
+        &action.aref.group,
+        &action.aref.hook,
+        action.transition.as_str(),
+        None,
+        action.metadata.as_deref(),
+        "simulate",
+    );
+    let started = std::time::Instant::now();
+    let outcome = crate::pipeline::run(
+        steps,
+        &applies,
+        None,
+        &ctx,
+        &journal,
+        &mut rec,
+        &Shutdown::never(),
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("lastcall: {e}");
+            return Exit::Failure;
+        }
+    };
+    let result = if outcome.failed == 0 {
+        crate::config::ActionResult::Continue
+    } else {
+        config.lifecycle.on_failure_result
+    };
+    println!(
+        "simulated {what}: {} step(s) ok, {} failed, {} skipped in {:.1}s; lastcall would complete the action with {result}",
+        outcome.ok,
+        outcome.failed,
+        outcome.skipped,
+        started.elapsed().as_secs_f64()
+    );
+    if outcome.failed > 0 {
+        Exit::StepsFailed
     } else {
         Exit::Ok
     }

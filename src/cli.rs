@@ -71,11 +71,32 @@ pub enum Command {
         wait: Option<std::time::Duration>,
     },
     /// Validate the config (every problem at once), then check what can be reached: instance
-    /// metadata, the queue, this instance's group and the hook. Changes nothing.
+    /// metadata, this instance's group and hook, permissions, the queue, and each step's service
+    /// (Zabbix login, the Mackerel key, the fluentd pid file). Changes nothing.
     Check {
         /// Only validate the config file; contact nothing.
         #[arg(long)]
         offline: bool,
+    },
+    /// Print what would run on this instance: the sources, and each step with its placeholders
+    /// filled and its timeout. Changes nothing.
+    Plan,
+    /// Run the real steps for a synthetic termination of this instance (or for a notification
+    /// saved in a file), without any lifecycle call: nothing is verified, heartbeated or
+    /// completed, and the real journal is not touched. For trying a config.
+    Simulate {
+        /// A notification body (any of the shapes a queue delivers) to simulate instead.
+        #[arg(long, value_name = "FILE")]
+        message: Option<PathBuf>,
+        /// The group name for {asg_name} (default: the instance's aws:autoscaling:groupName tag).
+        #[arg(long, value_name = "NAME")]
+        group: Option<String>,
+        /// The hook name for {hook_name} (default: [lifecycle] hook_name).
+        #[arg(long, value_name = "NAME")]
+        hook: Option<String>,
+        /// Print the steps as they would run; run nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

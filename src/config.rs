@@ -940,7 +940,10 @@ mod example_tests {
             .unwrap_or_else(|e| panic!("{e}"));
         // The example's secret files do not exist here; nothing else may be warned about.
         assert!(
-            loaded.warnings.iter().all(|w| w.message.contains("cannot be read now")),
+            loaded
+                .warnings
+                .iter()
+                .all(|w| w.message.contains("cannot be read now")),
             "{:?}",
             loaded.warnings
         );

@@ -432,53 +432,14 @@ impl Handler {
 
     /// Placeholder values for this action.
     async fn context(&self, action: &Action) -> Context {
-        let id = &self.identity;
-        let mut ctx = Context::default();
-        for (k, v) in [
-            ("instance_id", &id.instance_id),
-            ("hostname", &id.hostname),
-            ("local_ipv4", &id.local_ipv4),
-            ("local_hostname", &id.local_hostname),
-            ("region", &id.region),
-            ("availability_zone", &id.availability_zone),
-            ("asg_name", &action.aref.group),
-            ("hook_name", &action.aref.hook),
-        ] {
-            if !v.is_empty() {
-                ctx.values.insert(k, v.clone());
-            }
-        }
-        ctx.values
-            .insert("transition", action.transition.as_str().to_string());
-        if let Some(m) = &action.metadata {
-            ctx.values.insert("metadata", m.clone());
-        }
-        let mut group_tags = None;
-        for key in self.config.tag_keys() {
-            match self.imds.tag(&key).await {
-                Ok(Some(v)) => {
-                    ctx.tags.insert(key, v);
-                }
-                Ok(None) => {}
-                Err(_) => {
-                    if group_tags.is_none() {
-                        group_tags = Some(
-                            match self.asg.propagated_tags(&action.aref.group).await {
-                                Ok(t) => t,
-                                Err(e) => {
-                                    warn!(error = %e, "instance metadata tags are off and the group's tags could not be read; {{tag:…}} placeholders will fail");
-                                    Default::default()
-                                }
-                            },
-                        );
-                    }
-                    if let Some(v) = group_tags.as_ref().and_then(|t| t.get(&key)) {
-                        ctx.tags.insert(key, v.clone());
-                    }
-                }
-            }
-        }
-        ctx
+        context(
+            &self.config,
+            &self.identity,
+            &self.imds,
+            Some(&self.asg),
+            action,
+        )
+        .await
     }
 
     /// Starts the heartbeat task (stopped when the returned guard is dropped).
@@ -554,4 +515,61 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Placeholder values for an action of this instance: its identity, the action's group, hook,
+/// transition and metadata, and the tags the config refers to (from instance metadata tags, else
+/// the group's propagated tags).
+pub async fn context(
+    config: &Config,
+    identity: &Identity,
+    imds: &Imds,
+    asg: Option<&AutoScaling>,
+    action: &Action,
+) -> Context {
+    let id = identity;
+    let mut ctx = Context::default();
+    for (k, v) in [
+        ("instance_id", &id.instance_id),
+        ("hostname", &id.hostname),
+        ("local_ipv4", &id.local_ipv4),
+        ("local_hostname", &id.local_hostname),
+        ("region", &id.region),
+        ("availability_zone", &id.availability_zone),
+        ("asg_name", &action.aref.group),
+        ("hook_name", &action.aref.hook),
+    ] {
+        if !v.is_empty() {
+            ctx.values.insert(k, v.clone());
+        }
+    }
+    ctx.values
+        .insert("transition", action.transition.as_str().to_string());
+    if let Some(m) = &action.metadata {
+        ctx.values.insert("metadata", m.clone());
+    }
+    let mut group_tags = None;
+    for key in config.tag_keys() {
+        match imds.tag(&key).await {
+            Ok(Some(v)) => {
+                ctx.tags.insert(key, v);
+            }
+            Ok(None) => {}
+            Err(_) => {
+                if let (None, Some(asg)) = (&group_tags, asg) {
+                    group_tags = Some(match asg.propagated_tags(&action.aref.group).await {
+                        Ok(t) => t,
+                        Err(e) => {
+                            warn!(error = %e, "instance metadata tags are off and the group's tags could not be read; {{tag:…}} placeholders will fail");
+                            Default::default()
+                        }
+                    });
+                }
+                if let Some(v) = group_tags.as_ref().and_then(|t| t.get(&key)) {
+                    ctx.tags.insert(key, v.clone());
+                }
+            }
+        }
+    }
+    ctx
 }

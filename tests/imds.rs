@@ -452,3 +452,97 @@ async fn check_reports_which_sources_will_work() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_and_simulate_show_and_run_the_steps_without_lifecycle_calls() {
+    let aws = aws().await;
+    let g = group(
+        &aws,
+        "plan",
+        GroupSpec {
+            size: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let me = g.instances[0].clone();
+    let steps = format!(
+        "{}\n[[step]]\nkind = \"zabbix\"\nurl = \"http://127.0.0.1:9/api_jsonrpc.php\"\ntoken_env = \"NOT_SET\"\n",
+        marker("mark", "ran", "")
+    );
+    let mut n = Node::new(&me, &g.queue_url, &imds_config("", &steps)).await;
+    let run = |n: &mut Node, args: &[&str]| {
+        let out = n
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, text) = run(&mut n, &["plan"]);
+    assert_eq!(code, Some(0), "{text}{}", n.log());
+    assert!(
+        text.contains(&format!("lastcall plan for {me}"))
+            && text.contains(&format!("in {}: InService", g.name)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("completes hook: {}", g.hook)),
+        "{text}"
+    );
+    assert!(text.contains(&format!("1. mark [command, timeout 2m, on failure continue]: run [\"/bin/sh\", \"-c\", \"echo \\\"$0\\\" >> {}/ran\", \"{me} autoscaling:EC2_INSTANCE_TERMINATING\"]", n.dir.path().display())), "{text}");
+    assert!(text.contains("2. zabbix [zabbix, timeout 2m, on failure continue]: delete the Zabbix host with host "), "{text}");
+    // The warm-pool plan leaves Zabbix out.
+    let warm = text
+        .split("On a return to the warm pool:")
+        .nth(1)
+        .expect("warm section");
+    assert!(
+        warm.contains("1. mark") && !warm.contains("2. zabbix"),
+        "{text}"
+    );
+    assert!(lines(&n.path("ran")).is_empty(), "plan runs nothing");
+
+    let (code, text) = run(&mut n, &["simulate", "--group", "web-prod", "--dry-run"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("dry run") && lines(&n.path("ran")).is_empty(),
+        "{text}"
+    );
+
+    let (code, text) = run(&mut n, &["simulate", "--group", "web-prod"]);
+    assert_eq!(
+        code,
+        Some(4),
+        "the zabbix step fails (no token): {text}\n{}",
+        n.log()
+    );
+    assert_eq!(
+        lines(&n.path("ran")),
+        [format!("{me} autoscaling:EC2_INSTANCE_TERMINATING")]
+    );
+    assert!(
+        text.contains("1 step(s) ok, 1 failed")
+            && text.contains("would complete the action with CONTINUE"),
+        "{text}"
+    );
+    assert!(n
+        .log()
+        .contains("environment variable NOT_SET (a secret) is not set"));
+    assert!(n.journal().is_empty(), "the real journal is untouched");
+    assert_eq!(state(&aws, &me).await.as_deref(), Some("InService"));
+    assert!(actions(&me).await.is_empty(), "no lifecycle call");
+
+    let foreign = n.path("foreign.json");
+    std::fs::write(&foreign, format!("{{\"LifecycleTransition\":\"autoscaling:EC2_INSTANCE_TERMINATING\",\"EC2InstanceId\":\"i-0aaaaaaaaaaaaaaaa\",\"AutoScalingGroupName\":\"x\",\"LifecycleHookName\":\"h\"}}")).expect("write");
+    let out = n
+        .command(&["simulate", "--message", foreign.to_str().expect("utf8")])
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("would leave it to its owner"));
+}

@@ -144,6 +144,35 @@ impl MackerelStep {
         }
     }
 
+    /// For `lastcall check`: the key is accepted (a read-only call).
+    pub async fn check(&self, env: &StepEnv<'_>) -> Result<String, StepError> {
+        let key = self
+            .api_key
+            .load()
+            .map_err(|e| StepError::Failed(e.to_string()))?;
+        let base = self.api_base.render(env.ctx)?;
+        match self
+            .call(
+                env,
+                &key,
+                reqwest::Method::GET,
+                &base,
+                &["api", "v0", "org"],
+                None,
+            )
+            .await?
+        {
+            Answer::Ok(v) => Ok(format!(
+                "key from {} accepted by {base} (organization {})",
+                self.api_key,
+                v["name"].as_str().unwrap_or("?")
+            )),
+            Answer::NotFound => Err(StepError::Failed(format!(
+                "{base} has no /api/v0/org: is api_base right?"
+            ))),
+        }
+    }
+
     /// One API call, with retries for 5xx, 429 and network errors until the deadline.
     async fn call(
         &self,

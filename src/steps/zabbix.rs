@@ -296,6 +296,12 @@ impl ZabbixStep {
     }
 
     async fn connect<'a>(&self, env: &'a StepEnv<'a>) -> Result<(Rpc<'a>, bool), StepError> {
+        // A missing secret is found before any network wait.
+        match &self.auth {
+            Auth::Token(src) | Auth::Password { password: src, .. } => {
+                src.load().map_err(|e| StepError::Failed(e.to_string()))?;
+            }
+        }
         let url = self.url.render(env.ctx)?;
         let mut rpc = Rpc {
             env,
