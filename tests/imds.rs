@@ -537,7 +537,7 @@ async fn plan_and_simulate_show_and_run_the_steps_without_lifecycle_calls() {
     assert!(actions(&me).await.is_empty(), "no lifecycle call");
 
     let foreign = n.path("foreign.json");
-    std::fs::write(&foreign, format!("{{\"LifecycleTransition\":\"autoscaling:EC2_INSTANCE_TERMINATING\",\"EC2InstanceId\":\"i-0aaaaaaaaaaaaaaaa\",\"AutoScalingGroupName\":\"x\",\"LifecycleHookName\":\"h\"}}")).expect("write");
+    std::fs::write(&foreign, r#"{"LifecycleTransition":"autoscaling:EC2_INSTANCE_TERMINATING","EC2InstanceId":"i-0aaaaaaaaaaaaaaaa","AutoScalingGroupName":"x","LifecycleHookName":"h"}"#).expect("write");
     let out = n
         .command(&["simulate", "--message", foreign.to_str().expect("utf8")])
         .stderr(std::process::Stdio::piped())
