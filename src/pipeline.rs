@@ -15,6 +15,9 @@ use crate::shutdown::Shutdown;
 use crate::steps::StepEnv;
 use crate::template::Context;
 
+/// Less time than this left before an interruption deadline: the step is not started.
+const MIN_STEP_TIME: Duration = Duration::from_millis(100);
+
 /// What the pipeline did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
@@ -111,7 +114,14 @@ pub async fn run(
         if timeout < step.timeout {
             warn!(step = %step.name, timeout_ms = timeout.as_millis() as u64, "step timeout cut short by the interruption deadline");
         }
-        let result = tokio::time::timeout(timeout, step.kind.run(&env)).await;
+        // Past (or all but at) the deadline, starting the step would only kill it at once.
+        let result = if timeout < MIN_STEP_TIME {
+            Err(())
+        } else {
+            tokio::time::timeout(timeout, step.kind.run(&env))
+                .await
+                .map_err(|_| ())
+        };
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let (state, detail) = match result {
             Ok(Ok(detail)) => {

@@ -54,6 +54,9 @@ pub enum SecretError {
     /// The variable is not set.
     #[error("environment variable {0} (a secret) is not set")]
     EnvMissing(String),
+    /// The file could be changed by someone else.
+    #[error("refusing the secret file: {0}")]
+    Unsafe(String),
     /// The secret is empty.
     #[error("secret from {0} is empty")]
     Empty(String),
@@ -89,7 +92,11 @@ impl SecretSource {
                 if !path.is_absolute() {
                     f.problem(&file_key, "must be an absolute path");
                 }
+                if let Some(why) = crate::config::unsafe_file(&path) {
+                    f.problem(&file_key, format!("{why}; lastcall refuses it"));
+                }
                 match std::fs::metadata(&path) {
+                    Ok(m) if m.mode() & 0o022 != 0 => {}
                     Ok(m) if m.mode() & 0o077 != 0 => f.warn(
                         &file_key,
                         format!(
@@ -150,6 +157,9 @@ impl SecretSource {
     pub fn load(&self) -> Result<Secret, SecretError> {
         let value = match self {
             Self::File(path) => {
+                if let Some(why) = crate::config::unsafe_file(path) {
+                    return Err(SecretError::Unsafe(why));
+                }
                 if let Ok(m) = std::fs::metadata(path) {
                     if m.mode() & 0o077 != 0 {
                         tracing::warn!(file = %path.display(), mode = format!("{:o}", m.mode() & 0o777), "secret file is accessible to group or others; make it 0600");

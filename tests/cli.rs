@@ -120,3 +120,39 @@ fn syntax_errors_point_at_the_line() {
         "{err}"
     );
 }
+
+#[test]
+fn a_config_others_can_change_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("lastcall.toml");
+    std::fs::copy(fixture("good.toml"), &p).expect("copy");
+    let path = p.to_str().expect("utf8");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let out = lastcall(&["--config", path, "check", "--offline"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is writable by group or others (mode 666)")
+    );
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod dir");
+    let out = lastcall(&["--config", path, "check", "--offline"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("so the file can be replaced"));
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod dir");
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::chown(&p, Some(65534), None).expect("chown");
+        let out = lastcall(&["--config", path, "check", "--offline"]);
+        assert_eq!(out.status.code(), Some(3));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is owned by uid 65534, not root"));
+        std::os::unix::fs::chown(&p, Some(0), None).expect("chown");
+    }
+    assert_eq!(
+        lastcall(&["--config", path, "check", "--offline"])
+            .status
+            .code(),
+        Some(0)
+    );
+}
