@@ -35,8 +35,9 @@ pub struct FluentdStep {
     pub pid_file: Option<Template>,
     /// A file buffer's `path`, to watch for chunks.
     pub buffer_path: Option<Template>,
-    /// monitor_agent's base URL, e.g. `http://127.0.0.1:24220`.
-    pub monitor_agent: Option<Template>,
+    /// monitor_agent's base URL, e.g. `http://127.0.0.1:24220`; with `<system> workers N`, one
+    /// per worker (each worker serves its own, on port + worker id).
+    pub monitor_agent: Vec<Template>,
     /// Only these outputs (`@id`) must be empty (default: every output).
     pub output_ids: Vec<String>,
 }
@@ -55,17 +56,21 @@ impl FluentdStep {
                 "must be an absolute path (the buffer's path in fluentd's config)",
             );
         }
-        let monitor_agent = f.template("monitor_agent");
-        if monitor_agent.as_ref().is_some_and(|m| {
-            !m.source().starts_with("http://") && !m.source().starts_with("https://")
-        }) {
+        let monitor_agent = match f.peek("monitor_agent") {
+            Some(toml::Value::Array(_)) => f.templates("monitor_agent").unwrap_or_default(),
+            _ => f.template("monitor_agent").into_iter().collect(),
+        };
+        if monitor_agent
+            .iter()
+            .any(|m| !m.source().starts_with("http://") && !m.source().starts_with("https://"))
+        {
             f.problem(
                 "monitor_agent",
-                "must be monitor_agent's URL, like http://127.0.0.1:24220",
+                "must be monitor_agent's URL, like http://127.0.0.1:24220 (or a list, one per worker)",
             );
         }
         let output_ids: Vec<String> = f.opt("output_ids").unwrap_or_default();
-        if !output_ids.is_empty() && monitor_agent.is_none() {
+        if !output_ids.is_empty() && monitor_agent.is_empty() {
             f.problem(
                 "output_ids",
                 "needs monitor_agent: the outputs are checked through it",
@@ -80,9 +85,10 @@ impl FluentdStep {
     }
 
     pub(super) fn templates(&self) -> Vec<&Template> {
-        [&self.pid_file, &self.buffer_path, &self.monitor_agent]
+        [&self.pid_file, &self.buffer_path]
             .into_iter()
             .flatten()
+            .chain(&self.monitor_agent)
             .collect()
     }
 
@@ -95,7 +101,7 @@ impl FluentdStep {
         if let Some(b) = &self.buffer_path {
             confirm.push(format!("no chunk left in {}", b.render(ctx)?));
         }
-        if let Some(m) = &self.monitor_agent {
+        for m in &self.monitor_agent {
             confirm.push(format!("{} reports empty buffers", m.render(ctx)?));
         }
         Ok(format!(
@@ -165,10 +171,10 @@ impl FluentdStep {
             .transpose()?;
         let monitor = self
             .monitor_agent
-            .as_ref()
+            .iter()
             .map(|m| m.render(env.ctx))
-            .transpose()?;
-        if buffer.is_none() && monitor.is_none() {
+            .collect::<Result<Vec<_>, _>>()?;
+        if buffer.is_none() && monitor.is_empty() {
             tracing::warn!(step = env.name, "sent SIGUSR1 to fluentd; the flush is unconfirmed (set buffer_path or monitor_agent to wait for it)");
             return Ok(format!("sent SIGUSR1 to fluentd {pid}; flush unconfirmed"));
         }
@@ -191,11 +197,8 @@ impl FluentdStep {
                     });
                 }
             }
-            if let Some(url) = &monitor {
-                match self.queued(url, env).await {
-                    Ok(outputs) => pending.extend(outputs),
-                    Err(e) => pending.push(e),
-                }
+            if !monitor.is_empty() {
+                pending.extend(self.queued(&monitor, env).await);
             }
             if pending.is_empty() {
                 return Ok(format!("fluentd {pid} flushed its buffers"));
@@ -209,8 +212,50 @@ impl FluentdStep {
         }
     }
 
-    /// Outputs that still hold data, as monitor_agent reports them.
-    async fn queued(&self, base: &str, env: &StepEnv<'_>) -> Result<Vec<String>, String> {
+    /// Outputs that still hold data, as the monitor_agents report them (or why they cannot).
+    async fn queued(&self, bases: &[String], env: &StepEnv<'_>) -> Vec<String> {
+        let mut pending = Vec::new();
+        let mut seen = Vec::new();
+        for base in bases {
+            match self.plugins(base, env).await {
+                Ok(plugins) => {
+                    for p in plugins {
+                        if p["output_plugin"].as_bool() != Some(true) {
+                            continue;
+                        }
+                        let id = p["plugin_id"].as_str().unwrap_or("?").to_string();
+                        if !self.output_ids.is_empty() && !self.output_ids.contains(&id) {
+                            continue;
+                        }
+                        seen.push(id.clone());
+                        let queued = p["buffer_total_queued_size"].as_u64().unwrap_or(0);
+                        if queued > 0 {
+                            let retry = p["retry_count"].as_u64().unwrap_or(0);
+                            let mut s = format!("output {id}: {queued} bytes queued");
+                            if bases.len() > 1 {
+                                s.push_str(&format!(" at {base}"));
+                            }
+                            if retry > 0 || p["retry"].as_object().is_some_and(|r| !r.is_empty()) {
+                                s.push_str(&format!(", in retry state ({retry} retries)"));
+                            }
+                            pending.push(s);
+                        }
+                    }
+                }
+                Err(e) => pending.push(e),
+            }
+        }
+        for id in &self.output_ids {
+            if !seen.contains(id) {
+                pending.push(format!(
+                    "output {id}: not reported by monitor_agent (check output_ids)"
+                ));
+            }
+        }
+        pending
+    }
+
+    async fn plugins(&self, base: &str, env: &StepEnv<'_>) -> Result<Vec<Value>, String> {
         let client = crate::http::client()?;
         let url = format!("{}/api/plugins.json", base.trim_end_matches('/'));
         let v: Value = client
@@ -225,35 +270,7 @@ impl FluentdStep {
             .json()
             .await
             .map_err(|e| format!("monitor_agent {url}: {}", crate::http::describe(e)))?;
-        let mut pending = Vec::new();
-        let mut seen = Vec::new();
-        for p in v["plugins"].as_array().into_iter().flatten() {
-            if p["output_plugin"].as_bool() != Some(true) {
-                continue;
-            }
-            let id = p["plugin_id"].as_str().unwrap_or("?").to_string();
-            if !self.output_ids.is_empty() && !self.output_ids.contains(&id) {
-                continue;
-            }
-            seen.push(id.clone());
-            let queued = p["buffer_total_queued_size"].as_u64().unwrap_or(0);
-            if queued > 0 {
-                let retry = p["retry_count"].as_u64().unwrap_or(0);
-                let mut s = format!("output {id}: {queued} bytes queued");
-                if retry > 0 || p["retry"].as_object().is_some_and(|r| !r.is_empty()) {
-                    s.push_str(&format!(", in retry state ({retry} retries)"));
-                }
-                pending.push(s);
-            }
-        }
-        for id in &self.output_ids {
-            if !seen.contains(id) {
-                pending.push(format!(
-                    "output {id}: not reported by monitor_agent (check output_ids)"
-                ));
-            }
-        }
-        Ok(pending)
+        Ok(v["plugins"].as_array().cloned().unwrap_or_default())
     }
 }
 

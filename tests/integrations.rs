@@ -1,0 +1,708 @@
+//! The monitoring and log integrations, driven through the library against their test doubles
+//! (fluentd and Mackerel cannot run here; `tests/doubles/` behaves as the real ones do) and a
+//! local HTTP server for the `http` step.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use lastcall::config::Config;
+use lastcall::steps::{StepEnv, StepError, StepKind};
+use lastcall::template::Context;
+use serde_json::{json, Value};
+
+const INSTANCE: &str = "i-0123456789abcdef0";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn ctx() -> Context {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut c = Context::default();
+    for (k, v) in [
+        ("instance_id", INSTANCE),
+        ("hostname", "web-1"),
+        ("local_ipv4", "10.0.0.5"),
+        ("asg_name", "web"),
+    ] {
+        c.values.insert(k, v.to_string());
+    }
+    c
+}
+
+/// Parses one step from TOML (through the real config code) and returns its kind.
+fn step(toml: &str) -> StepKind {
+    let text = format!("[imds]\n[[step]]\n{toml}");
+    let loaded = Config::from_str(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+    loaded.config.steps.into_iter().next().expect("a step").kind
+}
+
+async fn run(kind: &StepKind, timeout: Duration) -> Result<String, StepError> {
+    let c = ctx();
+    let env = StepEnv {
+        name: "t",
+        ctx: &c,
+        resumed: false,
+        deadline: tokio::time::Instant::now() + timeout,
+    };
+    tokio::time::timeout(timeout + Duration::from_secs(1), kind.run(&env))
+        .await
+        .expect("the step stops by itself before its deadline")
+}
+
+// ---------------------------------------------------------------------------------------------
+// fluentd
+
+struct Fluentd {
+    dir: tempfile::TempDir,
+    monitor: Option<u16>,
+}
+
+impl Fluentd {
+    fn start(args: &[&str]) -> Self {
+        Self::start_with(args, false)
+    }
+
+    fn start_with(args: &[&str], monitor: bool) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = monitor.then(free_port);
+        let mut cmd = Command::new(root().join("tests/doubles/fluentd"));
+        cmd.arg("-d")
+            .arg(dir.path().join("fluentd.pid"))
+            .arg("--buffer-path")
+            .arg(dir.path().join("buffer"))
+            .arg("-o")
+            .arg(dir.path().join("fluentd.log"))
+            .args([
+                "--exit-with",
+                &std::process::id().to_string(),
+                "--max-lifetime",
+                "120",
+            ])
+            .args(args);
+        if let Some(p) = port {
+            cmd.args(["--monitor-port", &p.to_string()]);
+        }
+        let status = cmd.status().expect("start the fluentd double");
+        assert!(status.success());
+        let f = Self { dir, monitor: port };
+        // The pid file appears a little after the launcher returns, and each worker needs a
+        // moment before it handles SIGUSR1 (it logs when it does): until then SIGUSR1 kills it,
+        // as with the real fluentd.
+        let workers = args
+            .iter()
+            .position(|a| *a == "--workers")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(1);
+        let start = Instant::now();
+        while std::fs::read_to_string(f.log())
+            .unwrap_or_default()
+            .matches("fluentd worker is now running")
+            .count()
+            < workers
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the fluentd double did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        f
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.dir.path().join("fluentd.pid")
+    }
+    fn buffer(&self) -> PathBuf {
+        self.dir.path().join("buffer")
+    }
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("fluentd.log")
+    }
+    fn pid(&self) -> i32 {
+        std::fs::read_to_string(self.pid_file())
+            .expect("pid")
+            .trim()
+            .parse()
+            .expect("pid")
+    }
+    fn chunks(&self) -> usize {
+        fn walk(p: &Path) -> usize {
+            std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| {
+                    let n = e.file_name().to_string_lossy().to_string();
+                    if e.path().is_dir() {
+                        walk(&e.path())
+                    } else {
+                        usize::from(n.starts_with("buffer.") && n.ends_with(".log"))
+                    }
+                })
+                .sum()
+        }
+        walk(&self.buffer())
+    }
+    fn toml(&self, extra: &str) -> String {
+        format!(
+            "kind = \"fluentd\"\npid_file = \"{}\"\n{extra}",
+            self.pid_file().display()
+        )
+    }
+}
+
+impl Drop for Fluentd {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[tokio::test]
+async fn fluentd_flush_is_confirmed_by_the_buffer_directory() {
+    let f = Fluentd::start(&["--chunks", "3", "--chunk-seconds", "0.2", "--workers", "2"]);
+    assert_eq!(f.chunks(), 6);
+    let kind = step(&f.toml(&format!("buffer_path = \"{}\"", f.buffer().display())));
+    let started = Instant::now();
+    let out = run(&kind, Duration::from_secs(10)).await.expect("flushed");
+    assert!(out.contains("flushed its buffers"), "{out}");
+    assert_eq!(f.chunks(), 0, "nothing left when the step says so");
+    // Three chunks per worker, written one at a time: the step waited for them.
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn fluentd_flush_is_confirmed_by_monitor_agent() {
+    let f = Fluentd::start_with(
+        &[
+            "--chunks",
+            "2",
+            "--chunk-seconds",
+            "0.3",
+            "--output-id",
+            "out_s3",
+            "--output-id",
+            "out_es",
+        ],
+        true,
+    );
+    let url = format!("http://127.0.0.1:{}", f.monitor.expect("port"));
+    let kind = step(&f.toml(&format!(
+        "monitor_agent = \"{url}\"\noutput_ids = [\"out_s3\", \"out_es\"]"
+    )));
+    let out = run(&kind, Duration::from_secs(10)).await.expect("flushed");
+    assert!(out.contains("flushed"), "{out}");
+    assert_eq!(
+        f.chunks(),
+        0,
+        "monitor_agent's total drops only after the last write"
+    );
+    // An output id that does not exist is named, not silently passed.
+    let kind = step(&f.toml(&format!(
+        "monitor_agent = \"{url}\"\noutput_ids = [\"out_nope\"]\ntimeout = \"1s\""
+    )));
+    let err = run(&kind, Duration::from_secs(1))
+        .await
+        .expect_err("unknown output");
+    assert!(
+        err.to_string()
+            .contains("output out_nope: not reported by monitor_agent"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn fluentd_in_retry_state_times_out_naming_the_output() {
+    let f = Fluentd::start_with(&["--retry", "--chunks", "2"], true);
+    let url = format!("http://127.0.0.1:{}", f.monitor.expect("port"));
+    let kind = step(&f.toml(&format!(
+        "buffer_path = \"{}\"\nmonitor_agent = \"{url}\"",
+        f.buffer().display()
+    )));
+    let err = run(&kind, Duration::from_secs(2))
+        .await
+        .expect_err("retry state ignores SIGUSR1");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("did not finish flushing before the timeout"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("output out_file") && msg.contains("in retry state"),
+        "{msg}"
+    );
+    assert!(msg.contains("chunk(s) left"), "{msg}");
+}
+
+#[tokio::test]
+async fn fluentd_timeout_says_what_is_left() {
+    let f = Fluentd::start(&["--chunks", "20", "--chunk-seconds", "0.5"]);
+    let kind = step(&f.toml(&format!("buffer_path = \"{}\"", f.buffer().display())));
+    let err = run(&kind, Duration::from_millis(1500))
+        .await
+        .expect_err("too slow");
+    assert!(err.to_string().contains("chunk(s) left"), "{err}");
+}
+
+#[tokio::test]
+async fn fluentd_stale_pid_files_workers_and_strangers_are_refused() {
+    let f = Fluentd::start(&["--chunks", "1"]);
+    // A worker's pid instead of the supervisor's.
+    let worker = std::fs::read_to_string(format!("/proc/{}/task/{}/children", f.pid(), f.pid()))
+        .expect("children")
+        .split_whitespace()
+        .next()
+        .expect("a worker")
+        .to_string();
+    let wfile = f.dir.path().join("worker.pid");
+    std::fs::write(&wfile, &worker).expect("write");
+    let kind = step(&format!(
+        "kind = \"fluentd\"\npid_file = \"{}\"",
+        wfile.display()
+    ));
+    let err = run(&kind, Duration::from_secs(2))
+        .await
+        .expect_err("worker");
+    assert!(err.to_string().contains("names a fluentd worker"), "{err}");
+    // An unrelated live process: SIGUSR1 would kill it.
+    let mut stranger = Command::new("/bin/sleep").arg("30").spawn().expect("sleep");
+    let sfile = f.dir.path().join("stranger.pid");
+    std::fs::write(&sfile, stranger.id().to_string()).expect("write");
+    let kind = step(&format!(
+        "kind = \"fluentd\"\npid_file = \"{}\"",
+        sfile.display()
+    ));
+    let err = run(&kind, Duration::from_secs(2))
+        .await
+        .expect_err("stranger");
+    assert!(err.to_string().contains("is not fluentd"), "{err}");
+    assert!(
+        stranger.try_wait().expect("wait").is_none(),
+        "the stranger was not signalled"
+    );
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    // fluentd stopped: its pid file stays behind.
+    let pid = f.pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("term");
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(f.pid_file().exists());
+    let kind = step(&f.toml(""));
+    let err = run(&kind, Duration::from_secs(2)).await.expect_err("stale");
+    assert!(err.to_string().contains("is not running"), "{err}");
+}
+
+#[tokio::test]
+async fn fluentd_without_confirmation_says_so() {
+    let f = Fluentd::start(&["--chunks", "1"]);
+    let out = run(&step(&f.toml("")), Duration::from_secs(5))
+        .await
+        .expect("signal sent");
+    assert!(out.contains("flush unconfirmed"), "{out}");
+    // The flush itself is asynchronous: the worker logs it a moment later.
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(f.log()).expect("log");
+        if log.contains("force flushing buffered events") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "SIGUSR1 did not reach the worker:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mackerel
+
+struct Mackerel {
+    url: String,
+    control: String,
+    _child: Child,
+    _stdin: ChildStdin,
+}
+
+fn mackerel() -> &'static Mackerel {
+    static M: OnceLock<Mackerel> = OnceLock::new();
+    M.get_or_init(|| {
+        let mut child = Command::new("python3")
+            .arg(root().join("tests/doubles/fake_mackerel.py"))
+            .args(["--port", "0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start fake mackerel");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready");
+        let v: Value = serde_json::from_str(&line).expect("json");
+        Mackerel {
+            url: v["url"].as_str().expect("url").into(),
+            control: v["control"].as_str().expect("control").into(),
+            _child: child,
+            _stdin: stdin,
+        }
+    })
+}
+
+async fn control(path: &str, body: Value) -> Value {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    reqwest::Client::new()
+        .post(format!("{}/{path}", mackerel().control))
+        .json(&body)
+        .send()
+        .await
+        .expect("control")
+        .json()
+        .await
+        .expect("json")
+}
+
+async fn hosts() -> Vec<Value> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    reqwest::get(format!("{}/hosts", mackerel().control))
+        .await
+        .expect("hosts")
+        .json()
+        .await
+        .expect("json")
+}
+
+fn unique(p: &str) -> String {
+    format!("{p}-{}-{:?}", std::process::id(), Instant::now())
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect()
+}
+
+/// A key file (0600) and the TOML of a mackerel step using it.
+fn mackerel_step(dir: &Path, key: &str, extra: &str) -> StepKind {
+    let kf = dir.join("mackerel.key");
+    std::fs::write(&kf, format!("{key}\n")).expect("key");
+    std::os::unix::fs::chown(&kf, None, None).ok();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&kf, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    step(&format!(
+        "kind = \"mackerel\"\napi_key_file = \"{}\"\napi_base = \"{}\"\nhost_id_file = \"{}/id\"\n{extra}",
+        kf.display(),
+        mackerel().url,
+        dir.display()
+    ))
+}
+
+fn retired(hosts: &[Value], id: &str) -> bool {
+    hosts
+        .iter()
+        .any(|h| h["id"] == id && h["isRetired"] == true)
+}
+
+#[tokio::test]
+async fn mackerel_retires_by_id_file_or_custom_identifier_and_treats_gone_as_done() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = unique("key");
+    control("keys", json!({"key": key, "write": true})).await;
+    let ci = format!("{}.ec2.amazonaws.com", unique("i"));
+    // By custom identifier (no id file).
+    let id = control("hosts", json!({"name": "web-1", "customIdentifier": ci})).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let kind = mackerel_step(dir.path(), &key, &format!("custom_identifier = \"{ci}\""));
+    let out = run(&kind, Duration::from_secs(5)).await.expect("retired");
+    assert!(
+        out.contains(&format!("retired Mackerel host {id}")),
+        "{out}"
+    );
+    assert!(retired(&hosts().await, &id));
+    // Again: already retired is success.
+    let out = run(&kind, Duration::from_secs(5)).await.expect("already");
+    assert!(out.contains("retired already"), "{out}");
+    // By the agent's id file.
+    let ci2 = format!("{INSTANCE}.ec2.amazonaws.com");
+    let id2 = control("hosts", json!({"name": "web-2", "customIdentifier": ci2})).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    std::fs::write(dir.path().join("id"), &id2).expect("id file");
+    let kind = mackerel_step(dir.path(), &key, "");
+    let out = run(&kind, Duration::from_secs(5)).await.expect("retired");
+    assert!(
+        out.contains(&format!("retired Mackerel host {id2}")),
+        "{out}"
+    );
+    assert!(retired(&hosts().await, &id2));
+    // An id file from a baked image naming another instance's host is refused.
+    let other = control(
+        "hosts",
+        json!({"name": "web-3", "customIdentifier": "i-0fffffffffffffff0.ec2.amazonaws.com"}),
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    std::fs::write(dir.path().join("id"), &other).expect("id file");
+    let err = run(&mackerel_step(dir.path(), &key, ""), Duration::from_secs(5))
+        .await
+        .expect_err("not ours");
+    assert!(err.to_string().contains("not retiring it"), "{err}");
+    assert!(!retired(&hosts().await, &other));
+}
+
+#[tokio::test]
+async fn mackerel_retries_5xx_and_429_and_reports_auth_without_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = unique("key");
+    control("keys", json!({"key": key, "write": true})).await;
+    let ci = format!("{}.ec2.amazonaws.com", unique("i"));
+    let id = control("hosts", json!({"name": "web", "customIdentifier": ci})).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    control(
+        "faults",
+        json!({"path_prefix": format!("/api/v0/hosts/{id}/retire"), "status": 503, "count": 2}),
+    )
+    .await;
+    control(
+        "faults",
+        json!({"path_prefix": "/api/v0/hosts-by-custom-identifier/", "status": 429, "count": 1}),
+    )
+    .await;
+    let kind = mackerel_step(dir.path(), &key, &format!("custom_identifier = \"{ci}\""));
+    let out = run(&kind, Duration::from_secs(15))
+        .await
+        .expect("retried to success");
+    assert!(out.contains("retired"), "{out}");
+    // Faults that do not end before the timeout: a failure that says what happened.
+    let ci = format!("{}.ec2.amazonaws.com", unique("i"));
+    control("hosts", json!({"name": "web", "customIdentifier": ci})).await;
+    control(
+        "faults",
+        json!({"path_prefix": "/api/v0/hosts-by-custom-identifier/", "status": 500, "count": 100}),
+    )
+    .await;
+    let kind = mackerel_step(dir.path(), &key, &format!("custom_identifier = \"{ci}\""));
+    let err = run(&kind, Duration::from_secs(2)).await.expect_err("down");
+    assert!(
+        err.to_string().contains("500") && err.to_string().contains("gave up"),
+        "{err}"
+    );
+    reqwest::Client::new()
+        .delete(format!("{}/faults", mackerel().control))
+        .send()
+        .await
+        .expect("clear");
+    // A wrong key: 401, named by where it comes from, never shown.
+    let wrong = unique("wrong-key");
+    let err = run(
+        &mackerel_step(dir.path(), &wrong, &format!("custom_identifier = \"{ci}\"")),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect_err("401");
+    let msg = err.to_string();
+    assert!(msg.contains("401") && msg.contains("mackerel.key"), "{msg}");
+    assert!(!msg.contains(&wrong), "the key is never shown: {msg}");
+    // A read-only key: 403.
+    let ro = unique("ro-key");
+    control("keys", json!({"key": ro, "write": false})).await;
+    let err = run(
+        &mackerel_step(dir.path(), &ro, &format!("custom_identifier = \"{ci}\"")),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect_err("403");
+    assert!(
+        err.to_string().contains("403") && err.to_string().contains("write permission"),
+        "{err}"
+    );
+    let requests: Vec<Value> = reqwest::get(format!("{}/requests", mackerel().control))
+        .await
+        .expect("r")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        requests.iter().all(|r| r["api_key_present"] == true),
+        "every call sends X-Api-Key"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// http
+
+/// A local HTTP server answering the statuses given, in order (the last one repeats), and
+/// recording each request.
+struct Server {
+    url: String,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+async fn server(statuses: Vec<u16>) -> Server {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let rec = requests.clone();
+    tokio::spawn(async move {
+        let mut n = 0;
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read headers, then the body by Content-Length.
+            loop {
+                let r = s.read(&mut chunk).await.unwrap_or(0);
+                if r == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..r]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            rec.lock()
+                .expect("lock")
+                .push(String::from_utf8_lossy(&buf).to_string());
+            let status = statuses[n.min(statuses.len() - 1)];
+            n += 1;
+            let resp =
+                format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            let _ = s.write_all(resp.as_bytes()).await;
+        }
+    });
+    Server { url, requests }
+}
+
+#[tokio::test]
+async fn http_sends_placeholders_and_secret_headers_and_retries_5xx() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = "tok-3f9a1c77e2";
+    let sf = dir.path().join("token");
+    std::fs::write(&sf, secret).expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&sf, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let s = server(vec![503, 502, 204]).await;
+    let kind = step(&format!(
+        "kind = \"http\"\nmethod = \"POST\"\nurl = \"{}/hooks/{{asg_name}}\"\nheaders = {{ \"Content-Type\" = \"application/json\", \"Authorization\" = {{ file = \"{}\", prefix = \"Bearer \" }} }}\nbody = '{{{{\"text\": \"{{instance_id}} leaves\"}}}}'\nexpect_status = [204]",
+        s.url,
+        sf.display()
+    ));
+    let out = run(&kind, Duration::from_secs(10))
+        .await
+        .expect("204 after two 5xx");
+    assert!(out.ends_with(": 204"), "{out}");
+    let reqs = s.requests.lock().expect("lock").clone();
+    assert_eq!(reqs.len(), 3);
+    let last = &reqs[2];
+    assert!(last.starts_with("POST /hooks/web HTTP/1.1"), "{last}");
+    assert!(
+        last.contains(&format!("authorization: Bearer {secret}")),
+        "{last}"
+    );
+    assert!(
+        last.ends_with(&format!("{{\"text\": \"{INSTANCE} leaves\"}}")),
+        "{last}"
+    );
+    assert!(!out.contains(secret));
+    // A 4xx is final; a status outside expect_status is a failure naming it.
+    let s = server(vec![404]).await;
+    let kind = step(&format!(
+        "kind = \"http\"\nmethod = \"DELETE\"\nurl = \"{}/x\"",
+        s.url
+    ));
+    let err = run(&kind, Duration::from_secs(10)).await.expect_err("404");
+    assert!(err.to_string().contains("answered 404"), "{err}");
+    assert_eq!(s.requests.lock().expect("lock").len(), 1, "not retried");
+}
+
+#[tokio::test]
+async fn http_secret_urls_never_appear_in_errors() {
+    let s = server(vec![500]).await;
+    let secret_url = format!("{}/services/T000/B000/sekrit-webhook-token", s.url);
+    std::env::set_var("LASTCALL_TEST_WEBHOOK", &secret_url);
+    let kind = step("kind = \"http\"\nurl_env = \"LASTCALL_TEST_WEBHOOK\"\nbody = \"hi\"");
+    let err = run(&kind, Duration::from_secs(2)).await.expect_err("500");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("<URL from environment variable LASTCALL_TEST_WEBHOOK>")
+            && msg.contains("500"),
+        "{msg}"
+    );
+    assert!(!msg.contains("sekrit"), "{msg}");
+    // A connection error (nothing listening) is described without the URL either.
+    std::env::set_var(
+        "LASTCALL_TEST_WEBHOOK",
+        format!("http://127.0.0.1:{}/sekrit", free_port()),
+    );
+    let err = run(&kind, Duration::from_secs(1))
+        .await
+        .expect_err("refused");
+    assert!(!err.to_string().contains("sekrit"), "{err}");
+}
+
+#[tokio::test]
+async fn fluentd_with_two_workers_is_watched_on_each_workers_monitor_agent() {
+    let f = Fluentd::start_with(
+        &["--workers", "2", "--chunks", "2", "--chunk-seconds", "0.2"],
+        true,
+    );
+    let p = f.monitor.expect("port");
+    let kind = step(&f.toml(&format!(
+        "monitor_agent = [\"http://127.0.0.1:{p}\", \"http://127.0.0.1:{}\"]",
+        p + 1
+    )));
+    let out = run(&kind, Duration::from_secs(10)).await.expect("flushed");
+    assert!(out.contains("flushed"), "{out}");
+    assert_eq!(f.chunks(), 0, "both workers' buffers are empty");
+}
