@@ -2,11 +2,15 @@
 //! (fluentd and Mackerel cannot run here; `tests/doubles/` behaves as the real ones do) and a
 //! local HTTP server for the `http` step.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use common::services::*;
+use common::unique;
 
 use lastcall::config::Config;
 use lastcall::steps::{StepEnv, StepError, StepKind};
@@ -14,10 +18,6 @@ use lastcall::template::Context;
 use serde_json::{json, Value};
 
 const INSTANCE: &str = "i-0123456789abcdef0";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn ctx() -> Context {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -55,127 +55,6 @@ async fn run(kind: &StepKind, timeout: Duration) -> Result<String, StepError> {
 
 // ---------------------------------------------------------------------------------------------
 // fluentd
-
-struct Fluentd {
-    dir: tempfile::TempDir,
-    monitor: Option<u16>,
-}
-
-impl Fluentd {
-    fn start(args: &[&str]) -> Self {
-        Self::start_with(args, false)
-    }
-
-    fn start_with(args: &[&str], monitor: bool) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = monitor.then(free_port);
-        let mut cmd = Command::new(root().join("tests/doubles/fluentd"));
-        cmd.arg("-d")
-            .arg(dir.path().join("fluentd.pid"))
-            .arg("--buffer-path")
-            .arg(dir.path().join("buffer"))
-            .arg("-o")
-            .arg(dir.path().join("fluentd.log"))
-            .args([
-                "--exit-with",
-                &std::process::id().to_string(),
-                "--max-lifetime",
-                "120",
-            ])
-            .args(args);
-        if let Some(p) = port {
-            cmd.args(["--monitor-port", &p.to_string()]);
-        }
-        let status = cmd.status().expect("start the fluentd double");
-        assert!(status.success());
-        let f = Self { dir, monitor: port };
-        // The pid file appears a little after the launcher returns, and each worker needs a
-        // moment before it handles SIGUSR1 (it logs when it does): until then SIGUSR1 kills it,
-        // as with the real fluentd.
-        let workers = args
-            .iter()
-            .position(|a| *a == "--workers")
-            .and_then(|i| args.get(i + 1))
-            .and_then(|n| n.parse::<usize>().ok())
-            .unwrap_or(1);
-        let start = Instant::now();
-        while std::fs::read_to_string(f.log())
-            .unwrap_or_default()
-            .matches("fluentd worker is now running")
-            .count()
-            < workers
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "the fluentd double did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        f
-    }
-
-    fn pid_file(&self) -> PathBuf {
-        self.dir.path().join("fluentd.pid")
-    }
-    fn buffer(&self) -> PathBuf {
-        self.dir.path().join("buffer")
-    }
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("fluentd.log")
-    }
-    fn pid(&self) -> i32 {
-        std::fs::read_to_string(self.pid_file())
-            .expect("pid")
-            .trim()
-            .parse()
-            .expect("pid")
-    }
-    fn chunks(&self) -> usize {
-        fn walk(p: &Path) -> usize {
-            std::fs::read_dir(p)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| {
-                    let n = e.file_name().to_string_lossy().to_string();
-                    if e.path().is_dir() {
-                        walk(&e.path())
-                    } else {
-                        usize::from(n.starts_with("buffer.") && n.ends_with(".log"))
-                    }
-                })
-                .sum()
-        }
-        walk(&self.buffer())
-    }
-    fn toml(&self, extra: &str) -> String {
-        format!(
-            "kind = \"fluentd\"\npid_file = \"{}\"\n{extra}",
-            self.pid_file().display()
-        )
-    }
-}
-
-impl Drop for Fluentd {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 #[tokio::test]
 async fn fluentd_flush_is_confirmed_by_the_buffer_directory() {
@@ -347,68 +226,6 @@ async fn fluentd_without_confirmation_says_so() {
 
 // ---------------------------------------------------------------------------------------------
 // Mackerel
-
-struct Mackerel {
-    url: String,
-    control: String,
-    _child: Child,
-    _stdin: ChildStdin,
-}
-
-fn mackerel() -> &'static Mackerel {
-    static M: OnceLock<Mackerel> = OnceLock::new();
-    M.get_or_init(|| {
-        let mut child = Command::new("python3")
-            .arg(root().join("tests/doubles/fake_mackerel.py"))
-            .args(["--port", "0"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start fake mackerel");
-        let stdin = child.stdin.take().expect("stdin");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("ready");
-        let v: Value = serde_json::from_str(&line).expect("json");
-        Mackerel {
-            url: v["url"].as_str().expect("url").into(),
-            control: v["control"].as_str().expect("control").into(),
-            _child: child,
-            _stdin: stdin,
-        }
-    })
-}
-
-async fn control(path: &str, body: Value) -> Value {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    reqwest::Client::new()
-        .post(format!("{}/{path}", mackerel().control))
-        .json(&body)
-        .send()
-        .await
-        .expect("control")
-        .json()
-        .await
-        .expect("json")
-}
-
-async fn hosts() -> Vec<Value> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    reqwest::get(format!("{}/hosts", mackerel().control))
-        .await
-        .expect("hosts")
-        .json()
-        .await
-        .expect("json")
-}
-
-fn unique(p: &str) -> String {
-    format!("{p}-{}-{:?}", std::process::id(), Instant::now())
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .collect()
-}
 
 /// A key file (0600) and the TOML of a mackerel step using it.
 fn mackerel_step(dir: &Path, key: &str, extra: &str) -> StepKind {
