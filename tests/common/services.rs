@@ -174,7 +174,7 @@ pub fn mackerel() -> &'static Mackerel {
     })
 }
 
-pub async fn control(path: &str, body: Value) -> Value {
+pub async fn mackerel_control(path: &str, body: Value) -> Value {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     reqwest::Client::new()
         .post(format!("{}/{path}", mackerel().control))
@@ -187,7 +187,7 @@ pub async fn control(path: &str, body: Value) -> Value {
         .expect("json")
 }
 
-pub async fn hosts() -> Vec<Value> {
+pub async fn mackerel_hosts() -> Vec<Value> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     reqwest::get(format!("{}/hosts", mackerel().control))
         .await
@@ -242,7 +242,7 @@ pub fn zabbix() -> &'static Zabbix {
             group: String::new(),
         };
         let name = format!("lastcall-tests-{}", std::process::id());
-        let r = block(rpc(&z, "hostgroup.create", json!({ "name": name })));
+        let r = block(zabbix_rpc(&z, "hostgroup.create", json!({ "name": name })));
         z.group = r["groupids"][0].as_str().expect("group id").to_string();
         z
     })
@@ -267,8 +267,23 @@ where
     })
 }
 
-/// A JSON-RPC call as Admin (with the API token), for setting up and checking.
-pub async fn rpc(z: &Zabbix, method: &str, params: Value) -> Value {
+/// A JSON-RPC call as Admin (with the API token), for setting up and checking. Zabbix's id
+/// allocation can fail under concurrent writes (`DBEXECUTE_ERROR`): such calls are tried again.
+pub async fn zabbix_rpc(z: &Zabbix, method: &str, params: Value) -> Value {
+    for _ in 0..10 {
+        let v = zabbix_call(z, method, &params).await;
+        match v.get("error") {
+            Some(e) if e["data"] == "DBEXECUTE_ERROR" => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Some(_) => panic!("{method}: {v}"),
+            None => return v["result"].clone(),
+        }
+    }
+    panic!("{method}: DBEXECUTE_ERROR ten times")
+}
+
+async fn zabbix_call(z: &Zabbix, method: &str, params: &Value) -> Value {
     let mut body = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 1});
     let mut req = reqwest::Client::new()
         .post(&z.url)
@@ -278,28 +293,25 @@ pub async fn rpc(z: &Zabbix, method: &str, params: Value) -> Value {
     } else {
         body["auth"] = json!(z.token);
     }
-    let v: Value = req
-        .json(&body)
+    req.json(&body)
         .send()
         .await
         .expect("send")
         .json()
         .await
-        .expect("json");
-    assert!(v.get("error").is_none(), "{method}: {v}");
-    v["result"].clone()
+        .expect("json")
 }
 
 pub static N: AtomicU32 = AtomicU32::new(0);
 
 /// Creates a host with a unique technical name, visible name and IP; returns them.
-pub async fn host(z: &Zabbix) -> (String, String, String) {
+pub async fn zabbix_host(z: &Zabbix) -> (String, String, String) {
     let n = N.fetch_add(1, Ordering::SeqCst);
     let pid = std::process::id();
     let host = format!("web-{pid}-{n}");
     let name = format!("Web server {pid} {n}");
     let ip = format!("10.{}.{}.{}", pid % 250, n % 250, 1 + (pid / 250) % 250);
-    rpc(
+    zabbix_rpc(
         z,
         "host.create",
         json!({
@@ -311,8 +323,8 @@ pub async fn host(z: &Zabbix) -> (String, String, String) {
     (host, name, ip)
 }
 
-pub async fn get(z: &Zabbix, host: &str) -> Vec<Value> {
-    rpc(
+pub async fn zabbix_get(z: &Zabbix, host: &str) -> Vec<Value> {
+    zabbix_rpc(
         z,
         "host.get",
         json!({"output": ["hostid", "host", "status"], "filter": {"host": [host]}}),
