@@ -1,7 +1,9 @@
 //! The deployment files, checked with the tools that read them: `systemd-analyze verify` on the
 //! units, the user-data installer run into a scratch root (and `shellcheck`), the cron.d entry's
-//! shape, `cfn-lint` on the CloudFormation templates, and the instance policies against the AWS
-//! calls in src/. scripts/setup-test-env.sh installs the tools; a missing one fails the test.
+//! shape, `cfn-lint` on the CloudFormation templates, the instance policies against the AWS
+//! calls in src/, and the release packages: the .deb built by `cargo deb` and installed with dpkg
+//! into a scratch root, the .rpm built by `cargo generate-rpm` and read with rpm.
+//! scripts/setup-test-env.sh installs the tools; a missing one fails the test.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -76,6 +78,13 @@ fn system_tool(name: &str) -> PathBuf {
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{name} is not installed: {SETUP}"))
+}
+
+/// Cargo's home: its registry sources, and the cargo subcommands `cargo install` put in bin/.
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cargo"))
 }
 
 /// A program from the project's virtualenv, or a failed test that says how to install it.
@@ -376,7 +385,14 @@ fn cron_entry_runs_lastcall_once_every_minute_as_root() {
 fn shell_scripts_are_shellcheck_clean() {
     let out = run(Command::new(system_tool("shellcheck"))
         .current_dir(TOP)
-        .args(["deploy/user-data/install.sh", "scripts/setup-test-env.sh"]));
+        .args([
+            "deploy/user-data/install.sh",
+            "scripts/setup-test-env.sh",
+            "deploy/debian/postinst",
+            "deploy/debian/prerm",
+            "deploy/debian/postrm",
+        ])
+        .args(RPM_SCRIPTLETS.map(|(_, file)| file)));
     assert!(out.status.success(), "shellcheck: {}", described(&out));
 }
 
@@ -544,9 +560,7 @@ fn sdk_operations(krate: &str) -> BTreeSet<String> {
         })
         .collect();
     assert!(!versions.is_empty(), "{krate} is not in Cargo.lock");
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cargo"));
+    let cargo_home = cargo_home();
     let mut ops = BTreeSet::new();
     for version in versions {
         let sources = fs::read_dir(cargo_home.join("registry/src"))
@@ -900,4 +914,605 @@ fn example_user_data_carries_the_installer_and_installs_with_it() {
     assert!(root
         .join("etc/systemd/system/timers.target.wants/lastcall-once.timer")
         .is_symlink());
+}
+
+// ---- release packages
+
+/// The files both packages install (paths under the root), with their modes and their sources in
+/// the repository. The binary is the release build, stripped.
+const PACKAGED: [(&str, u32, &str); 7] = [
+    ("usr/bin/lastcall", 0o755, "target/release/lastcall"),
+    (
+        "usr/lib/systemd/system/lastcall.service",
+        0o644,
+        "deploy/systemd/lastcall.service",
+    ),
+    (
+        "usr/lib/systemd/system/lastcall-once.service",
+        0o644,
+        "deploy/systemd/lastcall-once.service",
+    ),
+    (
+        "usr/lib/systemd/system/lastcall-once.timer",
+        0o644,
+        "deploy/systemd/lastcall-once.timer",
+    ),
+    (CONFFILE, 0o600, "deploy/lastcall.default.toml"),
+    (
+        "usr/share/doc/lastcall/lastcall.example.toml",
+        0o644,
+        "deploy/lastcall.example.toml",
+    ),
+    ("usr/share/doc/lastcall/README.md", 0o644, "README.md"),
+];
+const BINARY: &str = "usr/bin/lastcall";
+const CONFFILE: &str = "etc/lastcall/lastcall.toml";
+const STATE_DIR: &str = "var/lib/lastcall";
+
+/// The .rpm's scriptlets: rpm's query tag, and the file Cargo.toml takes it from.
+const RPM_SCRIPTLETS: [(&str, &str); 3] = [
+    ("POSTIN", "deploy/rpm/post_install.sh"),
+    ("PREUN", "deploy/rpm/pre_uninstall.sh"),
+    ("POSTUN", "deploy/rpm/post_uninstall.sh"),
+];
+
+struct Packages {
+    deb: PathBuf,
+    rpm: PathBuf,
+}
+
+/// A cargo subcommand's program, where cargo looks for it, or a failed test that says how to
+/// install it.
+fn cargo_subcommand(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .chain([cargo_home().join("bin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is not installed: {SETUP}"))
+}
+
+/// The .deb and the .rpm, built once per test run into target/tmp/packages: `cargo deb` builds
+/// the release binary first (minutes when cold), and `cargo generate-rpm` packs the same binary.
+fn packages() -> &'static Packages {
+    static PACKAGES: OnceLock<Packages> = OnceLock::new();
+    PACKAGES.get_or_init(|| {
+        cargo_subcommand("cargo-deb");
+        cargo_subcommand("cargo-generate-rpm");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("packages");
+        if dir.exists() {
+            fs::remove_dir_all(&dir).unwrap();
+        }
+        fs::create_dir_all(&dir).unwrap();
+        let output = format!("{}/", dir.display());
+        for args in [
+            ["deb", "--locked", "--output", &output].as_slice(),
+            ["generate-rpm", "--output", &output].as_slice(),
+        ] {
+            let out = run(Command::new(&cargo).current_dir(TOP).args(args));
+            assert!(
+                out.status.success(),
+                "cargo {}: {}",
+                args[0],
+                described(&out)
+            );
+        }
+        let find = |ext: &str| {
+            let found: Vec<PathBuf> = fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == ext))
+                .collect();
+            assert_eq!(found.len(), 1, "one .{ext} in {}", dir.display());
+            found[0].clone()
+        };
+        Packages {
+            deb: find("deb"),
+            rpm: find("rpm"),
+        }
+    })
+}
+
+/// The release binary the packages hold.
+fn release_binary() -> PathBuf {
+    // LASTCALL is TARGET/debug/lastcall.
+    Path::new(LASTCALL)
+        .parent()
+        .and_then(Path::parent)
+        .expect("the target directory")
+        .join("release/lastcall")
+}
+
+/// The directories that hold `paths`, as dpkg and `install -d` make them: "dir 0755".
+fn with_parents(paths: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut out = paths.clone();
+    for path in paths.keys() {
+        for parent in Path::new(path).ancestors().skip(1) {
+            if !parent.as_os_str().is_empty() {
+                out.entry(parent.to_string_lossy().into_owned())
+                    .or_insert_with(|| "dir 0755".into());
+            }
+        }
+    }
+    out
+}
+
+/// dpkg on the scratch root `root`, maintainer scripts run outside it with $DPKG_ROOT set.
+fn dpkg(root: &Path) -> Command {
+    let mut cmd = Command::new(system_tool("dpkg"));
+    cmd.arg(format!("--root={}", root.display()))
+        .args([
+            "--force-not-root",
+            "--force-script-chrootless",
+            "--log=/dev/null",
+        ])
+        // dpkg wants ldconfig and start-stop-daemon in PATH, even as a user without sbin in it.
+        .env(
+            "PATH",
+            format!(
+                "{}:/usr/local/sbin:/usr/sbin:/sbin",
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        );
+    cmd
+}
+
+/// An empty dpkg database under `root`, knowing only a stand-in for this host's libc6, so that
+/// dpkg checks the .deb's Depends: anything beyond libc6 fails the install.
+fn scratch_dpkg_root(root: &Path) {
+    let db = root.join("var/lib/dpkg");
+    for dir in ["info", "updates"] {
+        fs::create_dir_all(db.join(dir)).unwrap();
+    }
+    for dir in [root, &root.join("var"), &root.join("var/lib")] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = run(Command::new(system_tool("dpkg-query")).args(["-W", "-f=${Version}", "libc6"]));
+    assert!(out.status.success(), "libc6's version: {}", described(&out));
+    let libc_version = String::from_utf8(out.stdout).unwrap();
+    let out = run(Command::new(system_tool("dpkg")).arg("--print-architecture"));
+    let arch = String::from_utf8(out.stdout).unwrap();
+    fs::write(
+        db.join("status"),
+        format!(
+            "Package: libc6\nStatus: install ok installed\nArchitecture: {}\nVersion: {libc_version}\n\
+             Maintainer: stand-in <none@invalid>\nDescription: stand-in for the host's libc6\n\n",
+            arch.trim()
+        ),
+    )
+    .unwrap();
+    fs::write(db.join("info/libc6.list"), "").unwrap();
+}
+
+/// What is installed under `root`, without dpkg's database.
+fn installed(root: &Path) -> BTreeMap<String, String> {
+    let mut files = tree(root);
+    files.retain(|path, _| !path.starts_with("var/lib/dpkg"));
+    files
+}
+
+/// The packaged binary runs, and validates the packaged config.
+fn assert_runs_and_accepts(binary: &Path, config: &Path) {
+    let out = run(Command::new(binary).arg("--version"));
+    assert!(
+        out.status.success(),
+        "lastcall --version: {}",
+        described(&out)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("lastcall {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let out = run(Command::new(binary)
+        .args(["check", "--offline", "--config"])
+        .arg(config));
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(": valid"),
+        "lastcall check --offline on the packaged config: {}",
+        described(&out)
+    );
+}
+
+fn assert_stripped(binary: &Path) {
+    let out = run(Command::new(system_tool("readelf"))
+        .args(["-S", "-W"])
+        .arg(binary));
+    assert!(out.status.success(), "readelf: {}", described(&out));
+    let sections = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !sections.contains(".symtab") && !sections.contains(".debug_"),
+        "{} is not stripped: {sections}",
+        binary.display()
+    );
+}
+
+#[test]
+fn default_config_and_its_commented_steps_are_valid() {
+    let text = read("deploy/lastcall.default.toml");
+    assert!(text.contains("/usr/share/doc/lastcall/lastcall.example.toml"));
+    let scratch = tempfile::tempdir().unwrap();
+    // The commented-out examples, uncommented: what an operator gets by removing the "# ".
+    let uncommented: String = text
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest)
+                if rest == "[[step]]"
+                    || rest.split_once(" = ").is_some_and(|(k, _)| {
+                        k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+            {
+                rest
+            }
+            _ => line,
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    for (name, config, steps) in [
+        ("as-shipped.toml", &text, 0),
+        ("uncommented.toml", &uncommented, 3),
+    ] {
+        let path = scratch.path().join(name);
+        fs::write(&path, config).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let out = run(Command::new(LASTCALL)
+            .args(["check", "--offline", "--config"])
+            .arg(&path));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name}: {}", described(&out));
+        assert_eq!(
+            stdout
+                .lines()
+                .filter(|l| l.trim_start().starts_with("step "))
+                .count(),
+            steps,
+            "{name}: {}",
+            described(&out)
+        );
+    }
+}
+
+#[test]
+fn deb_installs_into_a_scratch_root() {
+    let deb = &packages().deb;
+    let field = |name: &str| {
+        let out = run(Command::new(system_tool("dpkg-deb"))
+            .arg("--field")
+            .arg(deb)
+            .arg(name));
+        assert!(
+            out.status.success(),
+            "dpkg-deb --field: {}",
+            described(&out)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim_end()
+            .to_string()
+    };
+    assert_eq!(field("Package"), "lastcall");
+    assert_eq!(field("Version"), format!("{}-1", env!("CARGO_PKG_VERSION")));
+    assert_eq!(field("Section"), "admin");
+    assert_eq!(field("Maintainer"), "lastcall project <lastcall@invalid>");
+    let depends = field("Depends");
+    assert!(
+        depends
+            .split(',')
+            .all(|d| d.trim() == "libc6" || d.trim().starts_with("libc6 (")),
+        "depends on libc6 only: {depends:?}"
+    );
+    for none in ["Pre-Depends", "Recommends"] {
+        assert_eq!(field(none), "", "{none}");
+    }
+    let description = field("Description");
+    assert!(
+        description.lines().count() > 3 && description.contains("lifecycle action"),
+        "a description with an extended part: {description}"
+    );
+
+    // Into an empty root, as on a fresh host.
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path().join("root");
+    scratch_dpkg_root(&root);
+    let out = run(dpkg(&root).arg("--install").arg(deb));
+    assert!(out.status.success(), "dpkg --install: {}", described(&out));
+
+    let files: BTreeMap<String, String> = PACKAGED
+        .iter()
+        .map(|(path, mode, _)| (path.to_string(), format!("file {mode:04o}")))
+        .chain([
+            (
+                "usr/share/doc/lastcall/copyright".into(),
+                "file 0644".into(),
+            ),
+            (STATE_DIR.into(), "dir 0700".into()),
+        ])
+        .collect();
+    let expected = with_parents(files);
+    let after_install = installed(&root);
+    // Installed, not enabled: no *.wants link anywhere, nothing under /etc/systemd.
+    assert!(
+        !after_install
+            .keys()
+            .any(|p| p.starts_with("etc/systemd") || p.contains(".wants")),
+        "the .deb enabled a unit: {after_install:#?}"
+    );
+    assert_eq!(after_install, expected, "what the .deb installed");
+    for (path, _, source) in PACKAGED.iter().filter(|(path, _, _)| *path != BINARY) {
+        assert!(
+            fs::read(root.join(path)).unwrap() == fs::read(top(source)).unwrap(),
+            "/{path} differs from {source}"
+        );
+    }
+    let binary = root.join(BINARY);
+    assert_eq!(
+        sha256(&binary),
+        sha256(&release_binary()),
+        "/{BINARY} is the release build"
+    );
+    assert_stripped(&binary);
+    let config = root.join(CONFFILE);
+    assert_runs_and_accepts(&binary, &config);
+
+    // dpkg knows the config as a conffile, with the packaged content's hash.
+    let out = run(dpkg(&root).args(["--status", "lastcall"]));
+    assert!(out.status.success(), "dpkg --status: {}", described(&out));
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.contains("\nStatus: install ok installed\n"),
+        "{status}"
+    );
+    let conffiles: Vec<&str> = status
+        .lines()
+        .skip_while(|l| *l != "Conffiles:")
+        .skip(1)
+        .take_while(|l| l.starts_with(' '))
+        .map(str::trim)
+        .collect();
+    let out = run(Command::new(system_tool("md5sum")).arg(top("deploy/lastcall.default.toml")));
+    let md5 = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(conffiles, [format!("/{CONFFILE} {md5}")], "{status}");
+
+    // A changed config survives a reinstall (dpkg keeps a changed conffile), with its mode.
+    let changed = format!(
+        "{}# changed on this host\n",
+        fs::read_to_string(&config).unwrap()
+    );
+    fs::write(&config, &changed).unwrap();
+    let out = run(dpkg(&root).arg("--install").arg(deb));
+    assert!(
+        out.status.success(),
+        "dpkg --install again: {}",
+        described(&out)
+    );
+    assert_eq!(fs::read_to_string(&config).unwrap(), changed);
+    assert_eq!(installed(&root), expected, "after the reinstall");
+
+    // Enabled by the administrator, as `systemctl enable` does, beside another unit's link.
+    let etc_units = root.join("etc/systemd/system");
+    let links = [
+        (
+            "multi-user.target.wants/lastcall.service",
+            "/usr/lib/systemd/system/lastcall.service",
+        ),
+        (
+            "timers.target.wants/lastcall-once.timer",
+            "/usr/lib/systemd/system/lastcall-once.timer",
+        ),
+        (
+            "multi-user.target.wants/other.service",
+            "/usr/lib/systemd/system/other.service",
+        ),
+    ];
+    for (link, target) in links {
+        fs::create_dir_all(etc_units.join(link).parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, etc_units.join(link)).unwrap();
+    }
+    let links: BTreeMap<String, String> = links
+        .iter()
+        .map(|(link, target)| {
+            (
+                format!("etc/systemd/system/{link}"),
+                format!("link {target}"),
+            )
+        })
+        .collect();
+
+    // Removed: the config, the state and the links stay.
+    let out = run(dpkg(&root).args(["--remove", "lastcall"]));
+    assert!(out.status.success(), "dpkg --remove: {}", described(&out));
+    let mut kept = links.clone();
+    kept.insert(CONFFILE.into(), "file 0600".into());
+    kept.insert(STATE_DIR.into(), "dir 0700".into());
+    assert_eq!(installed(&root), with_parents(kept), "after dpkg --remove");
+    assert_eq!(fs::read_to_string(&config).unwrap(), changed);
+
+    // Purged: only the other unit's link is left (and the directories dpkg did not make).
+    let out = run(dpkg(&root).args(["--purge", "lastcall"]));
+    assert!(out.status.success(), "dpkg --purge: {}", described(&out));
+    let mut left = with_parents(
+        links
+            .into_iter()
+            .filter(|(link, _)| link.ends_with("other.service"))
+            .collect(),
+    );
+    left.insert(
+        "etc/systemd/system/timers.target.wants".into(),
+        "dir 0755".into(),
+    );
+    left.insert("var".into(), "dir 0755".into());
+    left.insert("var/lib".into(), "dir 0755".into());
+    assert_eq!(installed(&root), left, "after dpkg --purge");
+}
+
+#[test]
+fn rpm_holds_the_same_files() {
+    let packages = packages();
+    let rpm = system_tool("rpm");
+    let query = |format: &str| {
+        let out = run(Command::new(&rpm)
+            .args(["--query", "--package", "--queryformat", format])
+            .arg(&packages.rpm));
+        assert!(out.status.success(), "rpm --query: {}", described(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        query("%{NAME} %{VERSION} %{RELEASE} %{ARCH} %{LICENSE}"),
+        format!(
+            "lastcall {} 1 {} Apache-2.0",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::ARCH
+        )
+    );
+
+    // Paths, modes, owners and flags: c = config, n = noreplace, d = documentation.
+    let files: BTreeMap<String, String> = query(
+        "[%{FILENAMES} %{FILEMODES:octal} %{FILEUSERNAME}:%{FILEGROUPNAME} %{FILEFLAGS:fflags}\n]",
+    )
+    .lines()
+    .map(|l| {
+        let (path, rest) = l.split_once(' ').unwrap();
+        (path.to_string(), rest.trim_end().to_string())
+    })
+    .collect();
+    let expected: BTreeMap<String, String> = PACKAGED
+        .iter()
+        .map(|(path, mode, _)| {
+            let flags = if *path == CONFFILE {
+                " cn"
+            } else if path.starts_with("usr/share/doc/") {
+                " d"
+            } else {
+                ""
+            };
+            (
+                format!("/{path}"),
+                format!("{:o} root:root{flags}", 0o100000 | mode),
+            )
+        })
+        .collect();
+    assert_eq!(files, expected, "the .rpm's files");
+
+    // Requires: the C library (and libgcc_s and libm beside it), /bin/sh for the scriptlets.
+    let requires = query("[%{REQUIRENAME}\n]");
+    for require in requires.lines() {
+        assert!(
+            [
+                "libc.so.6",
+                "libm.so.6",
+                "libgcc_s.so.1",
+                "rtld(",
+                "rpmlib(",
+                "config(lastcall)"
+            ]
+            .iter()
+            .any(|p| require.starts_with(p))
+                || require == "/bin/sh",
+            "the .rpm requires {require}:\n{requires}"
+        );
+    }
+
+    // The scriptlets: the files in deploy/rpm/, run by /bin/sh; %post makes the state directory.
+    for (tag, file) in RPM_SCRIPTLETS {
+        assert_eq!(query(&format!("%{{{tag}PROG}}")), "/bin/sh", "{tag}");
+        assert_eq!(
+            query(&format!("%{{{tag}}}")).trim_end(),
+            read(file).trim_end(),
+            "{tag}"
+        );
+    }
+    for tag in ["PREIN", "PRETRANS", "POSTTRANS"] {
+        assert_eq!(
+            query(&format!("%{{{tag}}}")),
+            "(none)",
+            "no {tag} scriptlet"
+        );
+    }
+    let post = read("deploy/rpm/post_install.sh");
+    assert!(
+        post.contains(&format!("mkdir -m 0700 /{STATE_DIR}\n")),
+        "{post}"
+    );
+
+    // The payload, checked against its digest, and as rpm2archive turns it into a tar. (Debian's
+    // rpm2cpio writes it out but exits 1: the header records no archive size to compare with.)
+    let out = run(Command::new(&rpm).arg("--checksig").arg(&packages.rpm));
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("digests OK"),
+        "rpm --checksig: {}",
+        described(&out)
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let archive = scratch.path().join("payload.tar.gz");
+    let out = run(Command::new(system_tool("rpm2archive"))
+        .arg("-")
+        .stdin(fs::File::open(&packages.rpm).unwrap())
+        .stdout(fs::File::create(&archive).unwrap()));
+    assert!(out.status.success(), "rpm2archive: {}", described(&out));
+    let out = run(Command::new("tar")
+        .args(["--list", "--verbose", "--numeric-owner", "--file"])
+        .arg(&archive));
+    assert!(out.status.success(), "tar --list: {}", described(&out));
+    // "-rw------- 0/0 1609 2026-11-21 06:25 ./etc/lastcall/lastcall.toml"
+    let payload: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[5].trim_start_matches("./").to_string(),
+                format!("{} {}", f[0], f[1]),
+            )
+        })
+        .collect();
+    let mode_string = |mode: u32| -> String {
+        let mut out = String::from("-");
+        for shift in [6, 3, 0] {
+            for (bit, c) in [(4, 'r'), (2, 'w'), (1, 'x')] {
+                out.push(if mode >> shift & bit != 0 { c } else { '-' });
+            }
+        }
+        out
+    };
+    let expected: BTreeMap<String, String> = PACKAGED
+        .iter()
+        .map(|(path, mode, _)| (path.to_string(), format!("{} 0/0", mode_string(*mode))))
+        .collect();
+    assert_eq!(payload, expected, "the .rpm's payload");
+    let root = scratch.path().join("root");
+    fs::create_dir(&root).unwrap();
+    let out = run(Command::new("tar")
+        .args(["--extract", "--same-permissions", "--directory"])
+        .arg(&root)
+        .arg("--file")
+        .arg(&archive));
+    assert!(out.status.success(), "tar --extract: {}", described(&out));
+    for (path, _, source) in PACKAGED.iter().filter(|(path, _, _)| *path != BINARY) {
+        assert!(
+            fs::read(root.join(path)).unwrap() == fs::read(top(source)).unwrap(),
+            "/{path} differs from {source}"
+        );
+    }
+    let from_deb = scratch.path().join("deb");
+    let out = run(Command::new(system_tool("dpkg-deb"))
+        .arg("--extract")
+        .arg(&packages.deb)
+        .arg(&from_deb));
+    assert!(
+        out.status.success(),
+        "dpkg-deb --extract: {}",
+        described(&out)
+    );
+    let binary = root.join(BINARY);
+    assert_eq!(
+        sha256(&binary),
+        sha256(&from_deb.join(BINARY)),
+        "the same binary as the .deb's"
+    );
+    assert_stripped(&binary);
+    assert_runs_and_accepts(&binary, &root.join(CONFFILE));
 }
