@@ -41,12 +41,12 @@ async fn run(kind: &StepKind, hostname: &str) -> Result<String, StepError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_auth_deletes_by_technical_name_and_absent_is_success() {
     let z = zabbix();
-    let (h, _, _) = host(z).await;
+    let (h, _, _) = zabbix_host(z).await;
     // The default lookup is the technical name {hostname}, as zabbix-agent registers it.
     let kind = step(&format!("token_file = \"{}\"", z.token_file.display()));
     let out = run(&kind, &h).await.expect("deleted");
     assert!(out.contains(&format!("deleted Zabbix host {h}")), "{out}");
-    assert!(get(z, &h).await.is_empty());
+    assert!(zabbix_get(z, &h).await.is_empty());
     let out = run(&kind, &h).await.expect("absent is success");
     assert!(out.contains("no Zabbix host with host"), "{out}");
 }
@@ -56,42 +56,42 @@ async fn password_auth_deletes_by_visible_name() {
     let z = zabbix();
     let dir = tempfile::tempdir().expect("tempdir");
     let pw = secret_file(dir.path(), "pw", "zabbix\n");
-    let (h, name, _) = host(z).await;
+    let (h, name, _) = zabbix_host(z).await;
     let kind = step(&format!(
-        "username = \"Admin\"\npassword_file = \"{}\"\nname = \"{name}\"",
+        "username = \"Admin\"\npassword_file = \"{}\"\nvisible_name = \"{name}\"",
         pw.display()
     ));
     let out = run(&kind, "unused").await.expect("deleted");
     assert!(out.contains(&format!("deleted Zabbix host {h}")), "{out}");
-    assert!(get(z, &h).await.is_empty());
+    assert!(zabbix_get(z, &h).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookup_by_ip_and_disable() {
     let z = zabbix();
-    let (h, _, ip) = host(z).await;
+    let (h, _, ip) = zabbix_host(z).await;
     let kind = step(&format!(
         "token_file = \"{}\"\nip = \"{ip}\"\naction = \"disable\"",
         z.token_file.display()
     ));
     let out = run(&kind, "unused").await.expect("disabled");
     assert!(out.contains(&format!("disabled Zabbix host {h}")), "{out}");
-    let hosts = get(z, &h).await;
+    let hosts = zabbix_get(z, &h).await;
     assert_eq!(hosts[0]["status"], "1", "disabled, not deleted: {hosts:?}");
     // Two hosts on one address: lastcall refuses to guess.
-    let (h2, _, _) = host(z).await;
-    let id2 = get(z, &h2).await[0]["hostid"]
+    let (h2, _, _) = zabbix_host(z).await;
+    let id2 = zabbix_get(z, &h2).await[0]["hostid"]
         .as_str()
         .expect("id")
         .to_string();
-    let iface = rpc(
+    let iface = zabbix_rpc(
         z,
         "hostinterface.get",
         json!({"output": ["interfaceid"], "hostids": [id2]}),
     )
     .await;
     let iid = iface[0]["interfaceid"].as_str().expect("iface").to_string();
-    rpc(
+    zabbix_rpc(
         z,
         "hostinterface.update",
         json!({"interfaceid": iid, "ip": ip}),
@@ -103,22 +103,22 @@ async fn lookup_by_ip_and_disable() {
     ));
     let err = run(&kind, "unused").await.expect_err("ambiguous");
     assert!(err.to_string().contains("refusing to guess"), "{err}");
-    assert_eq!(get(z, &h).await.len(), 1);
-    assert_eq!(get(z, &h2).await.len(), 1);
+    assert_eq!(zabbix_get(z, &h).await.len(), 1);
+    assert_eq!(zabbix_get(z, &h2).await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_fail_clearly_once_and_never_show_the_secret() {
     let z = zabbix();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (h, _, _) = host(z).await;
+    let (h, _, _) = zabbix_host(z).await;
     // A throw-away user: Zabbix blocks an account after five failed logins.
     let user = format!(
         "lastcall-bad-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     );
-    rpc(
+    zabbix_rpc(
         z,
         "user.create",
         json!({ "username": user, "passwd": "Correct-horse-42!", "roleid": "1", "usrgrps": [{"usrgrpid": "8"}] }),
@@ -152,13 +152,13 @@ async fn wrong_credentials_fail_clearly_once_and_never_show_the_secret() {
     let err = run(&kind, "unused").await.expect_err("refused");
     assert!(err.to_string().contains("refused the credentials"), "{err}");
     assert!(!err.to_string().contains(&"0".repeat(64)));
-    assert_eq!(get(z, &h).await.len(), 1, "nothing deleted");
+    assert_eq!(zabbix_get(z, &h).await.len(), 1, "nothing deleted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_is_read_only() {
     let z = zabbix();
-    let (h, _, _) = host(z).await;
+    let (h, _, _) = zabbix_host(z).await;
     let kind = step(&format!(
         "token_file = \"{}\"\nhost = \"{h}\"",
         z.token_file.display()
@@ -180,5 +180,5 @@ async fn check_is_read_only() {
             && out.contains("credentials accepted"),
         "{out}"
     );
-    assert_eq!(get(z, &h).await.len(), 1, "check deleted nothing");
+    assert_eq!(zabbix_get(z, &h).await.len(), 1, "check deleted nothing");
 }

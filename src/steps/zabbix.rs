@@ -166,7 +166,7 @@ fn parse_version(v: &str) -> Option<(u32, u32)> {
 
 impl ZabbixStep {
     /// Reads `url`, `token_file`/`token_env` or `username` + `password_file`/`password_env`,
-    /// `host`/`name`/`ip`, `action`.
+    /// `host`/`visible_name`/`ip`, `action`.
     pub fn parse(f: &mut Fields) -> Option<Self> {
         let url = f.req_template("url");
         if let Some(u) = &url {
@@ -199,20 +199,21 @@ impl ZabbixStep {
             let _ = SecretSource::parse(f, "password", false);
             None
         };
-        let given: Vec<&str> = ["host", "name", "ip"]
+        // The visible name is `visible_name`: `name` is every step's own name.
+        let given: Vec<&str> = ["host", "visible_name", "ip"]
             .into_iter()
             .filter(|k| f.has(k))
             .collect();
         let lookup = match given.as_slice() {
             [] => Template::parse("{hostname}").ok().map(Lookup::Host),
             ["host"] => f.template("host").map(Lookup::Host),
-            ["name"] => f.template("name").map(Lookup::Name),
+            ["visible_name"] => f.template("visible_name").map(Lookup::Name),
             ["ip"] => f.template("ip").map(Lookup::Ip),
             _ => {
                 for k in &given {
                     let _: Option<toml::Value> = f.opt(k);
                 }
-                f.problem(given[1], "give one of host, name or ip");
+                f.problem(given[1], "give one of host, visible_name or ip");
                 None
             }
         };
@@ -249,7 +250,7 @@ impl ZabbixStep {
     pub(super) fn describe(&self, ctx: &Context) -> Result<String, RenderError> {
         let (by, value) = match &self.lookup {
             Lookup::Host(t) => ("host", t.render(ctx)?),
-            Lookup::Name(t) => ("name", t.render(ctx)?),
+            Lookup::Name(t) => ("visible name", t.render(ctx)?),
             Lookup::Ip(t) => ("ip", t.render(ctx)?),
         };
         Ok(format!(
