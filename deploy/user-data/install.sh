@@ -129,7 +129,8 @@ mkdir "$tmp/units"
 # --- BEGIN units: copies of deploy/systemd/, written by tests/deploy/sync_copies.py ---
 cat >"$tmp/units/lastcall.service" <<'UNIT_END'
 # lastcall daemon: watches for this instance's termination and runs the pre-shutdown steps.
-# Install: copy to /etc/systemd/system/, then `systemctl daemon-reload && systemctl enable --now lastcall`.
+# Installed by the .deb/.rpm in /usr/lib/systemd/system/ (not enabled); by hand, copy it to
+# /etc/systemd/system/. Then `systemctl daemon-reload && systemctl enable --now lastcall`.
 # For `lastcall once` from a timer instead, see lastcall-once.timer (both at once are safe too).
 [Unit]
 Description=lastcall: pre-shutdown steps for EC2 Auto Scaling terminations
