@@ -252,10 +252,11 @@ fn retired(hosts: &[Value], id: &str) -> bool {
 async fn mackerel_retires_by_id_file_or_custom_identifier_and_treats_gone_as_done() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = unique("key");
-    control("keys", json!({"key": key, "write": true})).await;
+    mackerel_control("keys", json!({"key": key, "write": true})).await;
     let ci = format!("{}.ec2.amazonaws.com", unique("i"));
     // By custom identifier (no id file).
-    let id = control("hosts", json!({"name": "web-1", "customIdentifier": ci})).await["id"]
+    let id = mackerel_control("hosts", json!({"name": "web-1", "customIdentifier": ci})).await
+        ["id"]
         .as_str()
         .expect("id")
         .to_string();
@@ -265,13 +266,14 @@ async fn mackerel_retires_by_id_file_or_custom_identifier_and_treats_gone_as_don
         out.contains(&format!("retired Mackerel host {id}")),
         "{out}"
     );
-    assert!(retired(&hosts().await, &id));
+    assert!(retired(&mackerel_hosts().await, &id));
     // Again: already retired is success.
     let out = run(&kind, Duration::from_secs(5)).await.expect("already");
     assert!(out.contains("retired already"), "{out}");
     // By the agent's id file.
     let ci2 = format!("{INSTANCE}.ec2.amazonaws.com");
-    let id2 = control("hosts", json!({"name": "web-2", "customIdentifier": ci2})).await["id"]
+    let id2 = mackerel_control("hosts", json!({"name": "web-2", "customIdentifier": ci2})).await
+        ["id"]
         .as_str()
         .expect("id")
         .to_string();
@@ -282,9 +284,9 @@ async fn mackerel_retires_by_id_file_or_custom_identifier_and_treats_gone_as_don
         out.contains(&format!("retired Mackerel host {id2}")),
         "{out}"
     );
-    assert!(retired(&hosts().await, &id2));
+    assert!(retired(&mackerel_hosts().await, &id2));
     // An id file from a baked image naming another instance's host is refused.
-    let other = control(
+    let other = mackerel_control(
         "hosts",
         json!({"name": "web-3", "customIdentifier": "i-0fffffffffffffff0.ec2.amazonaws.com"}),
     )
@@ -297,25 +299,25 @@ async fn mackerel_retires_by_id_file_or_custom_identifier_and_treats_gone_as_don
         .await
         .expect_err("not ours");
     assert!(err.to_string().contains("not retiring it"), "{err}");
-    assert!(!retired(&hosts().await, &other));
+    assert!(!retired(&mackerel_hosts().await, &other));
 }
 
 #[tokio::test]
 async fn mackerel_retries_5xx_and_429_and_reports_auth_without_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = unique("key");
-    control("keys", json!({"key": key, "write": true})).await;
+    mackerel_control("keys", json!({"key": key, "write": true})).await;
     let ci = format!("{}.ec2.amazonaws.com", unique("i"));
-    let id = control("hosts", json!({"name": "web", "customIdentifier": ci})).await["id"]
+    let id = mackerel_control("hosts", json!({"name": "web", "customIdentifier": ci})).await["id"]
         .as_str()
         .expect("id")
         .to_string();
-    control(
+    mackerel_control(
         "faults",
         json!({"path_prefix": format!("/api/v0/hosts/{id}/retire"), "status": 503, "count": 2}),
     )
     .await;
-    control(
+    mackerel_control(
         "faults",
         json!({"path_prefix": "/api/v0/hosts-by-custom-identifier/", "status": 429, "count": 1}),
     )
@@ -327,8 +329,8 @@ async fn mackerel_retries_5xx_and_429_and_reports_auth_without_the_key() {
     assert!(out.contains("retired"), "{out}");
     // Faults that do not end before the timeout: a failure that says what happened.
     let ci = format!("{}.ec2.amazonaws.com", unique("i"));
-    control("hosts", json!({"name": "web", "customIdentifier": ci})).await;
-    control(
+    mackerel_control("hosts", json!({"name": "web", "customIdentifier": ci})).await;
+    mackerel_control(
         "faults",
         json!({"path_prefix": "/api/v0/hosts-by-custom-identifier/", "status": 500, "count": 100}),
     )
@@ -357,7 +359,7 @@ async fn mackerel_retries_5xx_and_429_and_reports_auth_without_the_key() {
     assert!(!msg.contains(&wrong), "the key is never shown: {msg}");
     // A read-only key: 403.
     let ro = unique("ro-key");
-    control("keys", json!({"key": ro, "write": false})).await;
+    mackerel_control("keys", json!({"key": ro, "write": false})).await;
     let err = run(
         &mackerel_step(dir.path(), &ro, &format!("custom_identifier = \"{ci}\"")),
         Duration::from_secs(5),
