@@ -154,14 +154,36 @@ struct Parts {
     imds: Option<ImdsSource>,
 }
 
-async fn setup(cli: &Cli, attempts: Option<u32>, shutdown: &mut Shutdown) -> Result<Parts, Exit> {
-    let config = Arc::new(load(cli)?.config);
+/// What does not change when the config is reloaded: who we are and the AWS configuration.
+struct Base {
+    identity: Identity,
+    imds: Imds,
+    sdk: aws_config::SdkConfig,
+}
+
+async fn base(attempts: Option<u32>, shutdown: &mut Shutdown) -> Result<Base, Exit> {
     let imds = Imds::new();
     let Some(identity) = identity(&imds, attempts, shutdown).await else {
         return Err(Exit::Failure);
     };
     let sdk = crate::aws::load(&identity.region).await;
-    let asg = AutoScaling::new(crate::aws::autoscaling(&sdk));
+    Ok(Base {
+        identity,
+        imds,
+        sdk,
+    })
+}
+
+/// The handler and the sources for a config. `shutdown` (the process's) reaches the pipeline,
+/// so that only SIGTERM, not a reload, cuts a pipeline short.
+fn build(base: &Base, config: Arc<Config>, shutdown: &Shutdown) -> Result<Parts, Exit> {
+    let Base {
+        identity,
+        imds,
+        sdk,
+    } = base;
+    let asg = AutoScaling::new(crate::aws::autoscaling(sdk));
+    let launch = !config.launch_steps.is_empty();
     let imds_source = config.imds.as_ref().map(|c| {
         ImdsSource::new(
             imds.clone(),
@@ -169,13 +191,13 @@ async fn setup(cli: &Cli, attempts: Option<u32>, shutdown: &mut Shutdown) -> Res
             c.clone(),
             identity.instance_id.clone(),
             config.lifecycle.hook_name.clone(),
-            !config.launch_steps.is_empty(),
+            launch,
         )
     });
     let handler = Handler::new(
         config.clone(),
         identity.clone(),
-        imds,
+        imds.clone(),
         asg,
         shutdown.clone(),
     )
@@ -185,11 +207,11 @@ async fn setup(cli: &Cli, attempts: Option<u32>, shutdown: &mut Shutdown) -> Res
     })?;
     let sqs = config.sqs.as_ref().map(|s| {
         SqsSource::new(
-            crate::aws::sqs(&sdk, &s.queue_url, s.wait_time),
+            crate::aws::sqs(sdk, &s.queue_url, s.wait_time),
             s.clone(),
             identity.instance_id.clone(),
             config.lifecycle.hook_name.clone(),
-            !config.launch_steps.is_empty(),
+            launch,
         )
     });
     info!(
@@ -205,6 +227,12 @@ async fn setup(cli: &Cli, attempts: Option<u32>, shutdown: &mut Shutdown) -> Res
         sqs,
         imds: imds_source,
     })
+}
+
+async fn setup(cli: &Cli, attempts: Option<u32>, shutdown: &mut Shutdown) -> Result<Parts, Exit> {
+    let config = Arc::new(load(cli)?.config);
+    let base = base(attempts, shutdown).await?;
+    build(&base, config, shutdown)
 }
 
 /// Folds how actions ended into an exit code (worst wins).
@@ -225,32 +253,75 @@ fn exit_for(handled: &[Handled]) -> Exit {
 
 async fn run(cli: &Cli) -> Exit {
     let (trigger, mut shutdown) = shutdown::channel();
-    if let Err(e) = shutdown::on_signals(trigger) {
-        error!(error = %e, "cannot install signal handlers");
-        return Exit::Failure;
-    }
-    let parts = match setup(cli, None, &mut shutdown).await {
-        Ok(p) => p,
+    let mut hup = match shutdown::on_signals(trigger) {
+        Ok(h) => h,
+        Err(e) => {
+            error!(error = %e, "cannot install signal handlers");
+            return Exit::Failure;
+        }
+    };
+    let mut config = match load(cli) {
+        Ok(l) => Arc::new(l.config),
+        Err(code) => return code,
+    };
+    let base = match base(None, &mut shutdown).await {
+        Ok(b) => b,
         Err(_) if shutdown.is_requested() => return Exit::Ok,
         Err(code) => return code,
     };
-    if let Err(e) = parts.handler.resume_incomplete().await {
-        error!(error = %e, "resuming an unfinished action failed; it is retried when its notification comes back");
-    }
-    if shutdown.is_requested() {
-        return Exit::Ok;
-    }
-    let sqs = async {
-        if let Some(src) = parts.sqs {
-            src.run(&parts.handler, shutdown.clone()).await;
+    let mut first = true;
+    loop {
+        let parts = match build(&base, config.clone(), &shutdown) {
+            Ok(p) => p,
+            Err(code) => return code,
+        };
+        if first {
+            if let Err(e) = parts.handler.resume_incomplete().await {
+                error!(error = %e, "resuming an unfinished action failed; it is retried when its notification comes back");
+            }
+            first = false;
         }
-    };
-    let imds = async {
-        if let Some(src) = parts.imds {
-            src.run(&parts.handler, shutdown.clone()).await;
+        if shutdown.is_requested() {
+            break;
         }
-    };
-    tokio::join!(sqs, imds);
+        // The sources stop on SIGTERM or SIGHUP; a pipeline that is running finishes first.
+        let (stop_sources, sources_shutdown) = shutdown::channel();
+        let sqs = async {
+            if let Some(src) = parts.sqs {
+                src.run(&parts.handler, sources_shutdown.clone()).await;
+            }
+        };
+        let imds = async {
+            if let Some(src) = parts.imds {
+                src.run(&parts.handler, sources_shutdown.clone()).await;
+            }
+        };
+        let mut watch = shutdown.clone();
+        let reload = async {
+            let reload = tokio::select! {
+                _ = watch.requested() => false,
+                _ = hup.changed() => true,
+            };
+            stop_sources.fire();
+            reload
+        };
+        let (_, _, reload) = tokio::join!(sqs, imds, reload);
+        if !reload || shutdown.is_requested() {
+            break;
+        }
+        match Config::from_file(&cli.config) {
+            Ok(l) => {
+                for w in &l.warnings {
+                    warn!("{w}");
+                }
+                info!(file = %cli.config.display(), steps = l.config.steps.len(), "SIGHUP: config reloaded");
+                config = Arc::new(l.config);
+            }
+            Err(e) => {
+                error!(file = %cli.config.display(), "SIGHUP: the new config is not usable; keeping the old one: {e}");
+            }
+        }
+    }
     info!("lastcall stopped");
     Exit::Ok
 }

@@ -47,17 +47,25 @@ impl Shutdown {
     }
 }
 
-/// Fires `trigger` on the first SIGTERM or SIGINT; a second one ends the process at once.
-pub fn on_signals(trigger: Trigger) -> std::io::Result<()> {
+/// Fires `trigger` on the first SIGTERM or SIGINT; a second one ends the process at once. The
+/// returned receiver changes on every SIGHUP (a request to reload the config).
+pub fn on_signals(trigger: Trigger) -> std::io::Result<watch::Receiver<u64>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let (hup_tx, hup_rx) = watch::channel(0u64);
     tokio::spawn(async move {
         let mut first = true;
         loop {
             let name = tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
+                _ = hup.recv() => {
+                    tracing::info!(signal = "SIGHUP", "reloading the config once no pipeline runs");
+                    hup_tx.send_modify(|n| *n += 1);
+                    continue;
+                }
             };
             if first {
                 tracing::info!(
@@ -72,5 +80,5 @@ pub fn on_signals(trigger: Trigger) -> std::io::Result<()> {
             }
         }
     });
-    Ok(())
+    Ok(hup_rx)
 }

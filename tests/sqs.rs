@@ -549,3 +549,58 @@ async fn once_on_an_empty_queue_returns_at_once() {
     assert!(n.log().contains("TEST_NOTIFICATION"));
     assert_eq!(queue_counts(&aws, &g.queue_url).await, (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_idle_exits_within_a_second() {
+    let aws = aws().await;
+    let g = group(&aws, "idle-term", GroupSpec::default()).await;
+    // A 20 s long poll is in progress when the signal comes.
+    let cfg = config("", "").replace("wait_time = \"1s\"", "wait_time = \"20s\"");
+    let mut n = Node::new(&g.instances[0], &g.queue_url, &cfg).await;
+    n.start();
+    n.wait_log("polling the lifecycle queue", LONG).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = std::time::Instant::now();
+    n.signal(Signal::SIGTERM);
+    assert_eq!(n.wait_exit(LONG).await, Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "exited after {:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_and_keeps_the_old_one_when_invalid() {
+    let aws = aws().await;
+    let g = group(&aws, "hup", GroupSpec::default()).await;
+    let victim = g.instances[0].clone();
+    let mut n = Node::new(&victim, &g.queue_url, &config("", &marker("old", "old"))).await;
+    n.start();
+    n.wait_log("polling the lifecycle queue", LONG).await;
+    let path = n.path("lastcall.toml");
+    let good = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, "[sqs]\nqueue_url = 42\n").expect("write");
+    n.signal(Signal::SIGHUP);
+    n.wait_log("keeping the old one", LONG).await;
+    assert!(
+        n.log().contains("key `queue_url`"),
+        "the log says why: {}",
+        n.log()
+    );
+    let new = good
+        .replace("name = \"old\"", "name = \"new\"")
+        .replace("/old\"", "/new\"");
+    std::fs::write(&path, new).expect("write");
+    n.signal(Signal::SIGHUP);
+    n.wait_log("SIGHUP: config reloaded", LONG).await;
+    terminate(&aws, &victim).await;
+    wait_terminated(&aws, &victim, LONG).await;
+    assert!(lines(&n.path("old")).is_empty(), "the old step is gone");
+    assert_eq!(
+        lines(&n.path("new")).len(),
+        1,
+        "the reloaded step ran: {}",
+        n.log()
+    );
+}
