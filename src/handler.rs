@@ -477,14 +477,19 @@ impl Handler {
             "heartbeats started"
         );
         Some(AbortOnDrop(tokio::spawn(async move {
+            // After a failed heartbeat the next one comes sooner: waiting a whole interval (half
+            // the hook's timeout) again could let the action expire.
+            let retry = (interval / 4).max(Duration::from_millis(500));
+            let mut next = interval;
             loop {
-                tokio::time::sleep(interval).await;
+                tokio::time::sleep(next).await;
                 if stop_at.is_some_and(|t| tokio::time::Instant::now() >= t) {
                     warn!(instance_id = %a.instance_id, hook = %a.hook, "the hook's global timeout has passed; no more heartbeats");
                     return;
                 }
                 match asg.heartbeat(&a).await {
                     Ok(CallOutcome::Done) => {
+                        next = interval;
                         debug!(instance_id = %a.instance_id, hook = %a.hook, "heartbeat sent")
                     }
                     Ok(CallOutcome::NoActiveAction) => {
@@ -492,7 +497,8 @@ impl Handler {
                         return;
                     }
                     Err(e) => {
-                        warn!(error = %e, "heartbeat failed; will try again at the next interval")
+                        next = retry;
+                        warn!(error = %e, retry_in_ms = retry.as_millis() as u64, "heartbeat failed; trying again soon")
                     }
                 }
             }

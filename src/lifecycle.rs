@@ -234,6 +234,13 @@ impl AutoScaling {
             .lifecycle_hook_name(&a.hook)
             .instance_id(&a.instance_id)
             .set_lifecycle_action_token(a.token.clone())
+            // One attempt: the heartbeat loop retries on its own schedule, which must stay
+            // well inside the hook's timeout.
+            .customize()
+            .config_override(
+                aws_sdk_autoscaling::config::Config::builder()
+                    .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1)),
+            )
             .send()
             .await;
         match r {

@@ -343,3 +343,69 @@ pub fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     p
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fault-injecting proxy
+
+/// A `tests/faults/proxy.py` in front of one upstream.
+pub struct Proxy {
+    pub url: String,
+    pub control: String,
+    _child: Child,
+    _stdin: ChildStdin,
+}
+
+impl Proxy {
+    /// Starts a proxy in front of `upstream` (`http://host:port`).
+    pub fn start(upstream: &str) -> Self {
+        let mut child = Command::new("python3")
+            .arg(root().join("tests/faults/proxy.py"))
+            .args(["--upstream", upstream, "--port", "0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the fault proxy");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready line");
+        let v: Value = serde_json::from_str(&line).expect("json");
+        Self {
+            url: v["url"].as_str().expect("url").into(),
+            control: v["control"].as_str().expect("control").into(),
+            _child: child,
+            _stdin: stdin,
+        }
+    }
+
+    /// Adds a fault rule (see tests/faults/README.md).
+    pub async fn rule(&self, rule: Value) {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let r = reqwest::Client::new()
+            .post(format!("{}/rules", self.control))
+            .json(&rule)
+            .send()
+            .await
+            .expect("rule");
+        assert!(r.status().is_success(), "rule refused: {rule}");
+    }
+
+    /// Every request seen, with its operation and whether a fault answered it.
+    pub async fn log(&self) -> Vec<Value> {
+        reqwest::get(format!("{}/log", self.control))
+            .await
+            .expect("log")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// How many requests for `operation` the proxy saw, and how many of them it failed.
+    pub async fn count(&self, operation: &str) -> (usize, usize) {
+        let log = self.log().await;
+        let seen: Vec<_> = log.iter().filter(|e| e["operation"] == operation).collect();
+        let faulted = seen.iter().filter(|e| !e["fault"].is_null()).count();
+        (seen.len(), faulted)
+    }
+}

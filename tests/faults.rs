@@ -1,0 +1,252 @@
+//! Fault injection: `tests/faults/proxy.py` between lastcall and the emulator (or IMDS, Zabbix)
+//! returns errors in each protocol's own format, throttles, resets connections. Each case says
+//! what must happen: the daemon survives, backs off, and completes exactly once when the service
+//! returns; a step that cannot reach its service fails with a message that names it.
+//!
+//! Outages are seconds here rather than the minute an operator might see, to keep the suite fast;
+//! the code paths are the same.
+
+mod common;
+
+use std::process::Child;
+use std::time::Duration;
+
+use common::services::*;
+use common::*;
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn marker() -> &'static str {
+    "[[step]]\nkind = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo ran >> {dir}/ran\"]\n"
+}
+
+/// Starts `lastcall run` for the node with AWS (and optionally IMDS) behind proxies.
+fn start_behind(n: &mut Node, aws: &Proxy, imds: Option<&str>) -> Child {
+    let mut c = n.command(&["run"]);
+    c.env("AWS_ENDPOINT_URL", &aws.url);
+    if let Some(i) = imds {
+        c.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", i);
+    }
+    c.spawn().expect("start")
+}
+
+fn completed(acts: &[serde_json::Value]) -> usize {
+    acts.iter().filter(|a| a["state"] == "completed").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_down_at_start_the_daemon_backs_off_and_completes_once_it_returns() {
+    let aws = aws().await;
+    let proxy = Proxy::start(&emulator().endpoint);
+    let g = group(&aws, "sqs-down", GroupSpec::default()).await;
+    let me = g.instances[0].clone();
+    // SQS answers 503 for the first 8 seconds (every SQS call), connections reset on some.
+    proxy.rule(json!({"match": "ReceiveMessage", "action": "error", "status": 503, "code": "ServiceUnavailable", "message": "down", "count": 0, "seconds": 8})).await;
+    proxy
+        .rule(json!({"match": "ReceiveMessage", "action": "reset", "count": 2}))
+        .await;
+    let mut n = Node::new(&me, &g.queue_url, &config("", marker())).await;
+    let child = start_behind(&mut n, &proxy, None);
+    n.child = Some(child);
+    n.wait_log("polling the queue failed; backing off", LONG)
+        .await;
+    terminate(&aws, &me).await;
+    wait_terminated(&aws, &me, LONG).await;
+    assert_eq!(lines(&n.path("ran")), ["ran"], "{}", n.log());
+    assert_eq!(completed(&actions(&me).await), 1);
+    let (seen, faulted) = proxy.count("ReceiveMessage").await;
+    assert!(
+        faulted >= 3 && seen > faulted,
+        "{seen} receives, {faulted} failed"
+    );
+    // It backed off rather than spinning through the outage.
+    assert!(seen < 60, "{seen} receives in the outage: no hot loop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_throttled_five_times_is_retried_and_completes_once() {
+    let aws = aws().await;
+    let proxy = Proxy::start(&emulator().endpoint);
+    let g = group(&aws, "throttled", GroupSpec::default()).await;
+    let me = g.instances[0].clone();
+    proxy.rule(json!({"match": "CompleteLifecycleAction", "action": "error", "status": 400, "code": "Throttling", "message": "Rate exceeded", "count": 5})).await;
+    let mut n = Node::new(&me, &g.queue_url, &config("", marker())).await;
+    let child = start_behind(&mut n, &proxy, None);
+    n.child = Some(child);
+    terminate(&aws, &me).await;
+    wait_terminated(&aws, &me, LONG).await;
+    let (seen, faulted) = proxy.count("CompleteLifecycleAction").await;
+    assert_eq!(
+        (seen, faulted),
+        (6, 5),
+        "five throttled, the sixth accepted"
+    );
+    assert_eq!(completed(&actions(&me).await), 1);
+    assert_eq!(lines(&n.path("ran")), ["ran"]);
+    wait_for("the message to be deleted", LONG, || async {
+        (queue_counts(&aws, &g.queue_url).await == (0, 0)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_completion_answer_is_recognised_as_done() {
+    let aws = aws().await;
+    let proxy = Proxy::start(&emulator().endpoint);
+    let g = group(&aws, "lost-answer", GroupSpec::default()).await;
+    let me = g.instances[0].clone();
+    // The completion reaches Auto Scaling, but its answer is lost (connection reset).
+    proxy.rule(json!({"match": "CompleteLifecycleAction", "action": "reset", "forward": true, "count": 1})).await;
+    let mut n = Node::new(&me, &g.queue_url, &config("", marker())).await;
+    let child = start_behind(&mut n, &proxy, None);
+    n.child = Some(child);
+    terminate(&aws, &me).await;
+    wait_terminated(&aws, &me, LONG).await;
+    n.wait_log("termination handled", LONG).await;
+    assert!(
+        n.log()
+            .contains("no active lifecycle action: already completed or expired"),
+        "{}",
+        n.log()
+    );
+    assert_eq!(completed(&actions(&me).await), 1);
+    wait_for("the message to be deleted", LONG, || async {
+        (queue_counts(&aws, &g.queue_url).await == (0, 0)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_heartbeats_are_survived_and_later_ones_keep_the_action_alive() {
+    let aws = aws().await;
+    let proxy = Proxy::start(&emulator().endpoint);
+    // HeartbeatTimeout 4 s (heartbeats every 2 s), default ABANDON, a 9 s step.
+    let g = group(
+        &aws,
+        "hb-fail",
+        GroupSpec {
+            size: 1,
+            heartbeat_timeout: 4,
+            default_result: "ABANDON",
+        },
+    )
+    .await;
+    let me = g.instances[0].clone();
+    proxy.rule(json!({"match": "RecordLifecycleActionHeartbeat", "action": "error", "status": 500, "code": "InternalFailure", "message": "boom", "count": 3})).await;
+    let steps = format!(
+        "{}[[step]]\nkind = \"sleep\"\nduration = \"9s\"\n",
+        marker()
+    );
+    let mut n = Node::new(&me, &g.queue_url, &config("", &steps)).await;
+    let child = start_behind(&mut n, &proxy, None);
+    n.child = Some(child);
+    terminate(&aws, &me).await;
+    wait_terminated(&aws, &me, LONG).await;
+    let acts = actions(&me).await;
+    assert_eq!(
+        (acts[0]["state"].as_str(), acts[0]["result"].as_str()),
+        (Some("completed"), Some("CONTINUE")),
+        "{acts:?}\n{}",
+        n.log()
+    );
+    let (_, faulted) = proxy.count("RecordLifecycleActionHeartbeat").await;
+    assert_eq!(faulted, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imds_down_at_start_and_refusing_a_token_later_are_survived() {
+    let aws = aws().await;
+    let proxy = Proxy::start(&emulator().endpoint);
+    let name = unique("imds-down");
+    let g = group_with_target(&aws, &name, None, GroupSpec::default()).await;
+    let me = g.instances[0].clone();
+    let imds = imds(&me).await;
+    let imds_proxy = Proxy::start(&imds);
+    // No token for the first 3 seconds (instance metadata not up yet at boot).
+    imds_proxy.rule(json!({"match": "/latest/api/token", "action": "error", "status": 503, "count": 0, "seconds": 3})).await;
+    let cfg = format!(
+        "[imds]\npoll_interval = \"200ms\"\n[lifecycle]\nstate_dir = \"{{dir}}/state\"\n{}",
+        marker()
+    );
+    let mut n = Node::new(&me, "", &cfg).await;
+    let child = start_behind(&mut n, &proxy, Some(&imds_proxy.url));
+    n.child = Some(child);
+    n.wait_log("cannot read instance metadata yet; retrying", LONG)
+        .await;
+    n.wait_log("target lifecycle state target_state=InService", LONG)
+        .await;
+    // Later, a 401 on a read (an expired token, as IMDS answers it): the client gets a new
+    // token and goes on.
+    imds_proxy.rule(json!({"match": "/latest/meta-data/autoscaling/target-lifecycle-state", "action": "error", "status": 401, "count": 2})).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    terminate(&aws, &me).await;
+    wait_terminated(&aws, &me, LONG).await;
+    assert_eq!(lines(&n.path("ran")), ["ran"], "{}", n.log());
+    assert_eq!(completed(&actions(&me).await), 1);
+    assert!(
+        n.child
+            .as_mut()
+            .expect("child")
+            .try_wait()
+            .expect("wait")
+            .is_none(),
+        "still running"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zabbix_5xx_is_retried_within_the_timeout_and_named_when_it_does_not_recover() {
+    use lastcall::config::Config;
+    use lastcall::steps::StepEnv;
+    use lastcall::template::Context;
+    let z = zabbix();
+    let upstream = z.url.trim_end_matches("/api_jsonrpc.php").to_string();
+    let proxy = Proxy::start(&upstream);
+    let url = format!("{}/api_jsonrpc.php", proxy.url);
+    let run = |timeout: Duration, host: String| {
+        let url = url.clone();
+        async move {
+            let text = format!(
+                "[imds]\n[[step]]\nkind = \"zabbix\"\nurl = \"{url}\"\ntoken_file = \"{}\"\nhost = \"{host}\"",
+                z.token_file.display()
+            );
+            let kind = Config::from_str(&text, std::path::Path::new("t.toml"))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .config
+                .steps
+                .remove(0)
+                .kind;
+            let ctx = Context::default();
+            let env = StepEnv {
+                name: "zabbix",
+                ctx: &ctx,
+                resumed: false,
+                deadline: tokio::time::Instant::now() + timeout,
+            };
+            kind.run(&env).await
+        }
+    };
+    // Down for 2 seconds, then back: the step rides it out.
+    let (h, _, _) = zabbix_host(z).await;
+    proxy.rule(json!({"match": "/api_jsonrpc.php", "action": "error", "status": 503, "count": 0, "seconds": 2})).await;
+    let out = run(Duration::from_secs(15), h.clone())
+        .await
+        .expect("recovered");
+    assert!(out.contains("deleted Zabbix host"), "{out}");
+    assert!(zabbix_get(z, &h).await.is_empty());
+    // Down for good: a failure that names the service and what it answered.
+    let (h, _, _) = zabbix_host(z).await;
+    proxy.rule(json!({"match": "/api_jsonrpc.php", "action": "error", "status": 502, "count": 0, "seconds": 60})).await;
+    let err = run(Duration::from_secs(2), h.clone())
+        .await
+        .expect_err("down");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("cannot reach the Zabbix API")
+            && msg.contains("502")
+            && msg.contains("gave up"),
+        "{msg}"
+    );
+    assert_eq!(zabbix_get(z, &h).await.len(), 1);
+}
