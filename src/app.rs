@@ -614,18 +614,23 @@ fn synthetic_action(identity: &Identity, group: String, hook: String) -> Action 
     }
 }
 
-async fn plan(cli: &Cli) -> Exit {
-    let config = match load(cli) {
-        Ok(l) => l.config,
-        Err(code) => return code,
-    };
+/// The config and this instance's identity, for the one-shot commands that need both.
+async fn config_and_identity(cli: &Cli) -> Result<(Config, Imds, Identity), Exit> {
+    let config = load(cli)?.config;
     let imds = Imds::new();
-    let identity = match imds.identity().await {
-        Ok(id) => id,
+    match imds.identity().await {
+        Ok(identity) => Ok((config, imds, identity)),
         Err(e) => {
             eprintln!("lastcall: {e}");
-            return Exit::Failure;
+            Err(Exit::Failure)
         }
+    }
+}
+
+async fn plan(cli: &Cli) -> Exit {
+    let (config, imds, identity) = match config_and_identity(cli).await {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     let sdk = crate::aws::load(&identity.region).await;
     let asg = AutoScaling::new(crate::aws::autoscaling(&sdk));
@@ -742,17 +747,9 @@ async fn simulate(
     hook: Option<String>,
     dry_run: bool,
 ) -> Exit {
-    let config = match load(cli) {
-        Ok(l) => l.config,
+    let (config, imds, identity) = match config_and_identity(cli).await {
+        Ok(x) => x,
         Err(code) => return code,
-    };
-    let imds = Imds::new();
-    let identity = match imds.identity().await {
-        Ok(id) => id,
-        Err(e) => {
-            eprintln!("lastcall: {e}");
-            return Exit::Failure;
-        }
     };
     let action = match message {
         Some(path) => {

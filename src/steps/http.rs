@@ -277,18 +277,9 @@ impl HttpStep {
                 Err(e) => format!("{} {shown}: {}", self.method, crate::http::describe(e)),
             };
             let pause = crate::http::backoff(attempt);
-            if env.remaining() <= pause {
-                return Err(StepError::Failed(format!(
-                    "{why} (gave up after {attempt} attempt(s))"
-                )));
-            }
-            tracing::warn!(
-                step = env.name,
-                attempt,
-                retry_in_ms = pause.as_millis() as u64,
-                "{why}; retrying"
-            );
-            tokio::time::sleep(pause).await;
+            super::retry_after(env, attempt, pause, &why)
+                .await
+                .map_err(StepError::Failed)?;
         }
     }
 }

@@ -240,18 +240,9 @@ impl MackerelStep {
                 Err(e) => (format!("{what}: {}", crate::http::describe(e)), None),
             };
             let pause = retry_after.unwrap_or_else(|| crate::http::backoff(attempt));
-            if env.remaining() <= pause {
-                return Err(StepError::Failed(format!(
-                    "{why} (gave up after {attempt} attempt(s))"
-                )));
-            }
-            tracing::warn!(
-                step = env.name,
-                attempt,
-                retry_in_ms = pause.as_millis() as u64,
-                "{why}; retrying"
-            );
-            tokio::time::sleep(pause).await;
+            super::retry_after(env, attempt, pause, &why)
+                .await
+                .map_err(StepError::Failed)?;
         }
     }
 }

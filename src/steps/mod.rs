@@ -183,6 +183,27 @@ impl StepKind {
     }
 }
 
+/// Waits `pause` before another attempt after `attempt` failed with `why`, or gives up (with
+/// `why` and the number of attempts) when the step's deadline would pass first.
+async fn retry_after(
+    env: &StepEnv<'_>,
+    attempt: u32,
+    pause: std::time::Duration,
+    why: &str,
+) -> Result<(), String> {
+    if env.remaining() <= pause {
+        return Err(format!("{why} (gave up after {attempt} attempt(s))"));
+    }
+    tracing::warn!(
+        step = env.name,
+        attempt,
+        retry_in_ms = pause.as_millis() as u64,
+        "{why}; retrying"
+    );
+    tokio::time::sleep(pause).await;
+    Ok(())
+}
+
 /// The shared HTTP client, as a step error when it cannot be built.
 fn http_client() -> Result<&'static reqwest::Client, StepError> {
     crate::http::client().map_err(StepError::Failed)

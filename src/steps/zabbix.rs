@@ -148,13 +148,9 @@ impl<'a> Rpc<'a> {
                 Err(e) => format!("{method}: {}", crate::http::describe(e)),
             };
             let pause = crate::http::backoff(attempt);
-            if self.env.remaining() <= pause {
-                return Err(RpcError::Transport(format!(
-                    "{err} (gave up after {attempt} attempt(s))"
-                )));
-            }
-            tracing::warn!(step = self.env.name, attempt, "{err}; retrying");
-            tokio::time::sleep(pause).await;
+            super::retry_after(self.env, attempt, pause, &err)
+                .await
+                .map_err(RpcError::Transport)?;
         }
     }
 }

@@ -439,15 +439,21 @@ impl Node {
         self.dir.path().join(name)
     }
 
-    /// A `lastcall` command for this node, its stderr appended to `log.N`.
+    /// A `lastcall` command for this node (at debug level), its stderr written to `log.N`.
     pub fn command(&mut self, args: &[&str]) -> Command {
+        self.command_at(args, true)
+    }
+
+    /// A `lastcall` command at debug level (`verbose`) or at the default info level.
+    pub fn command_at(&mut self, args: &[&str], verbose: bool) -> Command {
         self.runs += 1;
         let log = std::fs::File::create(self.path(&format!("log.{}", self.runs))).expect("log");
         let mut c = Command::new(env!("CARGO_BIN_EXE_lastcall"));
-        c.arg("--config")
-            .arg(self.path("lastcall.toml"))
-            .arg("-v")
-            .args(args)
+        c.arg("--config").arg(self.path("lastcall.toml"));
+        if verbose {
+            c.arg("-v");
+        }
+        c.args(args)
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("AWS_ENDPOINT_URL", &emulator().endpoint)
