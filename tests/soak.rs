@@ -77,7 +77,9 @@ async fn thirty_minutes_with_a_thousand_foreign_messages() {
     }
     // Still alive, still correct: its own termination is handled.
     terminate(&aws, &me).await;
-    wait_terminated(&aws, &me, Duration::from_secs(60)).await;
+    // With a thousand messages, moto takes about half a second per receive (real SQS: tens of
+    // milliseconds), so finding this one among them can take a few minutes here.
+    wait_terminated(&aws, &me, Duration::from_secs(600)).await;
     let _ = child.kill();
     let _ = child.wait();
     let log = n.log();

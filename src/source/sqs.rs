@@ -32,11 +32,12 @@ const BATCH: i32 = 10;
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// Longest pause after failed receives.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Pause when a whole batch was messages this instance had already released: the queue holds
-/// only other instances' messages, and receiving them again at once would spin.
-const REPEAT_PAUSE: Duration = Duration::from_secs(1);
-/// How long a released message id is remembered (for log levels and the repeat pause).
+/// How long a released message id is remembered (for log levels and holds).
 const SEEN_TTL: Duration = Duration::from_secs(600);
+/// How many times this instance releases a message that is not its own at once.
+const FREE_RELEASES: u32 = 2;
+/// The longest a message that is not ours is kept out of this instance's way.
+const HOLD_MAX: Duration = Duration::from_secs(60);
 
 /// What to do with one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,8 +124,6 @@ pub struct PollReport {
     pub left: usize,
     /// This instance's actions and how they ended.
     pub handled: Vec<Handled>,
-    /// True when every message received had been released by us before.
-    pub only_repeats: bool,
 }
 
 /// An SQS call failed.
@@ -151,7 +150,8 @@ pub struct SqsSource {
     me: String,
     hook: Option<String>,
     launch: bool,
-    seen: HashMap<String, Instant>,
+    /// Messages this instance released: when last, and how many times.
+    seen: HashMap<String, (Instant, u32)>,
 }
 
 impl SqsSource {
@@ -195,12 +195,6 @@ impl SqsSource {
                     backoff = BACKOFF_FIRST;
                     if report.handled.contains(&Handled::Interrupted) {
                         break;
-                    }
-                    if report.only_repeats {
-                        tokio::select! {
-                            _ = tokio::time::sleep(REPEAT_PAUSE) => {}
-                            _ = shutdown.requested() => break,
-                        }
                     }
                 }
                 Err(e) => {
@@ -253,11 +247,10 @@ impl SqsSource {
     ) -> Result<PollReport, SqsError> {
         let mut report = PollReport {
             received: messages.len(),
-            only_repeats: !messages.is_empty(),
             ..Default::default()
         };
         let now = SystemTime::now();
-        self.seen.retain(|_, t| t.elapsed() < SEEN_TTL);
+        self.seen.retain(|_, (t, _)| t.elapsed() < SEEN_TTL);
         let mut release = Vec::new();
         let mut mine = Vec::new();
         for m in messages {
@@ -274,14 +267,9 @@ impl SqsSource {
                 launch: self.launch,
             };
             let route = route(body, sent, now, me, self.cfg.stale_after);
+            // A message this instance keeps getting back is held out of its way (see `hold`),
+            // which also keeps a queue of nothing but others' messages from spinning.
             let repeat = self.seen.contains_key(&id);
-            if !matches!(
-                route,
-                Route::Foreign { .. } | Route::OtherHook { .. } | Route::Launch
-            ) || !repeat
-            {
-                report.only_repeats = false;
-            }
             match route {
                 Route::Test => {
                     info!(message_id = %id, "autoscaling:TEST_NOTIFICATION received; deleting it");
@@ -302,18 +290,18 @@ impl SqsSource {
                     } else {
                         info!(message_id = %id, owner = %instance_id, receives = %receives, "message for another instance; releasing it to its owner");
                     }
-                    self.seen.insert(id, Instant::now());
-                    release.push(m);
+                    let hold = self.hold(&id);
+                    release.push((m, hold));
                 }
                 Route::OtherHook { hook } => {
                     info!(message_id = %id, hook = %hook, "message for a hook lastcall does not complete ([lifecycle] hook_name); releasing it");
-                    self.seen.insert(id, Instant::now());
-                    release.push(m);
+                    let hold = self.hold(&id);
+                    release.push((m, hold));
                 }
                 Route::Launch => {
                     info!(message_id = %id, "launch notification for this instance, and no launch steps are configured; releasing it");
-                    self.seen.insert(id, Instant::now());
-                    release.push(m);
+                    let hold = self.hold(&id);
+                    release.push((m, hold));
                 }
                 Route::Unparseable(e) => {
                     warn!(message_id = %id, receives = %receives, error = %e,
@@ -376,18 +364,39 @@ impl SqsSource {
         }
     }
 
-    /// Makes messages visible again at once, in batches of ten; returns how many succeeded.
-    async fn release(&self, msgs: &[Message]) -> usize {
+    /// How long to keep a message that is not ours out of our way when releasing it: not at all
+    /// the first [`FREE_RELEASES`] times this instance sees it (its owner, if alive, gets it
+    /// quickly), then 1, 2, 4… s up to [`HOLD_MAX`], so that a queue full of messages nobody
+    /// takes (dead instances', another group's) cannot keep this instance receiving the same
+    /// few while its own message waits behind them.
+    fn hold(&mut self, id: &str) -> i32 {
+        let e = self
+            .seen
+            .entry(id.to_string())
+            .or_insert((Instant::now(), 0));
+        e.0 = Instant::now();
+        e.1 += 1;
+        let secs = match e.1.checked_sub(FREE_RELEASES + 1) {
+            None => 0,
+            Some(n) => 1u64 << n.min(6),
+        };
+        secs.min(HOLD_MAX.as_secs())
+            .min(self.cfg.visibility_timeout.as_secs()) as i32
+    }
+
+    /// Makes messages visible again (at once, or after their hold), in batches of ten; returns
+    /// how many succeeded.
+    async fn release(&self, msgs: &[(Message, i32)]) -> usize {
         let mut ok = 0;
         for chunk in msgs.chunks(10) {
             let entries: Vec<_> = chunk
                 .iter()
                 .enumerate()
-                .filter_map(|(i, m)| {
+                .filter_map(|(i, (m, hold))| {
                     ChangeMessageVisibilityBatchRequestEntry::builder()
                         .id(i.to_string())
                         .receipt_handle(m.receipt_handle().unwrap_or_default())
-                        .visibility_timeout(0)
+                        .visibility_timeout(*hold)
                         .build()
                         .ok()
                 })
@@ -408,6 +417,7 @@ impl SqsSource {
                             .parse::<usize>()
                             .ok()
                             .and_then(|i| chunk.get(i))
+                            .map(|(m, _)| m)
                             .and_then(|m| m.message_id())
                             .unwrap_or("-");
                         warn!(message_id = %id, code = %f.code(), error = f.message().unwrap_or_default(), "could not release message; it reappears after its visibility timeout");

@@ -14,6 +14,10 @@ One process runs:
   Hibernated) and scale-out takes instances from it.
 * a control HTTP server (health, lifecycle-action listing, and a fake IMDSv2
   server per simulated instance, with per-server overrides).
+* a request counter for benchmarks: every AWS API call (by service and
+  action, also per client and per access key id) and every IMDS request,
+  read with GET /calls and zeroed with POST /calls/reset on the control
+  server (see CallCounter).
 
 When both listen, exactly one JSON line is written to stdout:
     {"endpoint":"http://127.0.0.1:PORT","control":"http://127.0.0.1:PORT"}
@@ -26,6 +30,7 @@ See README.md next to this file for the control API.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -880,6 +885,23 @@ def install_patches() -> None:
 
     SQSBackend.change_message_visibility = change_message_visibility
 
+    # moto hands out a standard queue's visible messages oldest first, every time. Real standard
+    # queues sample their servers and give no order at all, so a consumer that keeps releasing
+    # messages that are not its own still reaches the others. Keep FIFO queues ordered.
+    import random
+
+    from moto.sqs.models import Queue
+
+    orig_messages = Queue.messages
+
+    def messages(self: Any) -> list:
+        visible = orig_messages.fget(self)
+        if not self.fifo_queue:
+            random.shuffle(visible)
+        return visible
+
+    Queue.messages = property(messages)
+
 
 # ---------------------------------------------------------------------------
 # Live instance data for IMDS
@@ -928,6 +950,114 @@ def target_lifecycle_state(instance_id: str) -> str | None:
                         # Warmed:Pending:Wait / Warmed:Terminating:Wait.
                         return getattr(s, "warm_target", s.lifecycle_state)
     return DEPARTED.get(instance_id)
+
+
+# ---------------------------------------------------------------------------
+# Request counter (for benchmarks): GET /calls, POST /calls/reset
+# ---------------------------------------------------------------------------
+class CallCounter:
+    """Counts AWS API calls by service and action, and IMDS requests by method
+    and path, since start or the last reset.
+
+    The service is the one in the SigV4 credential scope (``sqs``,
+    ``autoscaling``, ...); the action comes from ``X-Amz-Target`` (JSON
+    protocols), else the ``Action`` parameter of the query string or of the
+    form body (query protocols).  Each call is also counted per client (the
+    first word of the User-Agent: ``aws-sdk-rust``, ``aws-cli``, ``Boto3``, ...)
+    and per access key id, so a benchmark can tell apart its own calls and
+    those of each simulated instance.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with getattr(self, "lock", threading.Lock()):
+            self.since = iso_now()
+            self.total = 0
+            self.calls: dict[str, dict[str, int]] = {}
+            self.clients: dict[str, dict[str, dict[str, int]]] = {}
+            self.keys: dict[str, dict[str, dict[str, int]]] = {}
+            self.imds: dict[str, int] = {}
+
+    @staticmethod
+    def _bump(table: dict[str, dict[str, int]], service: str, action: str) -> None:
+        per = table.setdefault(service, {})
+        per[action] = per.get(action, 0) + 1
+
+    def aws(self, service: str, action: str, client: str, key: str) -> None:
+        with self.lock:
+            self.total += 1
+            self._bump(self.calls, service, action)
+            self._bump(self.clients.setdefault(client, {}), service, action)
+            self._bump(self.keys.setdefault(key, {}), service, action)
+
+    def imds_request(self, method: str, path: str) -> None:
+        name = f"{method} {path}"
+        with self.lock:
+            self.imds[name] = self.imds.get(name, 0) + 1
+
+    def to_json(self) -> dict[str, Any]:
+        with self.lock:
+            return json.loads(
+                json.dumps(
+                    {
+                        "since": self.since,
+                        "total": self.total,
+                        "calls": self.calls,
+                        "clients": self.clients,
+                        "keys": self.keys,
+                        "imds": self.imds,
+                    }
+                )
+            )
+
+
+CALLS = CallCounter()
+
+
+class CountingApp:
+    """WSGI middleware around moto's app that feeds CALLS."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        try:
+            self.count(environ)
+        except Exception:  # counting must never break a request
+            log.exception("counting a request failed")
+        return self.app(environ, start_response)
+
+    @staticmethod
+    def count(environ: dict[str, Any]) -> None:
+        from urllib.parse import parse_qs
+
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        service, key = "unknown", "-"
+        if "Credential=" in auth:
+            scope = auth.split("Credential=", 1)[1].split(",", 1)[0].strip().split("/")
+            key = scope[0]
+            if len(scope) >= 4:
+                service = scope[3]
+        action = ""
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if target:
+            action = target.rsplit(".", 1)[-1]
+        if not action:
+            action = (parse_qs(environ.get("QUERY_STRING", "")).get("Action") or [""])[0]
+        if not action and environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length) if length else b""
+            environ["wsgi.input"] = io.BytesIO(body)  # give moto the body back
+            action = (parse_qs(body.decode("utf-8", "replace")).get("Action") or [""])[0]
+        if not action:
+            action = f"{environ.get('REQUEST_METHOD', '?')} {environ.get('PATH_INFO', '')}"
+        if service == "unknown" and action.startswith(("GET /moto-api", "POST /moto-api")):
+            service = "moto-api"
+        agent = environ.get("HTTP_USER_AGENT", "").split(" ", 1)[0].split("/", 1)[0] or "-"
+        CALLS.aws(service, action, agent, key)
 
 
 # ---------------------------------------------------------------------------
@@ -1021,6 +1151,7 @@ class ImdsHandler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self._drain()
         path = self.path.split("?", 1)[0]
+        CALLS.imds_request("PUT", path)
         if self.headers.get("X-Forwarded-For") is not None:
             return self._send(403)
         if path != "/latest/api/token":
@@ -1045,6 +1176,7 @@ class ImdsHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._drain()
+        CALLS.imds_request("GET", self.path.split("?", 1)[0])
         token = self.headers.get("X-aws-ec2-metadata-token")
         with LOCK:
             expiry = self.server.tokens.get(token or "")
@@ -1117,6 +1249,8 @@ class ControlHandler(BaseHTTPRequestHandler):
         if parts == ["actions"]:
             with LOCK:
                 return self._json(200, [a.to_json() for a in ACTIONS.values()])
+        if parts == ["calls"]:
+            return self._json(200, CALLS.to_json())
         if parts == ["imds"]:
             with LOCK:
                 return self._json(200, [{"port": p, "instance_id": s.instance_id, "endpoint": f"http://{HOST}:{p}"} for p, s in IMDS_SERVERS.items()])
@@ -1128,6 +1262,9 @@ class ControlHandler(BaseHTTPRequestHandler):
         except ValueError as exc:
             return self._json(400, {"error": f"invalid JSON: {exc}"})
         parts = self._parts()
+        if parts == ["calls", "reset"]:
+            CALLS.reset()
+            return self._json(200, {"ok": True})
         if parts == ["imds"]:
             instance_id = body.get("instance_id") if isinstance(body, dict) else None
             if not instance_id:
@@ -1219,7 +1356,7 @@ def main() -> None:
     moto_server = make_server(
         args.host,
         args.port,
-        DomainDispatcherApplication(create_backend_app),
+        CountingApp(DomainDispatcherApplication(create_backend_app)),
         threaded=True,
         request_handler=MotoRequestHandler,
     )
