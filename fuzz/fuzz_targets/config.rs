@@ -8,7 +8,9 @@ use lastcall::config::{Config, ConfigError};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     match Config::from_str(text, Path::new("fuzz.toml")) {
         Ok(_) => {}
         Err(ConfigError::Invalid { problems, .. }) => {

@@ -9,12 +9,24 @@ use lastcall::source::sqs::{route, Me};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(body) = std::str::from_utf8(data) else { return };
+    let Ok(body) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(Notification::Lifecycle(ev)) = event::parse(body) {
         assert!(valid_instance_id(&ev.instance_id));
         assert!(valid_group_name(&ev.group));
         assert!(valid_hook_name(&ev.hook_name));
     }
-    let me = Me { instance_id: "i-0194708ef7e24dcc7", hook: Some("drain"), launch: true };
-    let _ = route(body, Some(UNIX_EPOCH), UNIX_EPOCH + Duration::from_secs(1_800_000_000), me, Duration::from_secs(172_800));
+    let me = Me {
+        instance_id: "i-0194708ef7e24dcc7",
+        hook: Some("drain"),
+        launch: true,
+    };
+    let _ = route(
+        body,
+        Some(UNIX_EPOCH),
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        me,
+        Duration::from_secs(172_800),
+    );
 });
