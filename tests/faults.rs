@@ -41,8 +41,9 @@ async fn sqs_down_at_start_the_daemon_backs_off_and_completes_once_it_returns() 
     let proxy = Proxy::start(&emulator().endpoint);
     let g = group(&aws, "sqs-down", GroupSpec::default()).await;
     let me = g.instances[0].clone();
-    // SQS answers 503 for the first 8 seconds (every SQS call), connections reset on some.
-    proxy.rule(json!({"match": "ReceiveMessage", "action": "error", "status": 503, "code": "ServiceUnavailable", "message": "down", "count": 0, "seconds": 8})).await;
+    // SQS answers 503 to the first dozen receives (a few polls, with the SDK's own retries),
+    // and resets the connection on two more.
+    proxy.rule(json!({"match": "ReceiveMessage", "action": "error", "status": 503, "code": "ServiceUnavailable", "message": "down", "count": 12})).await;
     proxy
         .rule(json!({"match": "ReceiveMessage", "action": "reset", "count": 2}))
         .await;
@@ -163,8 +164,10 @@ async fn imds_down_at_start_and_refusing_a_token_later_are_survived() {
     let me = g.instances[0].clone();
     let imds = imds(&me).await;
     let imds_proxy = Proxy::start(&imds);
-    // No token for the first 3 seconds (instance metadata not up yet at boot).
-    imds_proxy.rule(json!({"match": "/latest/api/token", "action": "error", "status": 503, "count": 0, "seconds": 3})).await;
+    // No token for the first several tries (instance metadata not up yet at boot).
+    imds_proxy
+        .rule(json!({"match": "/latest/api/token", "action": "error", "status": 503, "count": 8}))
+        .await;
     let cfg = format!(
         "[imds]\npoll_interval = \"200ms\"\n[lifecycle]\nstate_dir = \"{{dir}}/state\"\n{}",
         marker()
