@@ -1,82 +1,171 @@
 #!/usr/bin/env python3
-"""Idle footprint of `lastcall run` with the queue source: RSS (from /proc) and CPU time.
+"""Footprint of lastcall, with standard tools (/proc, /usr/bin/time -v, ls):
 
-Starts the emulator, one group of one instance with a hook to a queue, and a lastcall daemon for
-that instance; after its start-up, samples /proc/PID/status and /proc/PID/stat once a second.
+- the release binary's size (already stripped by the release profile; `file` says so);
+- idle `lastcall run` in each mode (the queue, [imds] with the default 2 s poll), both started
+  together on one emulator, each for its own instance: RSS from /proc/PID/status (VmRSS sampled
+  once a second, VmHWM) and CPU time from /proc/PID/stat (utime + stime) over the idle period,
+  from 2 s after start-up; and the AWS calls and IMDS requests each one made meanwhile;
+- `lastcall once --wait 0s` on an empty queue (and `lastcall once` with [imds] on an instance in
+  service) under /usr/bin/time -v: wall time (also timed here with a monotonic clock, as
+  /usr/bin/time rounds to 10 ms) and maximum RSS.
 
-Usage: idle_footprint.py PATH_TO_LASTCALL [--seconds 60]
+Usage: idle_footprint.py PATH_TO_LASTCALL [--seconds 600] [--rss-seconds 60] [--once-runs 20] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
+import re
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-import boto3
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def proc_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    Emulator, Lastcall, aws_env, by_action, cleanup, count, cpu_seconds, lastcall_config, log, proc_kib,
+    summary, wait_for, workdir, write_result,
+)
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def time_v(cmd: list[str], env: dict[str, str]) -> dict:
+    t = time.monotonic()
+    r = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, capture_output=True, text=True)
+    wall = time.monotonic() - t
+    out = {"rc": r.returncode, "wall_s": wall}
+    for line in r.stderr.splitlines():
+        line = line.strip()
+        if line.startswith("Maximum resident set size (kbytes):"):
+            out["max_rss_kib"] = int(line.rsplit(":", 1)[1])
+        elif line.startswith("Elapsed (wall clock) time"):
+            v = line.rsplit(": ", 1)[1]
+            parts = [float(p) for p in v.split(":")]
+            out["time_v_wall_s"] = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
+        elif line.startswith("User time (seconds):"):
+            out["user_s"] = float(line.rsplit(":", 1)[1])
+        elif line.startswith("System time (seconds):"):
+            out["sys_s"] = float(line.rsplit(":", 1)[1])
+    if r.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(cmd)} exited with {r.returncode}: {r.stderr[-3000:]}")
+    return out
+
+
+def binary_info(path: str) -> dict:
+    st = os.stat(path)
+    file_out = subprocess.run(["file", "-b", path], capture_output=True, text=True).stdout.strip() if Path("/usr/bin/file").exists() else ""
+    sections = subprocess.run(["readelf", "-S", "-W", path], capture_output=True, text=True).stdout if Path("/usr/bin/readelf").exists() else ""
+    return {
+        "bytes": st.st_size,
+        "mib": st.st_size / 2**20,
+        "mb": st.st_size / 1e6,
+        "file": file_out,
+        "stripped": "not stripped" not in file_out and ".symtab" not in sections,
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("lastcall")
-    ap.add_argument("--seconds", type=int, default=60)
+    ap.add_argument("--seconds", type=int, default=600, help="idle period for the CPU time")
+    ap.add_argument("--rss-seconds", type=int, default=60, help="RSS is sampled once a second over this many seconds")
+    ap.add_argument("--once-runs", type=int, default=20)
+    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="lastcall-idle-"))
-    emu = subprocess.Popen([sys.executable, str(ROOT / "tests/emulator/emulator.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    lastcall = str(Path(args.lastcall).resolve())
+    started = time.time()
+    load0 = os.getloadavg()
+    res: dict = {"binary": binary_info(lastcall), "seconds": args.seconds, "rss_seconds": args.rss_seconds}
+    log(f"footprint: binary {res['binary']['bytes']} bytes ({res['binary']['mib']:.2f} MiB), stripped: {res['binary']['stripped']}")
+    work = workdir("footprint")
+    procs: dict[str, Lastcall] = {}
     try:
-        ready = json.loads(emu.stdout.readline())
-        endpoint, control = ready["endpoint"], ready["control"]
-        s = boto3.Session(aws_access_key_id="x", aws_secret_access_key="x", region_name="us-east-1")
-        sqs, asg = s.client("sqs", endpoint_url=endpoint), s.client("autoscaling", endpoint_url=endpoint)
-        url = sqs.create_queue(QueueName="idle")["QueueUrl"]
-        asg.create_launch_configuration(LaunchConfigurationName="idle", ImageId="ami-12c6146b", InstanceType="t3.micro")
-        asg.create_auto_scaling_group(AutoScalingGroupName="idle", LaunchConfigurationName="idle", MinSize=0, MaxSize=1, DesiredCapacity=1, AvailabilityZones=["us-east-1a"])
-        iid = asg.describe_auto_scaling_groups(AutoScalingGroupNames=["idle"])["AutoScalingGroups"][0]["Instances"][0]["InstanceId"]
-        req = urllib.request.Request(f"{control}/imds", data=json.dumps({"instance_id": iid}).encode(), method="POST")
-        imds = json.loads(urllib.request.urlopen(req).read())["endpoint"]
-        (work / "lastcall.toml").write_text(f'[sqs]\nqueue_url = "{url}"\n[lifecycle]\nstate_dir = "{work}/state"\n')
-        (work / "aws").write_text("")
-        env = {"PATH": "/usr/bin:/bin", "AWS_ENDPOINT_URL": endpoint, "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds,
-               "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_CONFIG_FILE": str(work / "aws"), "AWS_SHARED_CREDENTIALS_FILE": str(work / "aws")}
-        p = subprocess.Popen([args.lastcall, "--config", str(work / "lastcall.toml"), "run"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(2)
-        cpu0 = cpu_seconds(p.pid)
-        rss = []
-        for _ in range(args.seconds):
-            rss.append(proc_kib(p.pid, "VmRSS"))
-            time.sleep(1)
-        cpu = cpu_seconds(p.pid) - cpu0
-        hwm = proc_kib(p.pid, "VmHWM")
-        p.terminate()
-        p.wait(timeout=10)
-        print(f"idle lastcall run (queue source), {args.seconds} s: RSS max {max(rss) / 1024:.1f} MiB, last {rss[-1] / 1024:.1f} MiB, "
-              f"peak (VmHWM) {hwm / 1024:.1f} MiB, CPU {cpu:.2f} s")
-        return 0
+        with Emulator() as emu:
+            # `lastcall once` first, while nothing else runs.
+            url, arn = emu.queue("once")
+            iid = emu.group("once", 1, arn)[0]
+            d = work / "once-sqs"
+            d.mkdir()
+            env = aws_env(d, emu.endpoint, emu.imds(iid), f"once-{iid}")
+            emu.sqs.purge_queue(QueueUrl=url)
+            runs = {"sqs": [], "imds": []}
+            cfg_sqs = lastcall_config(d, queue_url=url)
+            d2 = work / "once-imds"
+            d2.mkdir()
+            cfg_imds = lastcall_config(d2, imds_interval="2s")
+            env2 = aws_env(d2, emu.endpoint, emu.imds(iid), f"once-{iid}")
+            for _ in range(args.once_runs):
+                runs["sqs"].append(time_v([lastcall, "--config", str(cfg_sqs), "once", "--wait", "0s"], env))
+                runs["imds"].append(time_v([lastcall, "--config", str(cfg_imds), "once"], env2))
+            res["once"] = {}
+            for mode, rs in runs.items():
+                res["once"][mode] = {
+                    "runs": rs,
+                    "wall": summary([r["wall_s"] for r in rs]),
+                    "time_v_wall": summary([r["time_v_wall_s"] for r in rs]),
+                    "max_rss_kib": summary([r["max_rss_kib"] for r in rs]),
+                    "cpu": summary([r["user_s"] + r["sys_s"] for r in rs]),
+                }
+                w = res["once"][mode]["wall"]
+                log(f"footprint: lastcall once ({mode}, empty): wall median {1000 * w['median']:.0f} ms, p95 {1000 * w['p95']:.0f} ms, "
+                    f"max RSS {res['once'][mode]['max_rss_kib']['max'] / 1024:.1f} MiB")
+
+            # Idle daemons, one per mode, started together.
+            for mode in ("sqs", "imds"):
+                url = arn = None
+                if mode == "sqs":
+                    url, arn = emu.queue(f"idle-{mode}")
+                iid = emu.group(f"idle-{mode}", 1, arn)[0]
+                d = work / f"idle-{mode}"
+                d.mkdir()
+                cfg = lastcall_config(d, queue_url=url) if url else lastcall_config(d, imds_interval="2s")
+                procs[mode] = Lastcall(lastcall, d, aws_env(d, emu.endpoint, emu.imds(iid), f"idle-{mode}-{iid}"), cfg)
+            wait_for("the idle daemons to start", lambda: procs["sqs"].logged("TEST_NOTIFICATION") and procs["imds"].logged("target lifecycle state"), timeout=60)
+            time.sleep(2)
+            emu.reset_calls()
+            cpu0 = {m: cpu_seconds(p.proc.pid) for m, p in procs.items()}
+            rss: dict[str, list[int]] = {m: [] for m in procs}
+            t0 = time.monotonic()
+            log(f"footprint: both daemons idle for {args.seconds} s (RSS over the first {args.rss_seconds} s)")
+            i = 0
+            while time.monotonic() - t0 < args.seconds:
+                if i < args.rss_seconds:
+                    for m, p in procs.items():
+                        rss[m].append(proc_kib(p.proc.pid, "VmRSS"))
+                i += 1
+                time.sleep(max(0.0, t0 + i - time.monotonic()))
+            span = time.monotonic() - t0
+            c = emu.calls()
+            res["idle"] = {}
+            for m, p in procs.items():
+                if p.proc.poll() is not None:
+                    raise SystemExit(f"bench: the {m} daemon exited: {p.log.read_text()[-2000:]}")
+                cpu = cpu_seconds(p.proc.pid) - cpu0[m]
+                key = f"idle-{m}-"
+                res["idle"][m] = {
+                    "seconds": span,
+                    "rss_kib": summary(rss[m]),
+                    "vmhwm_kib": proc_kib(p.proc.pid, "VmHWM"),
+                    "threads": proc_kib(p.proc.pid, "Threads"),
+                    "cpu_s": cpu,
+                    "cpu_s_per_hour": cpu * 3600 / span,
+                    "aws_calls": count(c, key_prefix=key),
+                    "by_action": by_action(c, key),
+                }
+                r = res["idle"][m]
+                log(f"footprint: idle {m}: RSS max {r['rss_kib']['max'] / 1024:.1f} MiB, VmHWM {r['vmhwm_kib'] / 1024:.1f} MiB, CPU {cpu:.2f} s in {span:.0f} s, "
+                    f"AWS calls {r['aws_calls']}")
+            res["idle_imds_requests"] = c["imds"]
     finally:
-        emu.terminate()
-        emu.wait(timeout=10)
-        shutil.rmtree(work, ignore_errors=True)
+        for p in procs.values():
+            p.stop()
+        cleanup(work)
+    res["seconds_total"] = time.time() - started
+    res["loadavg_start"] = load0
+    if args.json:
+        write_result("footprint", res)
+    return 0
 
 
 if __name__ == "__main__":

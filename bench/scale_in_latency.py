@@ -1,118 +1,236 @@
 #!/usr/bin/env python3
-"""Scale-in to CompleteLifecycleAction latency of `lastcall run` with the queue, no steps.
+"""Scale-in to CompleteLifecycleAction latency, no steps: lastcall against the baseline script.
 
-For each run: a fresh group of one instance with a terminating hook to a fresh queue, a lastcall
-daemon for that instance (its test notification already handled, so it sits in a long poll), then
-TerminateInstanceInAutoScalingGroup. The latency is from just before that call to the moment the
-emulator recorded the CompleteLifecycleAction (its own clock, millisecond resolution).
+Every termination gets a fresh group of one instance with a terminating hook (to a fresh queue, or
+without a notification target for the instance-metadata mode) and a fresh process. The latency is
+from just before TerminateInstanceInAutoScalingGroup to the moment the emulator recorded the
+CompleteLifecycleAction (its own clock, millisecond resolution).
 
-Usage: scale_in_latency.py PATH_TO_LASTCALL [--runs 20]
-Prints one line per run and a summary; exits non-zero if a run fails.
+Modes (measured):
+  baseline-loop   bench/baseline/asg-drain.sh in a tight loop (long poll of 20 s, as scripts
+                  do); terminated while its receive is in flight
+  baseline-pass   one pass of the script with --wait-time-seconds 0 (what cron runs), started
+                  when the message is already in the queue: from its start to the completion
+  sqs             `lastcall run` with the queue (long poll), terminated while it waits
+  imds-2s         `lastcall run` with [imds] lifecycle = true, poll_interval 2s (the default),
+                  terminated at a random point of its poll cycle
+  imds-200ms      the same with poll_interval 200ms
+  once-sqs        `lastcall once` (as the shipped lastcall-once.service runs it) with the queue,
+                  started when the message is already in the queue
+  once-imds       `lastcall once` with [imds], started when the instance is already terminating
+Modes (computed from the measured ones, see RESULTS.md):
+  baseline-cron   cron every minute: the wait for the next minute (uniform 0-60 s) + one pass
+  timer-sqs       the shipped lastcall-once.timer (minutely, RandomizedDelaySec=10s,
+                  AccuracySec=1s) + `lastcall once` with the queue; a termination during a
+                  run's 20 s long poll is handled at once
+  timer-imds      the same timer + `lastcall once` with [imds]
+
+Usage: scale_in_latency.py PATH_TO_LASTCALL [--runs 20] [--modes sqs,imds-2s,...] [--json]
+Prints one line per termination and a summary per mode; --json writes bench/results/latency.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import statistics
+import os
+import random
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
-from datetime import datetime
 from pathlib import Path
 
-import boto3
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    Baseline, Emulator, Lastcall, aws_env, cleanup, count, lastcall_config, log, summary, wait_for,
+    workdir, write_result,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-AMI = "ami-12c6146b"
-
-
-def post_json(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
-
-
-def get_json(url: str):
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.loads(r.read())
-
-
-def wait(what: str, pred, timeout: float = 30.0):
-    start = time.monotonic()
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() - start > timeout:
-            raise SystemExit(f"bench: timed out waiting for {what}")
-        time.sleep(0.01)
+MEASURED = ["baseline-loop", "baseline-pass", "sqs", "imds-2s", "imds-200ms", "once-sqs", "once-imds"]
+# The shipped timer (deploy/systemd/lastcall-once.timer) and cron's minute.
+INTERVAL = 60.0
+RANDOMIZED_DELAY = 10.0
+ACCURACY = 1.0
+ONCE_WAIT = 20.0  # the shipped lastcall-once.service runs `lastcall once`: [sqs] wait_time, 20 s
+ONCE_STARTUP = 0.1  # a run's long poll is taken to begin this long after its start (measured start-up: well under)
+MODEL_SAMPLES = 200_000
 
 
-def percentile(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    k = (len(xs) - 1) * p
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+def completion(emu: Emulator, iid: str, timeout: float = 120.0) -> float:
+    done = wait_for(f"the completion of {iid}", lambda: emu.completed({iid}), timeout=timeout, step=0.005)
+    return done[iid]
+
+
+def fresh(emu: Emulator, name: str, *, queue: bool) -> tuple[str | None, str]:
+    url = arn = None
+    if queue:
+        url, arn = emu.queue(name)
+    iid = emu.group(name, 1, arn)[0]
+    return url, iid
+
+
+def run_mode(emu: Emulator, lastcall: str, mode: str, runs: int, rnd: random.Random) -> dict:
+    lat: list[float] = []
+    wall: list[float] = []
+    for run in range(runs):
+        name = f"{mode}-{run}"
+        work = workdir(name)
+        procs: list = []
+        try:
+            if mode == "baseline-loop":
+                url, iid = fresh(emu, name, queue=True)
+                key = f"bl-{iid}"
+                b = Baseline(work, aws_env(work, emu.endpoint, emu.imds(iid), key), url, wait=20)
+                procs.append(b)
+                wait_for("the baseline to delete the test notification", lambda: "test notification" in b.text(), timeout=60)
+                # Its next long poll has reached the queue.
+                wait_for("the baseline's next long poll", lambda: count(emu.calls(), key_prefix=key, action="ReceiveMessage") >= 2, timeout=60)
+                time.sleep(rnd.uniform(0.1, 0.5))
+                t0 = time.time()
+                emu.terminate(iid)
+                lat.append(completion(emu, iid) - t0)
+            elif mode == "baseline-pass":
+                url, iid = fresh(emu, name, queue=True)
+                env = aws_env(work, emu.endpoint, emu.imds(iid), f"bl-{iid}")
+                emu.sqs.purge_queue(QueueUrl=url)  # the test notification: long gone on a cron host
+                emu.terminate(iid)
+                wait_for("the notification", lambda: emu.queue_depth(url) >= 1)
+                t0 = time.time()
+                b = Baseline(work, env, url, wait=0, loop=False)
+                b.proc.wait(timeout=120)
+                wall.append(time.time() - t0)
+                lat.append(completion(emu, iid) - t0)
+            elif mode == "sqs":
+                url, iid = fresh(emu, name, queue=True)
+                cfg = lastcall_config(work, queue_url=url)
+                p = Lastcall(lastcall, work, aws_env(work, emu.endpoint, emu.imds(iid), f"lc-{iid}"), cfg)
+                procs.append(p)
+                wait_for("the test notification to be handled", lambda: p.logged("TEST_NOTIFICATION"))
+                time.sleep(0.2)  # the daemon is back in its long poll
+                t0 = time.time()
+                emu.terminate(iid)
+                lat.append(completion(emu, iid) - t0)
+            elif mode.startswith("imds-"):
+                interval = mode.split("-", 1)[1]
+                seconds = float(interval[:-2]) / 1000 if interval.endswith("ms") else float(interval[:-1])
+                _, iid = fresh(emu, name, queue=False)
+                cfg = lastcall_config(work, imds_interval=interval)
+                p = Lastcall(lastcall, work, aws_env(work, emu.endpoint, emu.imds(iid), f"lc-{iid}"), cfg)
+                procs.append(p)
+                wait_for("lastcall to poll instance metadata", lambda: p.logged("target lifecycle state"), timeout=30)
+                time.sleep(rnd.uniform(0, seconds))  # a random point of the poll cycle
+                t0 = time.time()
+                emu.terminate(iid)
+                lat.append(completion(emu, iid) - t0)
+            elif mode in ("once-sqs", "once-imds"):
+                queue = mode == "once-sqs"
+                url, iid = fresh(emu, name, queue=queue)
+                cfg = lastcall_config(work, queue_url=url) if queue else lastcall_config(work, imds_interval="2s")
+                env = aws_env(work, emu.endpoint, emu.imds(iid), f"lc-{iid}")
+                if queue:
+                    emu.sqs.purge_queue(QueueUrl=url)
+                emu.terminate(iid)
+                if queue:
+                    wait_for("the notification", lambda: emu.queue_depth(url) >= 1)
+                t0 = time.time()
+                p = Lastcall(lastcall, work, env, cfg, ["once"])
+                rc = p.proc.wait(timeout=120)
+                wall.append(time.time() - t0)
+                if rc != 0:
+                    raise SystemExit(f"bench: lastcall once exited with {rc}; log: {p.log.read_text()}")
+                lat.append(completion(emu, iid, timeout=5) - t0)
+            else:
+                raise SystemExit(f"unknown mode {mode}")
+            print(f"{mode:14s} {run + 1:2d}: {1000 * lat[-1]:8.1f} ms" + (f" (process {1000 * wall[-1]:.0f} ms)" if wall else ""), flush=True)
+        finally:
+            for p in procs:
+                p.stop()
+            cleanup(work)
+    out = {"latency_s": lat, "summary": summary(lat)}
+    if wall:
+        out["process_wall_s"] = wall
+        out["process_summary"] = summary(wall)
+    return out
+
+
+# --- the computed modes ---------------------------------------------------------------------
+def activations(rnd: random.Random, horizon: float, jitter: bool) -> list[float]:
+    """Start times of the periodic job over [0, horizon + interval): cron fires on the minute;
+    the timer at the minute plus a fresh RandomizedDelaySec draw plus up to AccuracySec."""
+    out = []
+    k = 0
+    while k * INTERVAL < horizon + 2 * INTERVAL:
+        t = k * INTERVAL
+        if jitter:
+            t += rnd.uniform(0, RANDOMIZED_DELAY) + rnd.uniform(0, ACCURACY)
+        out.append(t)
+        k += 1
+    return sorted(out)
+
+
+def model(pass_lat: list[float], rnd: random.Random, *, jitter: bool, window: float = 0.0, window_lat: list[float] | None = None,
+          startup: float = 0.0) -> list[float]:
+    """Latency of a termination at a uniformly random moment, for a job started periodically:
+    the wait for the next start plus one measured run (a random one of the measured samples).
+    With a long-poll window, a termination within [start + startup, start + startup + window)
+    of a run is handled during that run (a random sample of window_lat)."""
+    import bisect
+
+    horizon = 3600.0 * 24
+    starts = activations(rnd, horizon, jitter)
+    out = []
+    for _ in range(MODEL_SAMPLES):
+        t = rnd.uniform(INTERVAL, horizon)
+        i = bisect.bisect_right(starts, t)
+        prev, nxt = starts[i - 1], starts[i]
+        if window and prev + startup <= t < prev + startup + window:
+            out.append(rnd.choice(window_lat))
+        else:
+            out.append(nxt - t + rnd.choice(pass_lat))
+    return out
+
+
+def computed(results: dict, rnd: random.Random) -> dict:
+    out = {}
+    if "baseline-pass" in results:
+        lat = model(results["baseline-pass"]["latency_s"], rnd, jitter=False)
+        out["baseline-cron"] = {"summary": summary(lat), "from": "baseline-pass", "how": "cron at every minute tick; wait uniform 0-60 s + one measured pass"}
+    if "once-sqs" in results:
+        window_lat = results.get("sqs", {}).get("latency_s") or results["once-sqs"]["latency_s"]
+        lat = model(results["once-sqs"]["latency_s"], rnd, jitter=True, window=ONCE_WAIT, window_lat=window_lat,
+                    startup=ONCE_STARTUP)
+        out["timer-sqs"] = {"summary": summary(lat), "from": "once-sqs, sqs", "how": "lastcall-once.timer; a termination during a run's 20 s long poll is handled as by the daemon"}
+    if "once-imds" in results:
+        lat = model(results["once-imds"]["latency_s"], rnd, jitter=True)
+        out["timer-imds"] = {"summary": summary(lat), "from": "once-imds", "how": "lastcall-once.timer + one measured `lastcall once` ([imds])"}
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("lastcall")
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--modes", default=",".join(MEASURED))
+    ap.add_argument("--json", action="store_true", help="write bench/results/latency.json")
     args = ap.parse_args()
     lastcall = str(Path(args.lastcall).resolve())
-    work = Path(tempfile.mkdtemp(prefix="lastcall-bench-"))
-    emu = subprocess.Popen([sys.executable, str(ROOT / "tests/emulator/emulator.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        ready = json.loads(emu.stdout.readline())
-        endpoint, control = ready["endpoint"], ready["control"]
-        s = boto3.Session(aws_access_key_id="bench", aws_secret_access_key="bench", region_name="us-east-1")
-        sqs, asg = s.client("sqs", endpoint_url=endpoint), s.client("autoscaling", endpoint_url=endpoint)
-        latencies = []
-        for run in range(args.runs):
-            name = f"bench-{run}"
-            url = sqs.create_queue(QueueName=name)["QueueUrl"]
-            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-            asg.create_launch_configuration(LaunchConfigurationName=name, ImageId=AMI, InstanceType="t3.micro")
-            asg.create_auto_scaling_group(AutoScalingGroupName=name, LaunchConfigurationName=name, MinSize=0, MaxSize=1, DesiredCapacity=1, AvailabilityZones=["us-east-1a"])
-            asg.put_lifecycle_hook(AutoScalingGroupName=name, LifecycleHookName="drain", LifecycleTransition="autoscaling:EC2_INSTANCE_TERMINATING",
-                                   NotificationTargetARN=arn, RoleARN="arn:aws:iam::123456789012:role/x", HeartbeatTimeout=300)
-            iid = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][0]["Instances"][0]["InstanceId"]
-            imds = post_json(f"{control}/imds", {"instance_id": iid})["endpoint"]
-            d = work / name
-            d.mkdir()
-            (d / "lastcall.toml").write_text(f'[sqs]\nqueue_url = "{url}"\n[lifecycle]\nstate_dir = "{d}/state"\n')
-            (d / "aws").write_text("")
-            env = {"PATH": "/usr/bin:/bin", "AWS_ENDPOINT_URL": endpoint, "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds,
-                   "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                   "AWS_CONFIG_FILE": str(d / "aws"), "AWS_SHARED_CREDENTIALS_FILE": str(d / "aws")}
-            log = d / "log"
-            with open(log, "w") as f:
-                p = subprocess.Popen([lastcall, "--config", str(d / "lastcall.toml"), "run"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f)
-            try:
-                wait("the test notification to be handled", lambda: "TEST_NOTIFICATION" in log.read_text())
-                time.sleep(0.2)  # the daemon is back in its long poll
-                t0 = time.time()
-                asg.terminate_instance_in_auto_scaling_group(InstanceId=iid, ShouldDecrementDesiredCapacity=True)
-                done = wait("completion", lambda: [a for a in get_json(f"{control}/actions") if a["instance"] == iid and a["state"] == "completed"])
-                t1 = datetime.fromisoformat(done[0]["finished_at"].replace("Z", "+00:00")).timestamp()
-                latencies.append(t1 - t0)
-                print(f"run {run + 1:2d}: {1000 * (t1 - t0):7.1f} ms", flush=True)
-            finally:
-                p.terminate()
-                p.wait(timeout=10)
-        print(f"scale-in -> CompleteLifecycleAction, {len(latencies)} runs: "
-              f"median {1000 * statistics.median(latencies):.0f} ms, p95 {1000 * percentile(latencies, 0.95):.0f} ms, "
-              f"min {1000 * min(latencies):.0f} ms, max {1000 * max(latencies):.0f} ms")
-        return 0
-    finally:
-        emu.terminate()
-        emu.wait(timeout=10)
-        shutil.rmtree(work, ignore_errors=True)
+    modes = [m for m in args.modes.split(",") if m]
+    rnd = random.Random(6)
+    started = time.time()
+    load0 = os.getloadavg()
+    results: dict = {}
+    with Emulator() as emu:
+        for mode in modes:
+            log(f"latency: {mode}, {args.runs} terminations")
+            results[mode] = run_mode(emu, lastcall, mode, args.runs, rnd)
+    extra = computed(results, random.Random(60))
+    for mode, r in list(results.items()) + list(extra.items()):
+        s = r["summary"]
+        print(f"{mode:14s}: median {1000 * s['median']:8.0f} ms, p95 {1000 * s['p95']:8.0f} ms, max {1000 * s['max']:8.0f} ms (n={s['n']})")
+    if args.json:
+        write_result("latency", {"runs": args.runs, "measured": results, "computed": extra, "seconds": time.time() - started, "loadavg_start": load0,
+                                 "timer": {"interval_s": INTERVAL, "randomized_delay_s": RANDOMIZED_DELAY, "accuracy_s": ACCURACY, "once_wait_s": ONCE_WAIT,
+                                           "model_samples": MODEL_SAMPLES}})
+    return 0
 
 
 if __name__ == "__main__":
