@@ -36,6 +36,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const SEEN_TTL: Duration = Duration::from_secs(600);
 /// How many times this instance releases a message that is not its own at once.
 const FREE_RELEASES: u32 = 2;
+/// A message younger than this is always released at once (see `hold`).
+const HOLD_MIN_AGE: Duration = Duration::from_secs(60);
 /// The longest a message that is not ours is kept out of this instance's way.
 const HOLD_MAX: Duration = Duration::from_secs(60);
 
@@ -290,17 +292,17 @@ impl SqsSource {
                     } else {
                         info!(message_id = %id, owner = %instance_id, receives = %receives, "message for another instance; releasing it to its owner");
                     }
-                    let hold = self.hold(&id);
+                    let hold = self.hold(&id, sent, now);
                     release.push((m, hold));
                 }
                 Route::OtherHook { hook } => {
                     info!(message_id = %id, hook = %hook, "message for a hook lastcall does not complete ([lifecycle] hook_name); releasing it");
-                    let hold = self.hold(&id);
+                    let hold = self.hold(&id, sent, now);
                     release.push((m, hold));
                 }
                 Route::Launch => {
                     info!(message_id = %id, "launch notification for this instance, and no launch steps are configured; releasing it");
-                    let hold = self.hold(&id);
+                    let hold = self.hold(&id, sent, now);
                     release.push((m, hold));
                 }
                 Route::Unparseable(e) => {
@@ -365,17 +367,27 @@ impl SqsSource {
     }
 
     /// How long to keep a message that is not ours out of our way when releasing it: not at all
-    /// the first [`FREE_RELEASES`] times this instance sees it (its owner, if alive, gets it
+    /// while it is younger than [`HOLD_MIN_AGE`], nor the first [`FREE_RELEASES`] times this
+    /// instance sees it (its owner, if alive, gets it
     /// quickly), then 1, 2, 4… s up to [`HOLD_MAX`], so that a queue full of messages nobody
     /// takes (dead instances', another group's) cannot keep this instance receiving the same
     /// few while its own message waits behind them.
-    fn hold(&mut self, id: &str) -> i32 {
+    fn hold(&mut self, id: &str, sent: Option<SystemTime>, now: SystemTime) -> i32 {
         let e = self
             .seen
             .entry(id.to_string())
             .or_insert((Instant::now(), 0));
         e.0 = Instant::now();
         e.1 += 1;
+        // A fresh message passes through about as many instances as the fleet has before its
+        // owner gets it: holding it then only delays the owner. Only a message that has been
+        // circulating for a while (its owner is gone) is held.
+        let age = sent
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or_default();
+        if age < HOLD_MIN_AGE {
+            return 0;
+        }
         let secs = match e.1.checked_sub(FREE_RELEASES + 1) {
             None => 0,
             Some(n) => 1u64 << n.min(6),
