@@ -85,10 +85,7 @@ async fn completion_throttled_five_times_is_retried_and_completes_once() {
     );
     assert_eq!(completed(&actions(&me).await), 1);
     assert_eq!(lines(&n.path("ran")), ["ran"]);
-    wait_for("the message to be deleted", LONG, || async {
-        (queue_counts(&aws, &g.queue_url).await == (0, 0)).then_some(())
-    })
-    .await;
+    wait_queue_empty(&aws, &g.queue_url, LONG).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,10 +109,7 @@ async fn a_lost_completion_answer_is_recognised_as_done() {
         n.log()
     );
     assert_eq!(completed(&actions(&me).await), 1);
-    wait_for("the message to be deleted", LONG, || async {
-        (queue_counts(&aws, &g.queue_url).await == (0, 0)).then_some(())
-    })
-    .await;
+    wait_queue_empty(&aws, &g.queue_url, LONG).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

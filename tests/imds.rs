@@ -46,22 +46,8 @@ async fn no_queue_scale_in_completes_by_instance_id() {
         n.wait_log("target lifecycle state target_state=InService", LONG)
             .await;
     }
-    aws.asg
-        .set_desired_capacity()
-        .auto_scaling_group_name(&g.name)
-        .desired_capacity(1)
-        .send()
-        .await
-        .expect("scale in");
-    let victim = wait_for("a victim", LONG, || async {
-        for i in &g.instances {
-            if state(&aws, i).await.as_deref() == Some("Terminating:Wait") {
-                return Some(i.clone());
-            }
-        }
-        None
-    })
-    .await;
+    set_desired(&aws, &g.name, 1).await;
+    let victim = wait_victim(&aws, &g.instances, LONG).await;
     wait_terminated(&aws, &victim, LONG).await;
     let acts = actions(&victim).await;
     assert_eq!(acts.len(), 1);
@@ -117,10 +103,7 @@ async fn queue_and_metadata_together_run_one_pipeline_and_clean_the_queue() {
     wait_terminated(&aws, &victim, LONG).await;
     assert_eq!(lines(&n.path("ran")).len(), 1, "one pipeline: {}", n.log());
     assert_eq!(completed_count(&victim).await, 1);
-    wait_for("the notification to be deleted", LONG, || async {
-        (queue_counts(&aws, &g.queue_url).await == (0, 0)).then_some(())
-    })
-    .await;
+    wait_queue_empty(&aws, &g.queue_url, LONG).await;
 }
 
 async fn completed_count(instance: &str) -> usize {
@@ -291,13 +274,7 @@ async fn launch_steps_run_and_continue_or_abandon() {
         &GroupSpec::default(),
     )
     .await;
-    aws.asg
-        .set_desired_capacity()
-        .auto_scaling_group_name(&g.name)
-        .desired_capacity(2)
-        .send()
-        .await
-        .expect("scale out");
+    set_desired(&aws, &g.name, 2).await;
     let ids = wait_for("two pending instances", LONG, || async {
         let ids = instances(&aws, &g.name).await;
         (ids.len() == 2).then_some(ids)

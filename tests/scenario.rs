@@ -117,13 +117,7 @@ host_id_file = "{{dir}}/no-agent-id"
     n.child = Some(cmd.spawn().expect("start"));
     n.wait_log("polling the lifecycle queue", LONG).await;
 
-    aws.asg
-        .set_desired_capacity()
-        .auto_scaling_group_name(&g.name)
-        .desired_capacity(0)
-        .send()
-        .await
-        .expect("scale in");
+    set_desired(&aws, &g.name, 0).await;
     wait_terminated(&aws, &me, LONG).await;
 
     // Every step succeeded, in the configured order.

@@ -73,22 +73,8 @@ async fn scale_in_runs_the_victims_steps_and_continues() {
         n.start();
         nodes.push(n);
     }
-    aws.asg
-        .set_desired_capacity()
-        .auto_scaling_group_name(&g.name)
-        .desired_capacity(2)
-        .send()
-        .await
-        .expect("scale in");
-    let victim = wait_for("an instance in Terminating:Wait", LONG, || async {
-        for i in &g.instances {
-            if state(&aws, i).await.as_deref() == Some("Terminating:Wait") {
-                return Some(i.clone());
-            }
-        }
-        None
-    })
-    .await;
+    set_desired(&aws, &g.name, 2).await;
+    let victim = wait_victim(&aws, &g.instances, LONG).await;
     wait_terminated(&aws, &victim, LONG).await;
 
     let acts = actions(&victim).await;
@@ -112,10 +98,7 @@ async fn scale_in_runs_the_victims_steps_and_continues() {
         }
     }
     // The test notification and the termination message are both gone from the queue.
-    wait_for("an empty queue", LONG, || async {
-        (queue_counts(&aws, &g.queue_url).await == (0, 0)).then_some(())
-    })
-    .await;
+    wait_queue_empty(&aws, &g.queue_url, LONG).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,10 +368,7 @@ command = ["/bin/sh", "-c", "echo \"start ${{{{LASTCALL_RESUMED:-0}}}}\" >> {{di
         .log()
         .contains("resuming an unfinished lifecycle action from the journal"));
     // The message comes back after the restart and is recognised as done, then deleted.
-    wait_for("an empty queue", LONG, || async {
-        (queue_counts(&aws, &g.queue_url).await == (0, 0)).then_some(())
-    })
-    .await;
+    wait_queue_empty(&aws, &g.queue_url, LONG).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -586,3 +586,35 @@ state_dir = "{{dir}}/state"
 "#
     )
 }
+
+/// Sets the group's desired capacity (a scale-in or a scale-out).
+pub async fn set_desired(aws: &Aws, group: &str, desired: i32) {
+    aws.asg
+        .set_desired_capacity()
+        .auto_scaling_group_name(group)
+        .desired_capacity(desired)
+        .send()
+        .await
+        .expect("set desired capacity");
+}
+
+/// Waits until one of `instances` is in Terminating:Wait and returns it (the scale-in's victim).
+pub async fn wait_victim(aws: &Aws, instances: &[String], timeout: Duration) -> String {
+    wait_for("an instance in Terminating:Wait", timeout, || async {
+        for i in instances {
+            if state(aws, i).await.as_deref() == Some("Terminating:Wait") {
+                return Some(i.clone());
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// Waits until the queue holds no message at all (visible or in flight).
+pub async fn wait_queue_empty(aws: &Aws, url: &str, timeout: Duration) {
+    wait_for("an empty queue", timeout, || async {
+        (queue_counts(aws, url).await == (0, 0)).then_some(())
+    })
+    .await
+}
