@@ -98,7 +98,7 @@ class Emulator:
     """tests/emulator/emulator.py in a child process (it exits when our pipe to it closes)."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(BENCH / "bench_emulator.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.proc = subprocess.Popen([sys.executable, str(BENCH.parent / "tests" / "emulator" / "emulator.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         ready = json.loads(self.proc.stdout.readline())
         self.endpoint: str = ready["endpoint"]
         self.control: str = ready["control"]

@@ -350,14 +350,11 @@ def main() -> int:
     parts += [
         "## Method notes",
         "",
-        "- The emulator runs as `bench/bench_emulator.py`: `tests/emulator/emulator.py` unchanged but for two transport fixes "
-        "that belong to neither lastcall nor the baseline. (1) TCP_NODELAY on its fake IMDS servers: Python's http.server sends a "
-        "response's headers and body separately, and on a keep-alive connection Nagle's algorithm then holds the body until the "
-        "client's delayed ACK, so every IMDS read after the first on a connection took about 43 ms instead of under 1 ms (it made "
-        "`lastcall once` look 200 ms slower than it is; the baseline's curl opens a connection per request and never paid it). "
-        "(2) A message whose visibility timeout runs out wakes the long polls waiting on its queue, as the emulator already does for "
-        "a ChangeMessageVisibility to 0; without it moto's long polls notice such a message only on their own 1 s poll step, and the "
-        "instance that set the timeout (it polls again right after) always steps first, so it gets the same message back every time.",
+        "- The emulator is `tests/emulator/emulator.py`, the one the tests use (moto with lifecycle hooks, warm pools and a fake "
+        "IMDSv2 per instance). Two of its fidelity fixes matter here: its fake IMDS answers with TCP_NODELAY (Python's http.server "
+        "sends headers and body separately, and Nagle's algorithm made every keep-alive IMDS read wait ~40 ms for a delayed ACK), "
+        "and a released message, or one whose visibility timeout runs out, wakes the long polls waiting on its queue at once, as "
+        "real SQS returns such a message promptly (moto's long polls otherwise notice it only on their own 1 s step).",
         "- Calls are counted by the emulator (`GET /calls` on its control server) per service and action, per client "
         "(User-Agent) and per access key id; each simulated instance has its own access key id.",
         "- A stopped daemon's long poll stays open inside moto until its 20 s run out, and would take (and hide for the "

@@ -611,6 +611,8 @@ fn synthetic_action(identity: &Identity, group: String, hook: String) -> Action 
         metadata: None,
         warm_pool: false,
         started: None,
+        seen_waiting: false,
+        timeouts: None,
     }
 }
 

@@ -24,6 +24,8 @@ pub const DEFAULT_WAIT_TIME: Duration = Duration::from_secs(20);
 pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// The longest a lifecycle action can stay alive (the Auto Scaling global timeout cap, 48 h).
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(48 * 3600);
+/// Default `[sqs] step_aside`.
+pub const DEFAULT_STEP_ASIDE: Duration = Duration::from_secs(30);
 /// How often instance metadata is polled.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// A step's timeout when it sets none.
@@ -71,6 +73,9 @@ pub struct SqsConfig {
     pub visibility_timeout: Duration,
     /// Messages older than this are deleted unseen.
     pub stale_after: Duration,
+    /// How long an instance that is staying (instance metadata says so) stays out of the
+    /// queue's way after receiving others' messages; zero never.
+    pub step_aside: Duration,
 }
 
 /// `[lifecycle]`.
@@ -420,11 +425,19 @@ fn parse_sqs(f: &mut Fields) -> Option<SqsConfig> {
             "is longer than 48h, the longest a lifecycle action can live; older messages are dead anyway",
         );
     }
+    let step_aside = f.duration("step_aside").unwrap_or(DEFAULT_STEP_ASIDE);
+    if step_aside > Duration::from_secs(3600) {
+        f.problem(
+            "step_aside",
+            "must be from 0s (never step aside) to 1h; the default is 30s",
+        );
+    }
     Some(SqsConfig {
         queue_url: queue_url?,
         wait_time,
         visibility_timeout,
         stale_after,
+        step_aside,
     })
 }
 
@@ -874,6 +887,7 @@ mod tests {
         assert_eq!(sqs.wait_time, DEFAULT_WAIT_TIME);
         assert_eq!(sqs.visibility_timeout, DEFAULT_VISIBILITY_TIMEOUT);
         assert_eq!(sqs.stale_after, DEFAULT_STALE_AFTER);
+        assert_eq!(sqs.step_aside, DEFAULT_STEP_ASIDE);
         assert_eq!(c.lifecycle.heartbeat, Heartbeat::Auto);
         assert_eq!(c.lifecycle.on_failure_result, ActionResult::Continue);
         assert!(c.lifecycle.verify);
@@ -889,6 +903,7 @@ mod tests {
             [sqs]
             queue_url = "nope"
             wait_time = "30s"
+            step_aside = "2h"
             [lifecycle]
             heartbeat = "sometimes"
             on_failure_result = "MAYBE"
@@ -916,6 +931,7 @@ mod tests {
         has("key `colour`: unknown key at the top level");
         has("[sqs]: key `queue_url`: must be a queue URL");
         has("[sqs]: key `wait_time`: must be whole seconds from 0s to 20s");
+        has("[sqs]: key `step_aside`: must be from 0s (never step aside) to 1h");
         has("[lifecycle]: key `heartbeat`");
         has("[lifecycle]: key `on_failure_result`");
         has("[[step]] #1 \"hello\": key `command[1]`: unknown placeholder {instanceid}");

@@ -12,8 +12,8 @@ use crate::event::{LifecycleEvent, Transition};
 use crate::identity::{Identity, Imds};
 use crate::journal::{self, Completion, Journal, JournalError, Record};
 use crate::lifecycle::{
-    ActionRef, AutoScaling, CallOutcome, LifecycleError, PENDING_WAIT, TERMINATING_WAIT,
-    WARMED_PENDING_WAIT,
+    ActionRef, AutoScaling, CallOutcome, HookTimeouts, LifecycleError, PENDING_WAIT,
+    TERMINATING_WAIT, WARMED_PENDING_WAIT,
 };
 use crate::pipeline;
 use crate::shutdown::Shutdown;
@@ -54,6 +54,11 @@ pub struct Action {
     pub warm_pool: bool,
     /// When Auto Scaling started it, if known.
     pub started: Option<SystemTime>,
+    /// The source has just seen the group hold the instance in [`Action::wait_state`], so the
+    /// handler need not ask again.
+    pub seen_waiting: bool,
+    /// The hook's timeouts, when the source already read them (else the handler asks).
+    pub timeouts: Option<HookTimeouts>,
 }
 
 impl Action {
@@ -85,6 +90,8 @@ impl From<&LifecycleEvent> for Action {
             metadata: ev.metadata.clone(),
             warm_pool: ev.to_warm_pool(),
             started: ev.time,
+            seen_waiting: false,
+            timeouts: None,
         }
     }
 }
@@ -161,6 +168,21 @@ impl Handler {
         &self.identity
     }
 
+    /// The instance metadata client.
+    pub fn imds(&self) -> &Imds {
+        &self.imds
+    }
+
+    /// True when a launch of this instance was completed at or after `since` (Unix seconds),
+    /// by any source (from the journal's archive; no AWS call).
+    pub fn launched_since(&self, since: u64) -> bool {
+        self.journal.archived_since(
+            &self.identity.instance_id,
+            Transition::Launching.as_str(),
+            since,
+        )
+    }
+
     /// Resumes every action of this instance that the journal shows unfinished (the process
     /// died or was stopped mid-pipeline).
     pub async fn resume_incomplete(&self) -> Result<Vec<Handled>, HandlerError> {
@@ -184,6 +206,8 @@ impl Handler {
                 metadata: rec.metadata.clone(),
                 warm_pool: rec.warm_pool,
                 started: None,
+                seen_waiting: false,
+                timeouts: None,
             };
             let trigger = format!("{}+journal", rec.trigger);
             out.push(self.handle(&action, &trigger).await?);
@@ -224,7 +248,7 @@ impl Handler {
         if rec.token.is_none() {
             rec.token = a.token.clone();
         }
-        if self.config.lifecycle.verify {
+        if self.config.lifecycle.verify && !action.seen_waiting {
             if let Err(seen) = self.verify(a, action.wait_state()).await {
                 warn!(instance_id = %a.instance_id, group = %a.group, hook = %a.hook, expected = action.wait_state(), seen = %seen,
                     "suspicious notification: Auto Scaling does not show this instance waiting in this group; running nothing");
@@ -378,6 +402,8 @@ impl Handler {
             metadata: None,
             warm_pool: false,
             started: None,
+            seen_waiting: false,
+            timeouts: None,
         };
         let mut ctx = self.context(&action).await;
         ctx.values.insert("transition", format!("spot:{what}"));
@@ -442,13 +468,22 @@ impl Handler {
         .await
     }
 
+    /// The hook's timeouts: from the action when its source read them already (no second
+    /// `DescribeLifecycleHooks`), else from Auto Scaling.
+    async fn hook_timeouts(&self, action: &Action) -> Result<Option<HookTimeouts>, LifecycleError> {
+        match action.timeouts {
+            Some(t) => Ok(Some(t)),
+            None => self.asg.hook(&action.aref.group, &action.aref.hook).await,
+        }
+    }
+
     /// Starts the heartbeat task (stopped when the returned guard is dropped).
     async fn start_heartbeats(&self, action: &Action) -> Option<AbortOnDrop> {
         let a = action.aref.clone();
         let (interval, global) = match self.config.lifecycle.heartbeat {
             Heartbeat::Off => return None,
             Heartbeat::Every(d) => (d, None),
-            Heartbeat::Auto => match self.asg.hook(&a.group, &a.hook).await {
+            Heartbeat::Auto => match self.hook_timeouts(action).await {
                 Ok(Some(t)) => (
                     (t.heartbeat / 2).max(Duration::from_secs(1)),
                     Some(t.global),

@@ -338,6 +338,31 @@ impl Journal {
         })
     }
 
+    /// True when an action of `instance_id` with this transition (e.g.
+    /// `autoscaling:EC2_INSTANCE_LAUNCHING`) was completed and archived at or after `since`
+    /// (Unix seconds), by whichever source. Only archived (repeatable) actions are found.
+    pub fn archived_since(&self, instance_id: &str, transition: &str, since: u64) -> bool {
+        // Archived names are `{instance}.{hook}.{transition}.{unix}.done`, each part escaped
+        // by `key`, so none holds a dot.
+        let probe = key(instance_id, "x", transition);
+        let mut parts = probe.split('.');
+        let (Some(inst), Some(_), Some(t)) = (parts.next(), parts.next(), parts.next()) else {
+            return false;
+        };
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return false;
+        };
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".done")) else {
+                return false;
+            };
+            let p: Vec<&str> = stem.split('.').collect();
+            matches!(p.as_slice(), [i, _, tr, at] if *i == inst && *tr == t
+                && at.parse::<u64>().is_ok_and(|at| at >= since))
+        })
+    }
+
     /// Every record of this instance that is not completed.
     pub fn incomplete(&self, instance_id: &str) -> Result<Vec<Record>, JournalError> {
         let entries = fs::read_dir(&self.dir).map_err(|source| JournalError::Io {
@@ -416,6 +441,37 @@ mod tests {
             .join("actions")
             .join(format!("{}.json.tmp", r.key()))
             .exists());
+    }
+
+    #[test]
+    fn archived_actions_are_found_by_instance_transition_and_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(dir.path()).expect("open");
+        let launch = "autoscaling:EC2_INSTANCE_LAUNCHING";
+        let mut r = Record::new("i-0abc", "web", "team/up", launch, None, None, "imds");
+        let before = unix_now();
+        assert!(!j.archived_since("i-0abc", launch, before));
+        j.save(&r).expect("save");
+        assert!(
+            !j.archived_since("i-0abc", launch, before),
+            "not archived yet"
+        );
+        r.completion = Some(Completion {
+            result: ActionResult::Continue,
+            at: unix_now(),
+            accepted: true,
+        });
+        j.archive(&r).expect("archive");
+        assert!(j.archived_since("i-0abc", launch, before));
+        assert!(
+            !j.archived_since("i-0abc", launch, before + 3600),
+            "too old"
+        );
+        assert!(
+            !j.archived_since("i-0abd", launch, before),
+            "another instance"
+        );
+        assert!(!j.archived_since("i-0abc", "autoscaling:EC2_INSTANCE_TERMINATING", before));
     }
 
     #[test]

@@ -214,15 +214,7 @@ impl AutoScaling {
             .lifecycle_hooks()
             .iter()
             .find(|h| h.lifecycle_hook_name() == Some(hook))
-            .map(|h| {
-                let heartbeat =
-                    Duration::from_secs(h.heartbeat_timeout().unwrap_or(3600).max(1) as u64);
-                let global = h
-                    .global_timeout()
-                    .map(|g| Duration::from_secs(g.max(1) as u64))
-                    .unwrap_or_else(|| (heartbeat * 100).min(Duration::from_secs(172_800)));
-                HookTimeouts { heartbeat, global }
-            }))
+            .map(timeouts))
     }
 
     /// One heartbeat.
@@ -349,6 +341,18 @@ pub struct Hook {
     pub transition: String,
     /// Its NotificationMetadata.
     pub metadata: Option<String>,
+    /// Its timeouts, when read from Auto Scaling.
+    pub timeouts: Option<HookTimeouts>,
+}
+
+/// A described hook's timeouts, with Auto Scaling's defaults for what it leaves out.
+fn timeouts(h: &aws_sdk_autoscaling::types::LifecycleHook) -> HookTimeouts {
+    let heartbeat = Duration::from_secs(h.heartbeat_timeout().unwrap_or(3600).max(1) as u64);
+    let global = h
+        .global_timeout()
+        .map(|g| Duration::from_secs(g.max(1) as u64))
+        .unwrap_or_else(|| (heartbeat * 100).min(Duration::from_secs(172_800)));
+    HookTimeouts { heartbeat, global }
 }
 
 impl AutoScaling {
@@ -373,6 +377,7 @@ impl AutoScaling {
                     name: h.lifecycle_hook_name()?.to_string(),
                     transition: h.lifecycle_transition().unwrap_or_default().to_string(),
                     metadata: h.notification_metadata().map(str::to_string),
+                    timeouts: Some(timeouts(h)),
                 })
             })
             .collect())

@@ -53,8 +53,12 @@ async fn thirty_minutes_with_a_thousand_foreign_messages() {
     let mut n = Node::new(
         &me,
         &g.queue_url,
-        &config("", "[[step]]\nkind = \"sleep\"\nduration = \"100ms\"\n")
-            .replace("wait_time = \"1s\"", "wait_time = \"20s\""),
+        // No stepping aside: the soak is of the receive-and-release path, at full load.
+        &with_sqs(
+            &config("", "[[step]]\nkind = \"sleep\"\nduration = \"100ms\"\n"),
+            "step_aside = \"0s\"",
+        )
+        .replace("wait_time = \"1s\"", "wait_time = \"20s\""),
     )
     .await;
     // Info level: a soak's log at debug would measure the log, not the daemon.

@@ -588,3 +588,142 @@ async fn sighup_reloads_the_config_and_keeps_the_old_one_when_invalid() {
         n.log()
     );
 }
+
+/// A fresh termination notification for `instance` (which need not exist) on group `g`.
+fn flat_termination(g: &Group, instance: &str) -> String {
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    json!({
+        "Origin": "AutoScalingGroup", "Destination": "EC2",
+        "LifecycleHookName": g.hook, "AccountId": ACCOUNT,
+        "RequestId": "5d858daa-5692-135e-98ca-ef04118c2ab5",
+        "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+        "AutoScalingGroupName": g.name, "Service": "AWS Auto Scaling",
+        "Time": now, "EC2InstanceId": instance,
+        "LifecycleActionToken": "602063c7-4a06-4a67-b8cf-87ccc33bdc86"
+    })
+    .to_string()
+}
+
+const STEPPING_ASIDE: &str = "stepping out of the queue's way";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staying_instances_step_aside_and_the_leaving_one_gets_its_message_first() {
+    let aws = aws().await;
+    let g = group(
+        &aws,
+        "aside",
+        GroupSpec {
+            size: 4,
+            ..Default::default()
+        },
+    )
+    .await;
+    let steps = marker("mark", "ran");
+    let mut nodes = Vec::new();
+    for i in &g.instances {
+        let mut n = Node::new(i, &g.queue_url, &config("", &steps)).await;
+        n.start();
+        nodes.push(n);
+    }
+    // A message for an instance that is not there (its owner is gone) makes its round: every
+    // node that receives it is InService, releases it and steps aside for 30 s.
+    send(
+        &aws,
+        &g.queue_url,
+        &flat_termination(&g, "i-0ffffffffffffffff"),
+    )
+    .await;
+    for n in &nodes {
+        n.wait_log(STEPPING_ASIDE, LONG).await;
+        assert!(n.log().contains("target_state=InService"), "{}", n.log());
+    }
+    // Now the whole group is out of the queue's way. The victim's metadata says Terminated
+    // within a moment of the scale-in: it goes back at once and takes its message, well before
+    // the others' 30 s are over, and no staying node ever receives that message.
+    let start = std::time::Instant::now();
+    set_desired(&aws, &g.name, 3).await;
+    let victim = wait_victim(&aws, &g.instances, LONG).await;
+    wait_terminated(&aws, &victim, LONG).await;
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "the victim waited out its step aside: {took:?}"
+    );
+    for n in &nodes {
+        let log = n.log();
+        if n.instance == victim {
+            assert!(log.contains("back to the queue at once"), "{log}");
+            assert_eq!(lines(&n.path("ran")), [format!("{victim} 0")]);
+        } else {
+            assert!(
+                !log.contains(&format!("owner={victim}")),
+                "a staying node received the victim's message: {log}"
+            );
+            assert!(lines(&n.path("ran")).is_empty());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_target_state_nobody_steps_aside() {
+    let aws = aws().await;
+    let g = group(
+        &aws,
+        "noaside",
+        GroupSpec {
+            size: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let me = g.instances[0].clone();
+    let mut n = Node::new(&me, &g.queue_url, &config("", "")).await;
+    // 404: the instance's last transition predates the item (or metadata cannot tell).
+    imds_override(
+        &n.imds,
+        "/latest/meta-data/autoscaling/target-lifecycle-state",
+        404,
+        "",
+    )
+    .await;
+    n.start();
+    let id = send(
+        &aws,
+        &g.queue_url,
+        &flat_termination(&g, "i-0eeeeeeeeeeeeeeee"),
+    )
+    .await;
+    // Released at once, and received again (and again) by the only poller: it never steps
+    // aside, since it cannot know that it is staying.
+    n.wait_log("another instance's message again", LONG).await;
+    let log = n.log();
+    assert!(log.contains(&format!("message_id={id}")), "{log}");
+    assert!(!log.contains(STEPPING_ASIDE), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_aside_zero_turns_it_off() {
+    let aws = aws().await;
+    let g = group(
+        &aws,
+        "asideoff",
+        GroupSpec {
+            size: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let me = g.instances[0].clone();
+    let cfg = with_sqs(&config("", ""), "step_aside = \"0s\"");
+    let mut n = Node::new(&me, &g.queue_url, &cfg).await;
+    n.start();
+    send(
+        &aws,
+        &g.queue_url,
+        &flat_termination(&g, "i-0dddddddddddddddd"),
+    )
+    .await;
+    n.wait_log("another instance's message again", LONG).await;
+    assert!(n.log().contains("step_aside_s=0"), "{}", n.log());
+    assert!(!n.log().contains(STEPPING_ASIDE), "{}", n.log());
+}

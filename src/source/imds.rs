@@ -216,6 +216,8 @@ impl ImdsSource {
             metadata: None,
             warm_pool,
             started: None,
+            seen_waiting: true,
+            timeouts: None,
         };
         let want = probe.wait_state();
         if state.state != want {
@@ -251,6 +253,7 @@ impl ImdsSource {
                 ..probe.aref
             },
             metadata: hook.metadata.clone(),
+            timeouts: hook.timeouts,
             ..probe
         };
         info!(instance_id = %self.me, group = %state.group, hook = %hook.name, transition = %transition, warm_pool, "lifecycle action for this instance (instance metadata)");
@@ -285,7 +288,7 @@ impl ImdsSource {
                 Some(h) if h.transition == transition.as_str() => Ok(h.clone()),
                 Some(_) => Err(format!("hook {name} of group {group} is not a {transition} hook")),
                 // Describe may lack the permission or lag; the name is all we need.
-                None => Ok(Hook { name: name.clone(), transition: transition.as_str().into(), metadata: None }),
+                None => Ok(Hook { name: name.clone(), transition: transition.as_str().into(), metadata: None, timeouts: None }),
             },
             (None, [one]) => Ok((*one).clone()),
             (None, []) => Err(format!("group {group} has no {transition} lifecycle hook; there is nothing to complete (add one, or set [lifecycle] hook_name)")),

@@ -11,6 +11,17 @@
 //!   visibility timeout, so it is not received again in a hot loop.
 //! - this instance's termination: handled (verify, steps, complete), its visibility extended
 //!   while that runs, and deleted only after the action is completed.
+//!
+//! Stepping aside: in a scale-in of M instances out of N, every one of the N long polls is a
+//! place a leaving instance's message can land, so each message passes through about N/2 wrong
+//! instances before its owner gets it (and each pass counts against a dead-letter
+//! `maxReceiveCount`). An instance that receives others' messages therefore asks instance
+//! metadata whether it is itself leaving. When `target-lifecycle-state` says it is staying
+//! (`InService`, `Standby`, `Detached`), it stops receiving for `[sqs] step_aside` (30 s),
+//! reading the target state every [`STEP_ASIDE_WATCH`] meanwhile and returning to the queue as
+//! soon as that changes. Leaving instances never step aside; when the state cannot be read
+//! (no IMDS, 404 before the first transition) nobody does; with launch steps, not before this
+//! instance's launch has been handled, since a launching instance also reads `InService`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,6 +36,7 @@ use crate::config::SqsConfig;
 use crate::event::{self, LifecycleEvent, Notification, ParseError, Transition};
 use crate::handler::{Action, Handled, Handler};
 use crate::shutdown::Shutdown;
+use crate::source::imds::TARGET_STATE;
 
 /// Messages asked for per receive (the API's maximum).
 const BATCH: i32 = 10;
@@ -40,6 +52,13 @@ const FREE_RELEASES: u32 = 2;
 const HOLD_MIN_AGE: Duration = Duration::from_secs(60);
 /// The longest a message that is not ours is kept out of this instance's way.
 const HOLD_MAX: Duration = Duration::from_secs(60);
+/// How often the target lifecycle state is read while stepping aside.
+pub const STEP_ASIDE_WATCH: Duration = Duration::from_millis(250);
+/// Target lifecycle states of an instance that is staying in its group.
+const STAYING: [&str; 3] = ["InService", "Standby", "Detached"];
+
+/// Unix time this process first built a queue source (launches handled since then count).
+static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 /// What to do with one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +143,8 @@ pub struct PollReport {
     pub released: usize,
     /// Messages left for redrive or for a later attempt.
     pub left: usize,
+    /// Messages that belong to another instance, another hook or an unhandled launch.
+    pub not_ours: usize,
     /// This instance's actions and how they ended.
     pub handled: Vec<Handled>,
 }
@@ -154,6 +175,8 @@ pub struct SqsSource {
     launch: bool,
     /// Messages this instance released: when last, and how many times.
     seen: HashMap<String, (Instant, u32)>,
+    /// No launch of this instance is pending (no launch steps, or the launch was handled).
+    launch_settled: bool,
 }
 
 impl SqsSource {
@@ -173,12 +196,15 @@ impl SqsSource {
             hook,
             launch,
             seen: HashMap::new(),
+            launch_settled: !launch,
         }
     }
 
     /// Long-polls until shutdown, surviving every error.
     pub async fn run(mut self, handler: &Handler, mut shutdown: Shutdown) {
-        info!(queue = %self.cfg.queue_url, instance_id = %self.me, "polling the lifecycle queue");
+        let started = *STARTED.get_or_init(crate::journal::unix_now);
+        info!(queue = %self.cfg.queue_url, instance_id = %self.me,
+            step_aside_s = self.cfg.step_aside.as_secs(), "polling the lifecycle queue");
         let mut backoff = BACKOFF_FIRST;
         while !shutdown.is_requested() {
             let wait = self.cfg.wait_time;
@@ -198,6 +224,13 @@ impl SqsSource {
                     if report.handled.contains(&Handled::Interrupted) {
                         break;
                     }
+                    if report.not_ours > 0
+                        && report.handled.is_empty()
+                        && !self.cfg.step_aside.is_zero()
+                        && self.step_aside(handler, started, &mut shutdown).await
+                    {
+                        break;
+                    }
                 }
                 Err(e) => {
                     warn!(error = %e, retry_in_s = backoff.as_secs(), "polling the queue failed; backing off");
@@ -210,6 +243,57 @@ impl SqsSource {
             }
         }
         info!("stopped polling the lifecycle queue");
+    }
+
+    /// Stays out of the queue's way while instance metadata says this instance is staying
+    /// (see the module's documentation). Returns true when shutdown was requested.
+    async fn step_aside(
+        &mut self,
+        handler: &Handler,
+        started: u64,
+        shutdown: &mut Shutdown,
+    ) -> bool {
+        let Some(state) = self.staying(handler, started).await else {
+            return false;
+        };
+        info!(target_state = %state, for_s = self.cfg.step_aside.as_secs(),
+            "others' lifecycle messages are in the queue and this instance is staying; stepping out of the queue's way so that the leaving instances get theirs");
+        let until = Instant::now() + self.cfg.step_aside;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                debug!("back to the queue after stepping aside");
+                return false;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(STEP_ASIDE_WATCH.min(left)) => {}
+                _ = shutdown.requested() => return true,
+            }
+            if self.staying(handler, started).await.is_none() {
+                info!("instance metadata no longer says this instance is staying; back to the queue at once");
+                return false;
+            }
+        }
+    }
+
+    /// `Some(target state)` when this instance can step aside: its launch (if launch steps are
+    /// configured) was handled since `started`, and instance metadata says it is staying.
+    async fn staying(&mut self, handler: &Handler, started: u64) -> Option<String> {
+        if !self.launch_settled {
+            if !handler.launched_since(started) {
+                debug!("this instance's launch is not handled yet; not stepping aside");
+                return None;
+            }
+            self.launch_settled = true;
+        }
+        match handler.imds().get_opt(TARGET_STATE).await {
+            Ok(Some(s)) if STAYING.contains(&s.trim()) => Some(s.trim().to_string()),
+            Ok(_) => None,
+            Err(e) => {
+                debug!(error = %DisplayErrorContext(&e), "cannot read the target lifecycle state; not stepping aside");
+                None
+            }
+        }
     }
 
     /// One receive of up to ten messages, waiting up to `wait`, and everything that follows.
@@ -294,16 +378,19 @@ impl SqsSource {
                     }
                     let hold = self.hold(&id, sent, now);
                     release.push((m, hold));
+                    report.not_ours += 1;
                 }
                 Route::OtherHook { hook } => {
                     info!(message_id = %id, hook = %hook, "message for a hook lastcall does not complete ([lifecycle] hook_name); releasing it");
                     let hold = self.hold(&id, sent, now);
                     release.push((m, hold));
+                    report.not_ours += 1;
                 }
                 Route::Launch => {
                     info!(message_id = %id, "launch notification for this instance, and no launch steps are configured; releasing it");
                     let hold = self.hold(&id, sent, now);
                     release.push((m, hold));
+                    report.not_ours += 1;
                 }
                 Route::Unparseable(e) => {
                     warn!(message_id = %id, receives = %receives, error = %e,

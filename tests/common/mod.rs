@@ -587,6 +587,15 @@ state_dir = "{{dir}}/state"
     )
 }
 
+/// `config` (from [`config`]) with one more `[sqs]` setting, e.g. `step_aside = "0s"`.
+pub fn with_sqs(config: &str, setting: &str) -> String {
+    config.replacen(
+        "visibility_timeout = \"20s\"",
+        &format!("visibility_timeout = \"20s\"\n{setting}"),
+        1,
+    )
+}
+
 /// Sets the group's desired capacity (a scale-in or a scale-out).
 pub async fn set_desired(aws: &Aws, group: &str, desired: i32) {
     aws.asg

@@ -876,12 +876,25 @@ def install_patches() -> None:
 
     orig_change_visibility = SQSBackend.change_message_visibility
 
+    # The same holds when a message's visibility timeout runs out: without a wake-up, waiting
+    # long polls notice it only on their own 1 s poll step, and the step of the consumer that set
+    # the timeout (it polls again right after the call, so its steps fall on whole seconds after
+    # it) comes first, so a held-back message went back to the very consumer that held it back.
+    def wake(cond: threading.Condition) -> None:
+        with cond:
+            cond.notify_all()
+
     def change_message_visibility(self: Any, queue_name: str, receipt_handle: str, visibility_timeout: int) -> None:
         orig_change_visibility(self, queue_name, receipt_handle, visibility_timeout)
-        if int(visibility_timeout) == 0:
-            cond = self.get_queue(queue_name)._messages_lock
-            with cond:
-                cond.notify_all()
+        cond = self.get_queue(queue_name)._messages_lock
+        seconds = int(visibility_timeout)
+        if seconds == 0:
+            wake(cond)
+        elif seconds <= 600:
+            # moto's visibility has millisecond resolution and is strict ("now > visible_at").
+            t = threading.Timer(seconds + 0.002, wake, args=(cond,))
+            t.daemon = True
+            t.start()
 
     SQSBackend.change_message_visibility = change_message_visibility
 
@@ -1128,6 +1141,10 @@ class ImdsServer(ThreadingHTTPServer):
 class ImdsHandler(BaseHTTPRequestHandler):
     server: ImdsServer
     protocol_version = "HTTP/1.1"  # keep-alive like the real IMDS
+    # http.server sends a response's headers and body in two writes; on a keep-alive connection
+    # Nagle's algorithm then holds the body back until the client's delayed ACK (~40 ms). The
+    # real IMDS answers in well under a millisecond.
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt: str, *args: Any) -> None:
         if VERBOSE:
@@ -1221,6 +1238,7 @@ VERBOSE = False
 
 class ControlHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt: str, *args: Any) -> None:
         if VERBOSE:
