@@ -38,6 +38,7 @@ AWSCLI_VENV = BENCH / ".venv-awscli"
 # lastcall's SQS source logs these per foreign message (first time at info, again at debug).
 FOREIGN_FIRST = "message for another instance; releasing it to its owner"
 FOREIGN_AGAIN = "another instance's message again; releasing it"
+STEPPED_ASIDE = "others' lifecycle messages are in the queue and this instance is staying"
 # The SQS source's module, at debug so that repeated foreign receptions are logged too.
 LASTCALL_LOG_FILTER = os.environ.get("LASTCALL_LOG_FILTER", "lastcall::source::sqs=debug,info")
 

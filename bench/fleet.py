@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    FOREIGN_AGAIN, FOREIGN_FIRST, Baseline, Emulator, Lastcall, aws_env, by_action, cleanup, count, cpu_seconds,
+    FOREIGN_AGAIN, FOREIGN_FIRST, STEPPED_ASIDE, Baseline, Emulator, Lastcall, aws_env, by_action, cleanup, count, cpu_seconds,
     imds_requests, lastcall_config, log, summary, wait_for, workdir, write_result,
 )
 
@@ -167,6 +167,7 @@ def lastcall_fleet(lastcall: str, mode: str, n: int, rounds: int, idle: float, r
                 lat = [done[v] - t0 for v in victims if v in done]
                 lines = fleet.new_lines()
                 foreign = sum(1 for l in lines if l.get("message") in (FOREIGN_FIRST, FOREIGN_AGAIN))
+                aside = sum(1 for l in lines if str(l.get("message", "")).startswith(STEPPED_ASIDE))
                 sqs_calls = count(c, key_prefix="lc-", service="sqs")
                 asg_calls = count(c, key_prefix="lc-", service="autoscaling")
                 rr = {
@@ -181,6 +182,7 @@ def lastcall_fleet(lastcall: str, mode: str, n: int, rounds: int, idle: float, r
                     "by_action": by_action(c, "lc-"),
                     "foreign_receptions": foreign,
                     "foreign_per_termination": foreign / max(1, len(done)),
+                    "stepped_aside": aside,
                     "wall_s": t_all - t0,
                     # CPU seconds used from the first terminate call until the last completion.
                     "emulator_cpu_s": cpu1[0] - cpu0[0],
@@ -189,7 +191,8 @@ def lastcall_fleet(lastcall: str, mode: str, n: int, rounds: int, idle: float, r
                 out["rounds"].append(rr)
                 how = f"all completed in {max(lat):.2f} s" if complete else f"only {len(done)} of {m} completed within {round_cap:.0f} s"
                 log(f"fleet {mode} N={n} M={m} round {r + 1}: {how} (median {sorted(lat)[len(lat) // 2] if lat else float('nan'):.2f} s), "
-                    f"{sqs_calls / m:.1f} SQS + {asg_calls / m:.1f} Auto Scaling calls per termination, {foreign / m:.1f} wrong receptions per termination; "
+                    f"{sqs_calls / m:.1f} SQS + {asg_calls / m:.1f} Auto Scaling calls per termination, {foreign / m:.1f} wrong receptions per termination, "
+                    f"{aside} instances stepped aside; "
                     f"CPU: emulator {rr['emulator_cpu_s']:.2f} s, lastcall {rr['lastcall_cpu_s']:.2f} s")
                 # Back to N: the victims' daemons stop (their instances are gone), new instances get theirs.
                 fleet.stop(victims)
@@ -204,7 +207,10 @@ def lastcall_fleet(lastcall: str, mode: str, n: int, rounds: int, idle: float, r
                         # A stopped daemon's long poll stays open on the emulator (moto does not
                         # notice the closed connection) and would take the next round's messages
                         # and hide them for the visibility timeout: let those polls run out (20 s).
-                        time.sleep(max(0.0, stopped + 21 - time.time()))
+                        # And the instances that stepped out of the queue's way this round
+                        # ([sqs] step_aside, 30 s) are back before the next round starts, so that
+                        # every round starts with the whole fleet polling.
+                        time.sleep(max(0.0, stopped + 32 - time.time()))
                     time.sleep(1)
         finally:
             if fleet:

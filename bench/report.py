@@ -150,8 +150,9 @@ def fleet_section(fl: dict) -> str:
         "get their own lastcall. Times: from the first terminate call to each completion. Calls: lastcall's own (by access "
         "key) from the first terminate call until the queue is empty again, per termination; they include the "
         "fleet's ordinary long polls in that window. Wrong receptions: lastcall's log lines "
-        "\"message for another instance\" and (at debug) \"another instance's message again\". CPU: seconds used during the "
-        "round by the emulator process and by all lastcall processes together."
+        "\"message for another instance\" and (at debug) \"another instance's message again\". Stepped aside: how many staying "
+        "instances stepped out of the queue's way in a round (`[sqs] step_aside`, 30 s; every round starts after they are back). "
+        "CPU: seconds used during the round by the emulator process and by all lastcall processes together."
     )
     out.append("")
     if fl.get("sqs"):
@@ -169,10 +170,12 @@ def fleet_section(fl: dict) -> str:
             rows.append([str(r["n"]), str(r["m"]), completed_cell(r), all_cell(r, "median"), all_cell(r, "max"),
                          ms(r["latency"].get("median")), ms(r["latency"].get("max")), f"{r['sqs_calls_per_termination']:.1f} ({breakdown})",
                          f"{r['autoscaling_calls_per_termination']:.1f}", f"{r['foreign_per_termination']:.1f}",
+                         f"{sum(rr.get('stepped_aside', 0) for rr in r['rounds']) / len(r['rounds']):.0f} of {r['n'] - r['m']}",
                          f"{r['idle']['aws_calls_per_instance_per_min']:.1f}", f"{emu_cpu:.1f} s / {lc_cpu:.1f} s"])
         out += ["### Queue mode (`lastcall run` with `[sqs]`)", "",
                 table(["N", "M", "completed (rounds)", "all M completed: median", "max", "each termination: median", "max", "SQS calls per termination",
-                       "Auto Scaling calls per termination", "wrong receptions per termination", "idle SQS calls per instance per minute",
+                       "Auto Scaling calls per termination", "wrong receptions per termination", "stepped aside per round (of the staying)",
+                       "idle SQS calls per instance per minute",
                        "CPU in a round: emulator / all lastcall"], rows), ""]
     if fl.get("imds"):
         rows = []
