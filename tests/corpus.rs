@@ -143,6 +143,16 @@ async fn the_daemon_survives_the_corpus_and_still_handles_its_own_termination() 
         lines(&n.path("ran")).is_empty(),
         "no step ran for any of them"
     );
+    // It stepped aside (InService), at info when new messages sent it aside and at debug when
+    // only the same ones came round again: a dead instance's message must not fill the log.
+    let aside = |level: &str| {
+        log.lines()
+            .filter(|l| l.contains(level) && l.contains("stepping out of the queue's way"))
+            .count()
+    };
+    assert!(aside(" INFO ") >= 1, "{log}");
+    assert!(aside(" INFO ") <= foreign.len(), "{log}");
+    assert!(aside(" DEBUG ") >= 1, "repeats at debug: {log}");
     assert!(
         n.child
             .as_mut()

@@ -145,6 +145,8 @@ pub struct PollReport {
     pub left: usize,
     /// Messages that belong to another instance, another hook or an unhandled launch.
     pub not_ours: usize,
+    /// Of those, the ones this instance had not released before.
+    pub not_ours_new: usize,
     /// This instance's actions and how they ended.
     pub handled: Vec<Handled>,
 }
@@ -227,7 +229,9 @@ impl SqsSource {
                     if report.not_ours > 0
                         && report.handled.is_empty()
                         && !self.cfg.step_aside.is_zero()
-                        && self.step_aside(handler, started, &mut shutdown).await
+                        && self
+                            .step_aside(handler, started, report.not_ours_new > 0, &mut shutdown)
+                            .await
                     {
                         break;
                     }
@@ -246,18 +250,26 @@ impl SqsSource {
     }
 
     /// Stays out of the queue's way while instance metadata says this instance is staying
-    /// (see the module's documentation). Returns true when shutdown was requested.
+    /// (see the module's documentation). Logs at info when messages this instance had not
+    /// seen before sent it aside (`news`), at debug for the same ones again (a dead instance's
+    /// message circulating for hours must not fill the log). Returns true when shutdown was
+    /// requested.
     async fn step_aside(
         &mut self,
         handler: &Handler,
         started: u64,
+        news: bool,
         shutdown: &mut Shutdown,
     ) -> bool {
         let Some(state) = self.staying(handler, started).await else {
             return false;
         };
-        info!(target_state = %state, for_s = self.cfg.step_aside.as_secs(),
-            "others' lifecycle messages are in the queue and this instance is staying; stepping out of the queue's way so that the leaving instances get theirs");
+        const WHY: &str = "others' lifecycle messages are in the queue and this instance is staying; stepping out of the queue's way so that the leaving instances get theirs";
+        if news {
+            info!(target_state = %state, for_s = self.cfg.step_aside.as_secs(), "{WHY}");
+        } else {
+            debug!(target_state = %state, for_s = self.cfg.step_aside.as_secs(), "{WHY}");
+        }
         let until = Instant::now() + self.cfg.step_aside;
         loop {
             let left = until.saturating_duration_since(Instant::now());
@@ -379,18 +391,21 @@ impl SqsSource {
                     let hold = self.hold(&id, sent, now);
                     release.push((m, hold));
                     report.not_ours += 1;
+                    report.not_ours_new += usize::from(!repeat);
                 }
                 Route::OtherHook { hook } => {
                     info!(message_id = %id, hook = %hook, "message for a hook lastcall does not complete ([lifecycle] hook_name); releasing it");
                     let hold = self.hold(&id, sent, now);
                     release.push((m, hold));
                     report.not_ours += 1;
+                    report.not_ours_new += usize::from(!repeat);
                 }
                 Route::Launch => {
                     info!(message_id = %id, "launch notification for this instance, and no launch steps are configured; releasing it");
                     let hold = self.hold(&id, sent, now);
                     release.push((m, hold));
                     report.not_ours += 1;
+                    report.not_ours_new += usize::from(!repeat);
                 }
                 Route::Unparseable(e) => {
                     warn!(message_id = %id, receives = %receives, error = %e,
