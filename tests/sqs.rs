@@ -224,19 +224,8 @@ async fn foreign_stale_broken_and_unverified_messages_are_routed_safely() {
     .await;
     let me = g.instances[0].clone();
     let mut n = Node::new(&me, &g.queue_url, &config("", &marker("mark", "ran"))).await;
-    let flat = |instance: &str, time: &str| {
-        json!({
-            "Origin": "AutoScalingGroup", "Destination": "EC2",
-            "LifecycleHookName": g.hook, "AccountId": ACCOUNT,
-            "RequestId": "5d858daa-5692-135e-98ca-ef04118c2ab5",
-            "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
-            "AutoScalingGroupName": g.name, "Service": "AWS Auto Scaling",
-            "Time": time, "EC2InstanceId": instance,
-            "LifecycleActionToken": "602063c7-4a06-4a67-b8cf-87ccc33bdc86"
-        })
-        .to_string()
-    };
-    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let flat = |instance: &str, time: &str| flat_termination_at(&g, instance, time);
+    let now = now_rfc3339();
     let foreign = send(&aws, &g.queue_url, &flat("i-0aaaaaaaaaaaaaaaa", &now)).await;
     let stale = send(
         &aws,
@@ -589,16 +578,25 @@ async fn sighup_reloads_the_config_and_keeps_the_old_one_when_invalid() {
     );
 }
 
+/// The time now, as the hook's notifications write it.
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
 /// A fresh termination notification for `instance` (which need not exist) on group `g`.
 fn flat_termination(g: &Group, instance: &str) -> String {
-    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    flat_termination_at(g, instance, &now_rfc3339())
+}
+
+/// The hook's flat termination notification for `instance` on group `g`, sent at `time`.
+fn flat_termination_at(g: &Group, instance: &str, time: &str) -> String {
     json!({
         "Origin": "AutoScalingGroup", "Destination": "EC2",
         "LifecycleHookName": g.hook, "AccountId": ACCOUNT,
         "RequestId": "5d858daa-5692-135e-98ca-ef04118c2ab5",
         "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
         "AutoScalingGroupName": g.name, "Service": "AWS Auto Scaling",
-        "Time": now, "EC2InstanceId": instance,
+        "Time": time, "EC2InstanceId": instance,
         "LifecycleActionToken": "602063c7-4a06-4a67-b8cf-87ccc33bdc86"
     })
     .to_string()
