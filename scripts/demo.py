@@ -269,8 +269,10 @@ def main() -> int:
         say(f"  +{t_end - t0:7.3f}s  {gone} left the group; EC2 state: {state}")
         others = [i for i in instances if i != gone]
         for i in others:
-            released = logs[i].read_text().count("message for another instance")
-            say(f"  (lastcall on {i}: released the message to its owner {released} time(s), ran nothing)")
+            text = logs[i].read_text()
+            released = text.count("message for another instance")
+            aside = ", then stepped out of the queue's way (it is staying)" if "stepping out of the queue's way" in text else ""
+            say(f"  (lastcall on {i}: released the message to its owner {released} time(s){aside}, ran nothing)")
         chunks = list((work / gone / "buffer").rglob("buffer.*.log"))
         zhosts = zabbix_rpc(z, ztoken, "host.get", {"output": ["host"], "filter": {"host": instances}})
         mhosts = json.loads(urllib.request.urlopen(f"{m['control']}/hosts").read())

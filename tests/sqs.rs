@@ -660,6 +660,20 @@ async fn staying_instances_step_aside_and_the_leaving_one_gets_its_message_first
             assert!(lines(&n.path("ran")).is_empty());
         }
     }
+    // SIGTERM while stepped aside ends the daemon at once, as during a long poll. (The node
+    // that stepped aside last is still aside: that was less than 20 s ago, the victim's time.)
+    let aside = nodes
+        .iter_mut()
+        .find(|n| n.instance != victim && !n.log().contains("back to the queue"))
+        .expect("a node still stepped aside");
+    let t = std::time::Instant::now();
+    aside.signal(Signal::SIGTERM);
+    assert_eq!(aside.wait_exit(LONG).await, Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "exited after {:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
