@@ -533,14 +533,7 @@ async fn sigterm_while_idle_exits_within_a_second() {
     n.start();
     n.wait_log("polling the lifecycle queue", LONG).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let t = std::time::Instant::now();
-    n.signal(Signal::SIGTERM);
-    assert_eq!(n.wait_exit(LONG).await, Some(0));
-    assert!(
-        t.elapsed() < Duration::from_secs(1),
-        "exited after {:?}",
-        t.elapsed()
-    );
+    sigterm_exits_within_a_second(&mut n).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -581,6 +574,18 @@ async fn sighup_reloads_the_config_and_keeps_the_old_one_when_invalid() {
 /// The time now, as the hook's notifications write it.
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// Sends SIGTERM and checks that the daemon exits cleanly within a second.
+async fn sigterm_exits_within_a_second(n: &mut Node) {
+    let t = std::time::Instant::now();
+    n.signal(Signal::SIGTERM);
+    assert_eq!(n.wait_exit(LONG).await, Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "exited after {:?}",
+        t.elapsed()
+    );
 }
 
 /// A fresh termination notification for `instance` (which need not exist) on group `g`.
@@ -666,14 +671,7 @@ async fn staying_instances_step_aside_and_the_leaving_one_gets_its_message_first
         .iter_mut()
         .find(|n| n.instance != victim && !n.log().contains("back to the queue"))
         .expect("a node still stepped aside");
-    let t = std::time::Instant::now();
-    aside.signal(Signal::SIGTERM);
-    assert_eq!(aside.wait_exit(LONG).await, Some(0));
-    assert!(
-        t.elapsed() < Duration::from_secs(1),
-        "exited after {:?}",
-        t.elapsed()
-    );
+    sigterm_exits_within_a_second(aside).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
