@@ -30,7 +30,14 @@ impl Fluentd {
 
     pub fn start_with(args: &[&str], monitor: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = monitor.then(free_port);
+        let workers = args
+            .iter()
+            .position(|a| *a == "--workers")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(1);
+        // Worker N listens on port + N, as fluentd's monitor_agent does: all must be free.
+        let port = monitor.then(|| free_ports(workers));
         let mut cmd = Command::new(root().join("tests/doubles/fluentd"));
         cmd.arg("-d")
             .arg(dir.path().join("fluentd.pid"))
@@ -54,12 +61,6 @@ impl Fluentd {
         // The pid file appears a little after the launcher returns, and each worker needs a
         // moment before it handles SIGUSR1 (it logs when it does): until then SIGUSR1 kills it,
         // as with the real fluentd.
-        let workers = args
-            .iter()
-            .position(|a| *a == "--workers")
-            .and_then(|i| args.get(i + 1))
-            .and_then(|n| n.parse::<usize>().ok())
-            .unwrap_or(1);
         let start = Instant::now();
         while std::fs::read_to_string(f.log())
             .unwrap_or_default()
@@ -68,8 +69,9 @@ impl Fluentd {
             < workers
         {
             assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "the fluentd double did not start"
+                start.elapsed() < Duration::from_secs(20),
+                "the fluentd double did not start; its log:\n{}",
+                std::fs::read_to_string(f.log()).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -129,6 +131,21 @@ impl Drop for Fluentd {
             }
         }
     }
+}
+
+/// The first of `n` consecutive ports that are free now.
+pub fn free_ports(n: usize) -> u16 {
+    for _ in 0..50 {
+        let first = free_port();
+        let rest_free = (1..n).all(|i| {
+            u16::try_from(usize::from(first) + i)
+                .is_ok_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        });
+        if rest_free {
+            return first;
+        }
+    }
+    panic!("no {n} consecutive free ports");
 }
 
 pub fn free_port() -> u16 {

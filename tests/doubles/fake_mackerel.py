@@ -4,7 +4,7 @@
     fake_mackerel.py --port 0
     -> prints {"url":"http://127.0.0.1:PORT","control":"http://127.0.0.1:PORT/_control"}
 
-Behaviour follows /work/shared/reference/platform-facts.md §4 (Mackerel API docs, hosts.md, and
+Behaviour follows the published Mackerel API (the API docs' hosts pages, and
 mackerel-client-go). Keys, hosts and injected faults come from the unauthenticated control API
 under /_control. The process exits when its stdin reaches EOF (so a dead test harness never
 leaves it behind), on SIGTERM and on SIGINT. See tests/doubles/README.md.

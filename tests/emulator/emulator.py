@@ -172,7 +172,7 @@ def deliver(target_arn: str, body: str, subject: str) -> None:
 
 
 def send_test_notification(backend: AutoScalingBackend, group: FakeAutoScalingGroup, target_arn: str, role_arn: str | None) -> None:
-    # Shape of real captures (platform-facts §1.2): no instance, token or hook.
+    # Shape of real captures (as in the Auto Scaling docs): no instance, token or hook.
     body = {
         "AccountId": backend.account_id,
         "RequestId": str(uuid.uuid4()),
@@ -206,7 +206,7 @@ def send_action_notification(
     if not target:
         return  # EventBridge-only hook: nothing to emulate.
     launching = hook.lifecycle_transition == LAUNCHING
-    # Flat message of platform-facts §1.1(a); Origin/Destination per §1.3.
+    # The flat hook message as Auto Scaling sends it; Origin/Destination as documented for warm pools.
     body: dict[str, Any] = {
         "Origin": origin,
         "Destination": destination,
@@ -1172,7 +1172,7 @@ class ImdsHandler(BaseHTTPRequestHandler):
         if self.headers.get("X-Forwarded-For") is not None:
             return self._send(403)
         if path != "/latest/api/token":
-            # Versioned token paths are refused with 403 (platform-facts §2).
+            # Versioned token paths are refused with 403.
             return self._send(403 if path.endswith("/api/token") else 404)
         if self.server.fail_token:
             return self._send(503)

@@ -12,7 +12,7 @@ fake IMDSv2 (from the emulator) and of a JSON-RPC stub (Zabbix-like) served
 here.  It runs the proxy with `python -I -S` (no site-packages) to make sure
 it needs only the standard library.  Exits 1 if any check fails.
 
-Started with a Python without boto3, it re-runs itself with /work/main/.venv's.
+Started with a Python without boto3, it re-runs itself with the project's .venv Python.
 --quick skips the 20 s long poll that otherwise runs in the background.
 """
 
