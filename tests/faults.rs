@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::process::Child;
 use std::time::Duration;
 
 use common::services::*;
@@ -22,13 +21,13 @@ fn marker() -> &'static str {
 }
 
 /// Starts `lastcall run` for the node with AWS (and optionally IMDS) behind proxies.
-fn start_behind(n: &mut Node, aws: &Proxy, imds: Option<&str>) -> Child {
+fn start_behind(n: &mut Node, aws: &Proxy, imds: Option<&str>) {
     let mut c = n.command(&["run"]);
     c.env("AWS_ENDPOINT_URL", &aws.url);
     if let Some(i) = imds {
         c.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", i);
     }
-    c.spawn().expect("start")
+    n.child = Some(c.spawn().expect("start"));
 }
 
 fn completed(acts: &[serde_json::Value]) -> usize {
@@ -48,8 +47,7 @@ async fn sqs_down_at_start_the_daemon_backs_off_and_completes_once_it_returns() 
         .rule(json!({"match": "ReceiveMessage", "action": "reset", "count": 2}))
         .await;
     let mut n = Node::new(&me, &g.queue_url, &config("", marker())).await;
-    let child = start_behind(&mut n, &proxy, None);
-    n.child = Some(child);
+    start_behind(&mut n, &proxy, None);
     n.wait_log("polling the queue failed; backing off", LONG)
         .await;
     terminate(&aws, &me).await;
@@ -73,8 +71,7 @@ async fn completion_throttled_five_times_is_retried_and_completes_once() {
     let me = g.instances[0].clone();
     proxy.rule(json!({"match": "CompleteLifecycleAction", "action": "error", "status": 400, "code": "Throttling", "message": "Rate exceeded", "count": 5})).await;
     let mut n = Node::new(&me, &g.queue_url, &config("", marker())).await;
-    let child = start_behind(&mut n, &proxy, None);
-    n.child = Some(child);
+    start_behind(&mut n, &proxy, None);
     terminate(&aws, &me).await;
     wait_terminated(&aws, &me, LONG).await;
     let (seen, faulted) = proxy.count("CompleteLifecycleAction").await;
@@ -97,8 +94,7 @@ async fn a_lost_completion_answer_is_recognised_as_done() {
     // The completion reaches Auto Scaling, but its answer is lost (connection reset).
     proxy.rule(json!({"match": "CompleteLifecycleAction", "action": "reset", "forward": true, "count": 1})).await;
     let mut n = Node::new(&me, &g.queue_url, &config("", marker())).await;
-    let child = start_behind(&mut n, &proxy, None);
-    n.child = Some(child);
+    start_behind(&mut n, &proxy, None);
     terminate(&aws, &me).await;
     wait_terminated(&aws, &me, LONG).await;
     n.wait_log("termination handled", LONG).await;
@@ -134,8 +130,7 @@ async fn failing_heartbeats_are_survived_and_later_ones_keep_the_action_alive() 
         marker()
     );
     let mut n = Node::new(&me, &g.queue_url, &config("", &steps)).await;
-    let child = start_behind(&mut n, &proxy, None);
-    n.child = Some(child);
+    start_behind(&mut n, &proxy, None);
     terminate(&aws, &me).await;
     wait_terminated(&aws, &me, LONG).await;
     let acts = actions(&me).await;
@@ -167,8 +162,7 @@ async fn imds_down_at_start_and_refusing_a_token_later_are_survived() {
         marker()
     );
     let mut n = Node::new(&me, "", &cfg).await;
-    let child = start_behind(&mut n, &proxy, Some(&imds_proxy.url));
-    n.child = Some(child);
+    start_behind(&mut n, &proxy, Some(&imds_proxy.url));
     n.wait_log("cannot read instance metadata yet; retrying", LONG)
         .await;
     n.wait_log("target lifecycle state target_state=InService", LONG)

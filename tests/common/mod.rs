@@ -29,9 +29,49 @@ pub struct Emulator {
     pub endpoint: String,
     /// The control API (fake IMDS servers, lifecycle action listing).
     pub control: String,
+    _proc: Ready,
+}
+
+/// A helper process (emulator, double, proxy) that printed its JSON ready line. Its stdin is
+/// held open for as long as this lives: the helper exits at EOF, so a dead test process never
+/// leaves it behind.
+pub struct Ready {
+    /// The ready line.
+    pub info: Value,
     _child: Child,
-    // Held open for the life of the test process; the emulator exits at EOF.
     _stdin: ChildStdin,
+}
+
+impl Ready {
+    /// Starts `cmd` with stdin and stdout piped and reads its ready line; `what` names it in
+    /// panics.
+    pub fn start(mut cmd: Command, what: &str) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {what}: {e}"));
+        let stdin = child.stdin.take().expect("stdin");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("read {what}'s ready line: {e}"));
+        let info = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("{what}'s ready line {line:?}: {e}"));
+        Self {
+            info,
+            _child: child,
+            _stdin: stdin,
+        }
+    }
+
+    /// A string field of the ready line.
+    pub fn field(&self, key: &str) -> String {
+        self.info[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key} in the ready line {}", self.info))
+            .to_string()
+    }
 }
 
 /// The repository root.
@@ -51,25 +91,13 @@ pub fn emulator() -> &'static Emulator {
             "{} is missing: run scripts/setup-test-env.sh (the README's test command does)",
             python.display()
         );
-        let mut child = Command::new(&python)
-            .arg(root().join("tests/emulator/emulator.py"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the emulator");
-        let stdin = child.stdin.take().expect("stdin");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the emulator's ready line");
-        let v: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("emulator ready line {line:?}: {e}"));
+        let mut cmd = Command::new(&python);
+        cmd.arg(root().join("tests/emulator/emulator.py"));
+        let proc = Ready::start(cmd, "the emulator");
         Emulator {
-            endpoint: v["endpoint"].as_str().expect("endpoint").to_string(),
-            control: v["control"].as_str().expect("control").to_string(),
-            _child: child,
-            _stdin: stdin,
+            endpoint: proc.field("endpoint"),
+            control: proc.field("control"),
+            _proc: proc,
         }
     })
 }

@@ -2,18 +2,15 @@
 //! (`tests/services/zabbix.sh`), and the fluentd and Mackerel doubles (`tests/doubles/`).
 //! Each is started once per test binary; tests use unique names.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use super::{root, Ready};
 
 // ---------------------------------------------------------------------------------------------
 // fluentd double
@@ -162,31 +159,20 @@ pub fn free_port() -> u16 {
 pub struct Mackerel {
     pub url: String,
     pub control: String,
-    pub _child: Child,
-    pub _stdin: ChildStdin,
+    _proc: Ready,
 }
 
 pub fn mackerel() -> &'static Mackerel {
     static M: OnceLock<Mackerel> = OnceLock::new();
     M.get_or_init(|| {
-        let mut child = Command::new("python3")
-            .arg(root().join("tests/doubles/fake_mackerel.py"))
-            .args(["--port", "0"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start fake mackerel");
-        let stdin = child.stdin.take().expect("stdin");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("ready");
-        let v: Value = serde_json::from_str(&line).expect("json");
+        let mut cmd = Command::new("python3");
+        cmd.arg(root().join("tests/doubles/fake_mackerel.py"))
+            .args(["--port", "0"]);
+        let proc = Ready::start(cmd, "the fake Mackerel");
         Mackerel {
-            url: v["url"].as_str().expect("url").into(),
-            control: v["control"].as_str().expect("control").into(),
-            _child: child,
-            _stdin: stdin,
+            url: proc.field("url"),
+            control: proc.field("control"),
+            _proc: proc,
         }
     })
 }
@@ -368,31 +354,20 @@ pub fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
 pub struct Proxy {
     pub url: String,
     pub control: String,
-    _child: Child,
-    _stdin: ChildStdin,
+    _proc: Ready,
 }
 
 impl Proxy {
     /// Starts a proxy in front of `upstream` (`http://host:port`).
     pub fn start(upstream: &str) -> Self {
-        let mut child = Command::new("python3")
-            .arg(root().join("tests/faults/proxy.py"))
-            .args(["--upstream", upstream, "--port", "0"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the fault proxy");
-        let stdin = child.stdin.take().expect("stdin");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("ready line");
-        let v: Value = serde_json::from_str(&line).expect("json");
+        let mut cmd = Command::new("python3");
+        cmd.arg(root().join("tests/faults/proxy.py"))
+            .args(["--upstream", upstream, "--port", "0"]);
+        let proc = Ready::start(cmd, "the fault proxy");
         Self {
-            url: v["url"].as_str().expect("url").into(),
-            control: v["control"].as_str().expect("control").into(),
-            _child: child,
-            _stdin: stdin,
+            url: proc.field("url"),
+            control: proc.field("control"),
+            _proc: proc,
         }
     }
 
