@@ -25,12 +25,21 @@ pub enum Transition {
 }
 
 impl Transition {
+    /// Every transition, for [`Transition::parse`].
+    const ALL: [Self; 2] = [Self::Terminating, Self::Launching];
+
     /// The API's spelling.
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Terminating => "autoscaling:EC2_INSTANCE_TERMINATING",
             Self::Launching => "autoscaling:EC2_INSTANCE_LAUNCHING",
         }
+    }
+
+    /// The transition with the API's spelling `s` (the one place such strings are read: from
+    /// messages, from `DescribeLifecycleHooks`, from the journal).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
     }
 }
 
@@ -250,11 +259,9 @@ fn from_flat(v: &Value, shape: Shape) -> Result<Notification, ParseError> {
 }
 
 fn lifecycle_fields(v: &Value, shape: Shape) -> Result<LifecycleEvent, ParseError> {
-    let transition = match req_str(v, "LifecycleTransition")?.as_str() {
-        "autoscaling:EC2_INSTANCE_TERMINATING" => Transition::Terminating,
-        "autoscaling:EC2_INSTANCE_LAUNCHING" => Transition::Launching,
-        other => return Err(ParseError::UnknownTransition(truncate(other, 80))),
-    };
+    let raw = req_str(v, "LifecycleTransition")?;
+    let transition = Transition::parse(&raw)
+        .ok_or_else(|| ParseError::UnknownTransition(truncate(&raw, 80)))?;
     let instance_id = req_str(v, "EC2InstanceId")?;
     if !valid_instance_id(&instance_id) {
         return Err(invalid(

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ActionResult;
+use crate::autoscaling::ActionResult;
 
 /// Format version of a record.
 const VERSION: u32 = 1;

@@ -10,16 +10,16 @@
 //!   [`lifecycle`] (the Auto Scaling calls), heartbeats, the [`pipeline`] of [`steps`], completion.
 //! - [`shutdown`] carries SIGTERM to every loop.
 
-pub mod app;
+pub mod autoscaling;
 pub mod aws;
 pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod event;
 pub mod handler;
-pub mod http;
-pub mod identity;
+pub mod http_client;
+pub mod imds;
 pub mod journal;
-pub mod lifecycle;
 pub mod logging;
 pub mod pipeline;
 pub mod secret;

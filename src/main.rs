@@ -18,5 +18,5 @@ fn main() -> ExitCode {
             return Exit::Failure.into();
         }
     };
-    rt.block_on(lastcall::app::main(cli)).into()
+    rt.block_on(lastcall::cmd::main(cli)).into()
 }

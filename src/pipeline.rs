@@ -18,9 +18,9 @@ use crate::template::Context;
 /// Less time than this left before an interruption deadline: the step is not started.
 const MIN_STEP_TIME: Duration = Duration::from_millis(100);
 
-/// What the pipeline did.
+/// What the pipeline did: how many steps ended which way.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Outcome {
+pub struct Tally {
     /// Steps that succeeded (now or before a restart).
     pub ok: usize,
     /// Steps that failed or timed out.
@@ -46,8 +46,8 @@ pub async fn run(
     journal: &Journal,
     rec: &mut Record,
     shutdown: &Shutdown,
-) -> Result<Outcome, JournalError> {
-    let mut out = Outcome::default();
+) -> Result<Tally, JournalError> {
+    let mut out = Tally::default();
     let mut aborted_by: Option<String> = None;
     for step in steps {
         let previous = rec.step(step.index).map(|s| s.state);

@@ -6,7 +6,7 @@ use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use crate::config::Fields;
+use crate::config::fields::Fields;
 
 /// Where a secret is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +92,7 @@ impl SecretSource {
                 if !path.is_absolute() {
                     f.problem(&file_key, "must be an absolute path");
                 }
-                if let Some(why) = crate::config::unsafe_file(&path) {
+                if let Some(why) = crate::config::permissions::unsafe_file(&path) {
                     f.problem(&file_key, format!("{why}; lastcall refuses it"));
                 }
                 match std::fs::metadata(&path) {
@@ -157,7 +157,7 @@ impl SecretSource {
     pub fn load(&self) -> Result<Secret, SecretError> {
         let value = match self {
             Self::File(path) => {
-                if let Some(why) = crate::config::unsafe_file(path) {
+                if let Some(why) = crate::config::permissions::unsafe_file(path) {
                     return Err(SecretError::Unsafe(why));
                 }
                 if let Ok(m) = std::fs::metadata(path) {

@@ -34,9 +34,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::SqsConfig;
 use crate::event::{self, LifecycleEvent, Notification, ParseError, Transition};
-use crate::handler::{Action, Handled, Handler};
+use crate::handler::{Action, Handler, HandlerError, Outcome};
+use crate::imds::TARGET_STATE;
 use crate::shutdown::Shutdown;
-use crate::source::imds::TARGET_STATE;
 
 /// Messages asked for per receive (the API's maximum).
 const BATCH: i32 = 10;
@@ -148,7 +148,7 @@ pub struct PollReport {
     /// Of those, the ones this instance had not released before.
     pub not_ours_new: usize,
     /// This instance's actions and how they ended.
-    pub handled: Vec<Handled>,
+    pub handled: Vec<Outcome>,
 }
 
 /// An SQS call failed.
@@ -164,7 +164,7 @@ pub enum SqsError {
     },
     /// Handling this instance's action failed.
     #[error(transparent)]
-    Handler(#[from] crate::handler::HandlerError),
+    Handler(#[from] HandlerError),
 }
 
 /// The shared-queue source.
@@ -223,7 +223,7 @@ impl SqsSource {
             match r {
                 Ok(report) => {
                     backoff = BACKOFF_FIRST;
-                    if report.handled.contains(&Handled::Interrupted) {
+                    if report.handled.contains(&Outcome::Interrupted) {
                         break;
                     }
                     if report.not_ours > 0
@@ -422,7 +422,7 @@ impl SqsSource {
             info!(message_id = %id, instance_id = %ev.instance_id, group = %ev.group, hook = %ev.hook_name,
                 shape = ev.shape.as_str(), warm_pool = ev.to_warm_pool(), "lifecycle notification for this instance");
             let keepalive = self.keep_invisible(&m);
-            let handled = handler.handle(&Action::from(ev.as_ref()), "sqs").await;
+            let handled = handler.handle(&Action::from_event(&ev), "sqs").await;
             keepalive.abort();
             let handled = match handled {
                 Ok(h) => h,
@@ -433,14 +433,14 @@ impl SqsSource {
                 }
             };
             match &handled {
-                Handled::Completed { .. } | Handled::AlreadyCompleted => {
+                Outcome::Completed { .. } | Outcome::AlreadyCompleted => {
                     if self.delete(&m).await {
                         report.deleted += 1;
                     } else {
                         report.left += 1;
                     }
                 }
-                Handled::Busy | Handled::NotWaiting { .. } | Handled::Interrupted => {
+                Outcome::Busy | Outcome::NotWaiting { .. } | Outcome::Interrupted => {
                     report.left += 1
                 }
             }

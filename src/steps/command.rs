@@ -7,7 +7,7 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tracing::info;
 
-use crate::config::Fields;
+use crate::config::fields::Fields;
 use crate::template::{Context, RenderError, Template};
 
 use super::{StepEnv, StepError};

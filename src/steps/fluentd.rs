@@ -14,7 +14,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::config::Fields;
+use crate::config::fields::Fields;
 use crate::template::{Context, RenderError, Template};
 
 use super::{StepEnv, StepError};
@@ -256,7 +256,7 @@ impl FluentdStep {
     }
 
     async fn plugins(&self, base: &str, env: &StepEnv<'_>) -> Result<Vec<Value>, String> {
-        let client = crate::http::client()?;
+        let client = crate::http_client::client()?;
         let url = format!("{}/api/plugins.json", base.trim_end_matches('/'));
         let v: Value = client
             .get(&url)
@@ -266,10 +266,10 @@ impl FluentdStep {
             )
             .send()
             .await
-            .map_err(|e| format!("monitor_agent {url}: {}", crate::http::describe(e)))?
+            .map_err(|e| format!("monitor_agent {url}: {}", crate::http_client::describe(e)))?
             .json()
             .await
-            .map_err(|e| format!("monitor_agent {url}: {}", crate::http::describe(e)))?;
+            .map_err(|e| format!("monitor_agent {url}: {}", crate::http_client::describe(e)))?;
         Ok(v["plugins"].as_array().cloned().unwrap_or_default())
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use reqwest::Method;
 
-use crate::config::Fields;
+use crate::config::fields::Fields;
 use crate::secret::SecretSource;
 use crate::template::{Context, RenderError, Template};
 
@@ -252,7 +252,7 @@ impl HttpStep {
             let mut req = client
                 .request(self.method.clone(), &url)
                 .headers(headers.clone())
-                .timeout(env.remaining().min(crate::http::REQUEST_TIMEOUT));
+                .timeout(env.remaining().min(crate::http_client::REQUEST_TIMEOUT));
             if let Some(b) = &body {
                 req = req.body(b.clone());
             }
@@ -274,9 +274,9 @@ impl HttpStep {
                     }
                     why
                 }
-                Err(e) => format!("{} {shown}: {}", self.method, crate::http::describe(e)),
+                Err(e) => format!("{} {shown}: {}", self.method, crate::http_client::describe(e)),
             };
-            let pause = crate::http::backoff(attempt);
+            let pause = crate::http_client::backoff(attempt);
             super::retry_after(env, attempt, pause, &why)
                 .await
                 .map_err(StepError::Failed)?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::config::Fields;
+use crate::config::fields::Fields;
 use crate::secret::{Secret, SecretSource};
 use crate::template::{Context, RenderError, Template};
 
@@ -197,7 +197,7 @@ impl MackerelStep {
             let mut req = client
                 .request(method.clone(), url.clone())
                 .header("X-Api-Key", key.expose())
-                .timeout(env.remaining().min(crate::http::REQUEST_TIMEOUT));
+                .timeout(env.remaining().min(crate::http_client::REQUEST_TIMEOUT));
             if let Some(b) = &body {
                 req = req.json(b);
             }
@@ -237,9 +237,9 @@ impl MackerelStep {
                         s => return Err(StepError::Failed(format!("{what}: {} {message}", s.as_u16()))),
                     }
                 }
-                Err(e) => (format!("{what}: {}", crate::http::describe(e)), None),
+                Err(e) => (format!("{what}: {}", crate::http_client::describe(e)), None),
             };
-            let pause = retry_after.unwrap_or_else(|| crate::http::backoff(attempt));
+            let pause = retry_after.unwrap_or_else(|| crate::http_client::backoff(attempt));
             super::retry_after(env, attempt, pause, &why)
                 .await
                 .map_err(StepError::Failed)?;

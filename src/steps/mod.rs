@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::config::{Fields, DEFAULT_STEP_TIMEOUT};
+use crate::config::fields::Fields;
 use crate::template::{Context, RenderError, Template};
 
 pub mod command;
@@ -18,6 +18,8 @@ pub mod sleep;
 pub mod systemd;
 pub mod zabbix;
 
+/// A step's timeout when it sets none.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Where `systemctl` is unless a step says otherwise.
 pub const DEFAULT_SYSTEMCTL: &str = "/usr/bin/systemctl";
 
@@ -206,7 +208,7 @@ async fn retry_after(
 
 /// The shared HTTP client, as a step error when it cannot be built.
 fn http_client() -> Result<&'static reqwest::Client, StepError> {
-    crate::http::client().map_err(StepError::Failed)
+    crate::http_client::client().map_err(StepError::Failed)
 }
 
 /// Reads an optional `systemctl` path key (for hosts where it is not at the usual place).

@@ -9,7 +9,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::config::Fields;
+use crate::config::fields::Fields;
 use crate::template::{Context, RenderError, Template};
 
 use super::{run_capture, StepEnv, StepError};

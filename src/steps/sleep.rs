@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::config::Fields;
+use crate::config::fields::Fields;
 
 use super::StepError;
 

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::Fields;
+use crate::config::fields::Fields;
 use crate::template::{Context, RenderError, Template};
 
 use super::{run_capture, StepEnv, StepError};

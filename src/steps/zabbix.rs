@@ -9,7 +9,7 @@
 
 use serde_json::{json, Value};
 
-use crate::config::Fields;
+use crate::config::fields::Fields;
 use crate::secret::{Secret, SecretSource};
 use crate::template::{Context, RenderError, Template};
 
@@ -109,7 +109,7 @@ impl<'a> Rpc<'a> {
             let mut req = client
                 .post(&self.url)
                 .header("Content-Type", "application/json-rpc")
-                .timeout(self.env.remaining().min(crate::http::REQUEST_TIMEOUT));
+                .timeout(self.env.remaining().min(crate::http_client::REQUEST_TIMEOUT));
             if authed {
                 if let Some(token) = &self.auth {
                     if bearer {
@@ -141,13 +141,13 @@ impl<'a> Rpc<'a> {
                     }
                     Err(e) => format!(
                         "{method}: the answer is not JSON-RPC: {}",
-                        crate::http::describe(e)
+                        crate::http_client::describe(e)
                     ),
                 },
                 Ok(resp) => format!("{method}: HTTP {}", resp.status()),
-                Err(e) => format!("{method}: {}", crate::http::describe(e)),
+                Err(e) => format!("{method}: {}", crate::http_client::describe(e)),
             };
-            let pause = crate::http::backoff(attempt);
+            let pause = crate::http_client::backoff(attempt);
             super::retry_after(self.env, attempt, pause, &err)
                 .await
                 .map_err(RpcError::Transport)?;

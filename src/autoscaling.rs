@@ -1,14 +1,15 @@
-//! The Auto Scaling calls: where this instance stands, the hook's timeouts, heartbeats and
-//! completion. Completion retries throttling and transient errors; "No active Lifecycle Action
+//! The Auto Scaling client: where this instance stands, the group's hooks (and which one is
+//! lastcall's), heartbeats and completion. Completion retries throttling and transient errors; "No active Lifecycle Action
 //! found" means the action is already over and is reported as such, not as a failure.
 
+use std::fmt;
 use std::time::Duration;
 
 use aws_sdk_autoscaling::config::http::HttpResponse;
 use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use tracing::{info, warn};
 
-use crate::config::ActionResult;
+use crate::event::Transition;
 
 /// The state Auto Scaling holds a terminating instance in while hooks run.
 pub const TERMINATING_WAIT: &str = "Terminating:Wait";
@@ -21,6 +22,33 @@ pub const WARMED_PENDING_WAIT: &str = "Warmed:Pending:Wait";
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 /// Longest pause between completion attempts.
 const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// The result sent with `CompleteLifecycleAction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ActionResult {
+    /// Let the termination (and the other hooks) proceed.
+    #[serde(rename = "CONTINUE")]
+    Continue,
+    /// End the remaining hooks; for a termination the instance still goes away.
+    #[serde(rename = "ABANDON")]
+    Abandon,
+}
+
+impl ActionResult {
+    /// The API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Continue => "CONTINUE",
+            Self::Abandon => "ABANDON",
+        }
+    }
+}
+
+impl fmt::Display for ActionResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One lifecycle action: the group, the hook, the instance and (when known) the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -337,8 +365,8 @@ impl AutoScaling {
 pub struct Hook {
     /// Its name.
     pub name: String,
-    /// `autoscaling:EC2_INSTANCE_TERMINATING` or `…_LAUNCHING`.
-    pub transition: String,
+    /// Launching or terminating (`None`: a transition lastcall does not know).
+    pub transition: Option<Transition>,
     /// Its NotificationMetadata.
     pub metadata: Option<String>,
     /// Its timeouts, when read from Auto Scaling.
@@ -375,11 +403,134 @@ impl AutoScaling {
             .filter_map(|h| {
                 Some(Hook {
                     name: h.lifecycle_hook_name()?.to_string(),
-                    transition: h.lifecycle_transition().unwrap_or_default().to_string(),
+                    transition: h.lifecycle_transition().and_then(Transition::parse),
                     metadata: h.notification_metadata().map(str::to_string),
                     timeouts: Some(timeouts(h)),
                 })
             })
             .collect())
+    }
+}
+
+/// Why no hook of a group can be lastcall's for a transition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HookChoiceError {
+    /// The configured hook is there, but for the other transition.
+    #[error("hook {name} of group {group} is not a {transition} hook")]
+    WrongTransition {
+        /// The group.
+        group: String,
+        /// The configured hook.
+        name: String,
+        /// The transition it should have.
+        transition: Transition,
+    },
+    /// No hook for the transition, and none configured.
+    #[error("group {group} has no {transition} lifecycle hook; there is nothing to complete (add one, or set [lifecycle] hook_name)")]
+    None {
+        /// The group.
+        group: String,
+        /// The transition.
+        transition: Transition,
+    },
+    /// Several hooks for the transition, and none configured.
+    #[error("group {group} has several {transition} hooks ({}); set [lifecycle] hook_name to the one lastcall completes", names.join(", "))]
+    Several {
+        /// The group.
+        group: String,
+        /// The transition.
+        transition: Transition,
+        /// The hooks' names.
+        names: Vec<String>,
+    },
+}
+
+/// The hook lastcall completes for `transition` in `group`, out of the group's `hooks`: the
+/// configured one (`named`), else the group's only hook for the transition. The one place this
+/// is decided (the metadata source, `check` and `plan` ask here).
+///
+/// A configured hook that `DescribeLifecycleHooks` does not list is still used, by name: the
+/// describe may lack the permission or lag behind a hook just created.
+pub fn choose_hook(
+    group: &str,
+    hooks: &[Hook],
+    named: Option<&str>,
+    transition: &Transition,
+) -> Result<Hook, HookChoiceError> {
+    if let Some(name) = named {
+        return match hooks.iter().find(|h| h.name == name) {
+            Some(h) if h.transition.as_ref() == Some(transition) => Ok(h.clone()),
+            Some(_) => Err(HookChoiceError::WrongTransition {
+                group: group.to_string(),
+                name: name.to_string(),
+                transition: transition.clone(),
+            }),
+            None => Ok(Hook {
+                name: name.to_string(),
+                transition: Some(transition.clone()),
+                metadata: None,
+                timeouts: None,
+            }),
+        };
+    }
+    let mine: Vec<&Hook> = hooks
+        .iter()
+        .filter(|h| h.transition.as_ref() == Some(transition))
+        .collect();
+    match mine.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(HookChoiceError::None {
+            group: group.to_string(),
+            transition: transition.clone(),
+        }),
+        many => Err(HookChoiceError::Several {
+            group: group.to_string(),
+            transition: transition.clone(),
+            names: many.iter().map(|h| h.name.clone()).collect(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(name: &str, t: Transition) -> Hook {
+        Hook {
+            name: name.into(),
+            transition: Some(t),
+            metadata: None,
+            timeouts: None,
+        }
+    }
+
+    #[test]
+    fn the_configured_hook_or_the_only_one_is_chosen() {
+        let hooks = [
+            hook("drain", Transition::Terminating),
+            hook("boot", Transition::Launching),
+        ];
+        let t = Transition::Terminating;
+        assert_eq!(choose_hook("g", &hooks, None, &t).map(|h| h.name), Ok("drain".into()));
+        assert_eq!(
+            choose_hook("g", &hooks, Some("drain"), &t).map(|h| h.name),
+            Ok("drain".into())
+        );
+        assert!(matches!(
+            choose_hook("g", &hooks, Some("boot"), &t),
+            Err(HookChoiceError::WrongTransition { .. })
+        ));
+        // Not listed (no permission, or lag): used by name.
+        assert_eq!(
+            choose_hook("g", &hooks, Some("new"), &t).map(|h| h.name),
+            Ok("new".into())
+        );
+        assert!(matches!(
+            choose_hook("g", &hooks[1..], None, &t),
+            Err(HookChoiceError::None { .. })
+        ));
+        let two = [hooks[0].clone(), hook("other", Transition::Terminating)];
+        let e = choose_hook("g", &two, None, &t).unwrap_err();
+        assert!(e.to_string().contains("drain, other"), "{e}");
     }
 }

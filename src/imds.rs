@@ -1,8 +1,16 @@
-//! Who this instance is, from IMDSv2 (through aws-config's IMDS client, which honours
-//! `AWS_EC2_METADATA_SERVICE_ENDPOINT`), plus the OS hostname.
+//! The instance metadata service (IMDSv2) client, through aws-config's IMDS client (which
+//! honours `AWS_EC2_METADATA_SERVICE_ENDPOINT`): who this instance is (plus the OS hostname),
+//! its tags, and the items the metadata source and the queue source read.
 
 use aws_config::imds::client::error::ImdsError;
 use aws_config::imds::Client;
+
+/// The target lifecycle state item.
+pub const TARGET_STATE: &str = "/latest/meta-data/autoscaling/target-lifecycle-state";
+/// The spot interruption notice item.
+pub const SPOT_ACTION: &str = "/latest/meta-data/spot/instance-action";
+/// The rebalance recommendation item.
+pub const REBALANCE: &str = "/latest/meta-data/events/recommendations/rebalance";
 
 /// The values of this instance that placeholders and routing need.
 #[derive(Debug, Clone, PartialEq, Eq)]

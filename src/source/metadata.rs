@@ -1,4 +1,4 @@
-//! The instance-metadata sources: no queue at all. This instance reads its own
+//! The instance-metadata source (`[imds]`): no queue at all. This instance reads its own
 //! `autoscaling/target-lifecycle-state` (and, when enabled, `spot/instance-action` and the
 //! rebalance recommendation) from IMDSv2, which costs nothing while idle, and handles its
 //! lifecycle actions by instance id.
@@ -15,23 +15,30 @@ use std::time::SystemTime;
 
 use tracing::{debug, error, info, warn};
 
+use crate::autoscaling::{choose_hook, AutoScaling, Hook};
 use crate::config::ImdsConfig;
 use crate::event::Transition;
-use crate::handler::{Action, Handled, Handler};
-use crate::identity::Imds;
-use crate::lifecycle::{ActionRef, AutoScaling, Hook};
+use crate::handler::{Action, Handler, Outcome};
+use crate::imds::{Imds, REBALANCE, SPOT_ACTION, TARGET_STATE};
 use crate::shutdown::Shutdown;
 
-/// The target lifecycle state item.
-pub const TARGET_STATE: &str = "/latest/meta-data/autoscaling/target-lifecycle-state";
-/// The spot interruption notice item.
-pub const SPOT_ACTION: &str = "/latest/meta-data/spot/instance-action";
-/// The rebalance recommendation item.
-pub const REBALANCE: &str = "/latest/meta-data/events/recommendations/rebalance";
+/// What the source has finished, so that it is not done again while the item that led to it
+/// stays the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Episode {
+    /// The termination `Terminated` points at.
+    Terminate,
+    /// The return to the warm pool a `Warmed:*` state points at.
+    Warm,
+    /// The launch `InService` points at.
+    Launch,
+    /// The spot interruption (or rebalance recommendation); kept across target states.
+    Spot,
+}
 
-/// The metadata sources of one instance.
+/// The metadata source of one instance.
 #[derive(Debug)]
-pub struct ImdsSource {
+pub struct MetadataSource {
     imds: Imds,
     asg: AutoScaling,
     cfg: ImdsConfig,
@@ -42,8 +49,8 @@ pub struct ImdsSource {
     last: Option<String>,
     /// The instance was seen InService (so `Warmed:*` means a return to the warm pool).
     seen_in_service: bool,
-    /// What was finished for the current target state (reset when it changes).
-    done: HashSet<&'static str>,
+    /// What was finished for the current target state (reset when it changes, but for spot).
+    done: HashSet<Episode>,
     /// Hooks by group, read once.
     hooks: HashMap<String, Vec<Hook>>,
     /// Errors already logged (to log each once, not every poll).
@@ -52,12 +59,12 @@ pub struct ImdsSource {
 
 /// One check of every enabled item.
 #[derive(Debug, Default)]
-pub struct ImdsReport {
+pub struct MetadataReport {
     /// How this instance's actions ended.
-    pub handled: Vec<Handled>,
+    pub handled: Vec<Outcome>,
 }
 
-impl ImdsSource {
+impl MetadataSource {
     /// A source for this instance.
     pub fn new(
         imds: Imds,
@@ -93,7 +100,7 @@ impl ImdsSource {
         );
         while !shutdown.is_requested() {
             let report = self.check(handler).await;
-            if report.handled.contains(&Handled::Interrupted) {
+            if report.handled.contains(&Outcome::Interrupted) {
                 break;
             }
             tokio::select! {
@@ -105,19 +112,19 @@ impl ImdsSource {
     }
 
     /// Reads every enabled item once and handles what it finds.
-    pub async fn check(&mut self, handler: &Handler) -> ImdsReport {
-        let mut report = ImdsReport::default();
+    pub async fn check(&mut self, handler: &Handler) -> MetadataReport {
+        let mut report = MetadataReport::default();
         if self.cfg.lifecycle {
             if let Some(h) = self.check_lifecycle(handler).await {
                 report.handled.push(h);
             }
         }
-        if self.cfg.spot && !self.done.contains("spot") {
+        if self.cfg.spot && !self.done.contains(&Episode::Spot) {
             if let Some(h) = self.check_spot(handler).await {
                 report.handled.push(h);
             }
         }
-        if self.cfg.rebalance && !self.done.contains("spot") {
+        if self.cfg.rebalance && !self.done.contains(&Episode::Spot) {
             if let Some(h) = self.check_rebalance(handler).await {
                 report.handled.push(h);
             }
@@ -140,27 +147,27 @@ impl ImdsSource {
         }
     }
 
-    async fn check_lifecycle(&mut self, handler: &Handler) -> Option<Handled> {
+    async fn check_lifecycle(&mut self, handler: &Handler) -> Option<Outcome> {
         let target = self.read(TARGET_STATE).await?;
         if self.last.as_deref() != Some(target.as_str()) {
             info!(target_state = %target, previous = self.last.as_deref().unwrap_or("-"), "target lifecycle state");
-            self.done.retain(|d| *d == "spot");
+            self.done.retain(|d| *d == Episode::Spot);
             self.last = Some(target.clone());
         }
         match target.as_str() {
             "Terminated" => {
-                self.lifecycle(handler, Transition::Terminating, false, "terminate")
+                self.lifecycle(handler, Transition::Terminating, false, Episode::Terminate)
                     .await
             }
             "Warmed:Terminated" => None,
             s if s.starts_with("Warmed:") && self.seen_in_service => {
-                self.lifecycle(handler, Transition::Terminating, true, "warm")
+                self.lifecycle(handler, Transition::Terminating, true, Episode::Warm)
                     .await
             }
             "InService" => {
                 self.seen_in_service = true;
                 if self.launch {
-                    self.lifecycle(handler, Transition::Launching, false, "launch")
+                    self.lifecycle(handler, Transition::Launching, false, Episode::Launch)
                         .await
                 } else {
                     None
@@ -176,9 +183,9 @@ impl ImdsSource {
         handler: &Handler,
         transition: Transition,
         warm_pool: bool,
-        episode: &'static str,
-    ) -> Option<Handled> {
-        if self.done.contains(episode) {
+        episode: Episode,
+    ) -> Option<Outcome> {
+        if self.done.contains(&episode) {
             return None;
         }
         if let Some(hook) = &self.hook {
@@ -205,21 +212,7 @@ impl ImdsSource {
                 return None;
             }
         };
-        let probe = Action {
-            aref: ActionRef {
-                group: state.group.clone(),
-                hook: String::new(),
-                instance_id: self.me.clone(),
-                token: None,
-            },
-            transition: transition.clone(),
-            metadata: None,
-            warm_pool,
-            started: None,
-            seen_waiting: true,
-            timeouts: None,
-        };
-        let want = probe.wait_state();
+        let want = Action::wait_state_for(&transition, warm_pool);
         if state.state != want {
             let on_the_way = match &transition {
                 Transition::Terminating if warm_pool => {
@@ -247,19 +240,12 @@ impl ImdsSource {
                 return None;
             }
         };
-        let action = Action {
-            aref: ActionRef {
-                hook: hook.name.clone(),
-                ..probe.aref
-            },
-            metadata: hook.metadata.clone(),
-            timeouts: hook.timeouts,
-            ..probe
-        };
+        let action =
+            Action::seen_waiting(&self.me, &state.group, &hook, transition.clone(), warm_pool);
         info!(instance_id = %self.me, group = %state.group, hook = %hook.name, transition = %transition, warm_pool, "lifecycle action for this instance (instance metadata)");
         match handler.handle(&action, "imds").await {
             Ok(h) => {
-                if matches!(h, Handled::Completed { .. } | Handled::AlreadyCompleted) {
+                if matches!(h, Outcome::Completed { .. } | Outcome::AlreadyCompleted) {
                     self.done.insert(episode);
                 }
                 Some(h)
@@ -271,35 +257,17 @@ impl ImdsSource {
         }
     }
 
-    /// The hook to complete: `[lifecycle] hook_name`, else the group's only hook for the
-    /// transition. Several such hooks and none configured is an error that names them.
+    /// The hook to complete (see [`choose_hook`]); the group's hooks are described once.
     async fn resolve_hook(&mut self, group: &str, transition: &Transition) -> Result<Hook, String> {
         if !self.hooks.contains_key(group) {
             let hooks = self.asg.hooks(group).await.map_err(|e| e.to_string())?;
             self.hooks.insert(group.to_string(), hooks);
         }
-        let all = &self.hooks[group];
-        let mine: Vec<&Hook> = all
-            .iter()
-            .filter(|h| h.transition == transition.as_str())
-            .collect();
-        match (&self.hook, mine.as_slice()) {
-            (Some(name), _) => match all.iter().find(|h| &h.name == name) {
-                Some(h) if h.transition == transition.as_str() => Ok(h.clone()),
-                Some(_) => Err(format!("hook {name} of group {group} is not a {transition} hook")),
-                // Describe may lack the permission or lag; the name is all we need.
-                None => Ok(Hook { name: name.clone(), transition: transition.as_str().into(), metadata: None, timeouts: None }),
-            },
-            (None, [one]) => Ok((*one).clone()),
-            (None, []) => Err(format!("group {group} has no {transition} lifecycle hook; there is nothing to complete (add one, or set [lifecycle] hook_name)")),
-            (None, many) => Err(format!(
-                "group {group} has several {transition} hooks ({}); set [lifecycle] hook_name to the one lastcall completes",
-                many.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
-            )),
-        }
+        choose_hook(group, &self.hooks[group], self.hook.as_deref(), transition)
+            .map_err(|e| e.to_string())
     }
 
-    async fn check_spot(&mut self, handler: &Handler) -> Option<Handled> {
+    async fn check_spot(&mut self, handler: &Handler) -> Option<Outcome> {
         let body = self.read(SPOT_ACTION).await?;
         let notice: serde_json::Value = match serde_json::from_str(&body) {
             Ok(v) => v,
@@ -328,7 +296,7 @@ impl ImdsSource {
         self.spot(handler, &action, deadline).await
     }
 
-    async fn check_rebalance(&mut self, handler: &Handler) -> Option<Handled> {
+    async fn check_rebalance(&mut self, handler: &Handler) -> Option<Outcome> {
         self.read(REBALANCE).await?;
         self.spot(handler, "rebalance", None).await
     }
@@ -338,7 +306,7 @@ impl ImdsSource {
         handler: &Handler,
         what: &str,
         deadline: Option<SystemTime>,
-    ) -> Option<Handled> {
+    ) -> Option<Outcome> {
         let group = self
             .asg
             .instance(&self.me)
@@ -348,8 +316,8 @@ impl ImdsSource {
             .map(|s| s.group);
         match handler.handle_spot(what, deadline, group).await {
             Ok(h) => {
-                if matches!(h, Handled::Completed { .. } | Handled::AlreadyCompleted) {
-                    self.done.insert("spot");
+                if matches!(h, Outcome::Completed { .. } | Outcome::AlreadyCompleted) {
+                    self.done.insert(Episode::Spot);
                 }
                 Some(h)
             }

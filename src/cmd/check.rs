@@ -1,0 +1,356 @@
+//! `lastcall check`: validate the config (`--offline`: only that), then a list of preflight
+//! checks, each a small function that reaches one thing without changing anything and returns
+//! its report line.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use aws_smithy_types::error::display::DisplayErrorContext;
+
+use crate::autoscaling::{choose_hook, ActionRef, AutoScaling, CallOutcome, Hook};
+use crate::cli::{Cli, Exit};
+use crate::config::{Config, SqsConfig, Step};
+use crate::event::Transition;
+use crate::handler::{context, Action};
+use crate::imds::{Identity, Imds, TARGET_STATE};
+use crate::steps::{StepEnv, StepKind};
+use crate::template::Context;
+
+/// How long `check` gives each service.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+/// A dead-letter `maxReceiveCount` below this is warned about for a shared queue.
+const LOW_MAX_RECEIVE_COUNT: u64 = 100;
+
+/// How one check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Ok,
+    Fail,
+    Warn,
+}
+
+/// One line of the report: `[ ok ] what: detail`.
+#[derive(Debug)]
+struct Line {
+    status: Status,
+    what: String,
+    detail: String,
+}
+
+impl Line {
+    fn new(ok: bool, what: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            status: if ok { Status::Ok } else { Status::Fail },
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+
+    fn print(&self) {
+        match self.status {
+            Status::Ok => println!("  [ ok ] {}: {}", self.what, self.detail),
+            Status::Fail => println!("  [FAIL] {}: {}", self.what, self.detail),
+            Status::Warn => println!("  [warn] {}", self.detail),
+        }
+    }
+}
+
+/// `check --offline`: the config only.
+pub fn offline(cli: &Cli) -> Exit {
+    let loaded = match super::load(cli) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    for w in &loaded.warnings {
+        println!("{w}");
+    }
+    print_summary(&loaded.config);
+    Exit::Ok
+}
+
+/// `check`: the config, then everything it needs that can be reached read-only.
+pub async fn online(cli: &Cli) -> Exit {
+    let config = match super::load(cli) {
+        Ok(l) => l.config,
+        Err(code) => return code,
+    };
+    print_summary(&config);
+    let mut lines = Vec::new();
+    let imds = Imds::new();
+    let identity = match imds.identity().await {
+        Ok(id) => {
+            lines.push(Line::new(
+                true,
+                "instance metadata (IMDSv2)",
+                format!(
+                    "{} in {} ({})",
+                    id.instance_id, id.availability_zone, id.hostname
+                ),
+            ));
+            id
+        }
+        Err(e) => {
+            Line::new(false, "instance metadata (IMDSv2)", e.to_string()).print();
+            return Exit::Failure;
+        }
+    };
+    let sdk = crate::aws::load(&identity.region).await;
+    let asg = AutoScaling::new(crate::aws::autoscaling(&sdk));
+    let (line, group) = group(&asg, &identity).await;
+    lines.push(line);
+    if let Some(ic) = config.imds.as_ref().filter(|i| i.lifecycle) {
+        lines.push(target_state(&imds, ic.poll_interval).await);
+        if let Some(group) = &group {
+            lines.extend(terminating_hook(&asg, &config, &identity, group).await);
+        }
+    }
+    if let (Some(group), Some(hook)) = (&group, &config.lifecycle.hook_name) {
+        lines.push(configured_hook(&asg, group, hook).await);
+    }
+    if let Some(s) = &config.sqs {
+        lines.extend(queue(&sdk, s).await);
+    }
+    let action = Action::new(
+        &identity.instance_id,
+        group.as_deref().unwrap_or_default(),
+        config.lifecycle.hook_name.as_deref().unwrap_or_default(),
+        Transition::Terminating,
+        false,
+    );
+    let ctx = context(&config, &identity, &imds, Some(&asg), &action).await;
+    for step in config.steps.iter().chain(&config.launch_steps) {
+        lines.extend(step_service(step, &ctx).await);
+    }
+    let mut failed = false;
+    for l in &lines {
+        l.print();
+        failed |= l.status == Status::Fail;
+    }
+    if failed {
+        Exit::Failure
+    } else {
+        Exit::Ok
+    }
+}
+
+fn print_summary(c: &Config) {
+    println!("{}: valid", c.path.display());
+    if let Some(s) = &c.sqs {
+        println!(
+            "  source sqs: {} (wait {}, visibility {}, stale after {})",
+            s.queue_url,
+            humantime::format_duration(s.wait_time),
+            humantime::format_duration(s.visibility_timeout),
+            humantime::format_duration(s.stale_after)
+        );
+    }
+    println!(
+        "  lifecycle: hook {}, heartbeat {:?}, on failure {}, verify {}, state in {}",
+        c.lifecycle
+            .hook_name
+            .as_deref()
+            .unwrap_or("(from the event)"),
+        c.lifecycle.heartbeat,
+        c.lifecycle.on_failure_result,
+        c.lifecycle.verify,
+        c.lifecycle.state_dir.display()
+    );
+    for s in &c.steps {
+        println!(
+            "  step {} {:?}: {} (timeout {}, on failure {:?})",
+            s.index,
+            s.name,
+            s.kind.kind_name(),
+            humantime::format_duration(s.timeout),
+            s.on_failure
+        );
+    }
+}
+
+/// This instance's group and state (`DescribeAutoScalingInstances`).
+async fn group(asg: &AutoScaling, identity: &Identity) -> (Line, Option<String>) {
+    const WHAT: &str = "Auto Scaling (DescribeAutoScalingInstances)";
+    match asg.instance(&identity.instance_id).await {
+        Ok(Some(s)) => (
+            Line::new(true, WHAT, format!("group {}, state {}", s.group, s.state)),
+            Some(s.group),
+        ),
+        Ok(None) => (
+            Line::new(false, WHAT, "this instance is in no Auto Scaling group"),
+            None,
+        ),
+        Err(e) => (Line::new(false, WHAT, e.to_string()), None),
+    }
+}
+
+/// The target lifecycle state item the metadata source polls.
+async fn target_state(imds: &Imds, every: Duration) -> Line {
+    const WHAT: &str = "source imds: target-lifecycle-state";
+    match imds.get_opt(TARGET_STATE).await {
+        Ok(Some(v)) => Line::new(
+            true,
+            WHAT,
+            format!("{v} (polled every {})", humantime::format_duration(every)),
+        ),
+        Ok(None) => Line::new(
+            true,
+            WHAT,
+            "not recorded yet (404): it appears after the instance's first lifecycle transition",
+        ),
+        Err(e) => Line::new(false, WHAT, DisplayErrorContext(&e).to_string()),
+    }
+}
+
+/// Which terminating hook the metadata source would complete, and whether the heartbeat it
+/// needs is allowed.
+async fn terminating_hook(
+    asg: &AutoScaling,
+    config: &Config,
+    identity: &Identity,
+    group: &str,
+) -> Vec<Line> {
+    const WHAT: &str = "terminating hook (DescribeLifecycleHooks)";
+    let hooks = match asg.hooks(group).await {
+        Ok(h) => h,
+        Err(e) => return vec![Line::new(false, WHAT, e.to_string())],
+    };
+    let named = config.lifecycle.hook_name.as_deref();
+    let listed = |h: &Hook| hooks.iter().any(|x| x.name == h.name);
+    let hook = match choose_hook(group, &hooks, named, &Transition::Terminating) {
+        // A configured hook the group does not list is used by name at run time (the describe
+        // may lag); here, where nothing is waiting, it is a mistake to report.
+        Ok(h) if !listed(&h) => {
+            let names: Vec<&str> = hooks
+                .iter()
+                .filter(|h| h.transition == Some(Transition::Terminating))
+                .map(|h| h.name.as_str())
+                .collect();
+            return vec![Line::new(
+                false,
+                WHAT,
+                format!(
+                    "group {group} has no terminating hook named {} (it has: {})",
+                    h.name,
+                    names.join(", ")
+                ),
+            )];
+        }
+        Ok(h) => h,
+        Err(e) => return vec![Line::new(false, WHAT, e.to_string())],
+    };
+    vec![
+        Line::new(true, WHAT, format!("{} will be completed", hook.name)),
+        heartbeat_permission(asg, identity, group, &hook.name).await,
+    ]
+}
+
+/// Whether `RecordLifecycleActionHeartbeat` is allowed. A heartbeat for an action that does not
+/// exist is refused with "No active Lifecycle Action found" when the call is allowed, and
+/// AccessDenied when not; for an action that does exist it only extends it. Either way nothing
+/// changes.
+async fn heartbeat_permission(
+    asg: &AutoScaling,
+    identity: &Identity,
+    group: &str,
+    hook: &str,
+) -> Line {
+    const WHAT: &str = "permission autoscaling:RecordLifecycleActionHeartbeat";
+    let a = ActionRef {
+        group: group.to_string(),
+        hook: hook.to_string(),
+        instance_id: identity.instance_id.clone(),
+        token: None,
+    };
+    match asg.heartbeat(&a).await {
+        Ok(CallOutcome::Done | CallOutcome::NoActiveAction) => Line::new(true, WHAT, "allowed"),
+        Err(e) => Line::new(false, WHAT, e.to_string()),
+    }
+}
+
+/// The configured hook and its timeouts.
+async fn configured_hook(asg: &AutoScaling, group: &str, hook: &str) -> Line {
+    const WHAT: &str = "lifecycle hook (DescribeLifecycleHooks)";
+    match asg.hook(group, hook).await {
+        Ok(Some(t)) => Line::new(
+            true,
+            WHAT,
+            format!(
+                "{hook}: heartbeat timeout {}s, global timeout {}s",
+                t.heartbeat.as_secs(),
+                t.global.as_secs()
+            ),
+        ),
+        Ok(None) => Line::new(false, WHAT, format!("group {group} has no hook named {hook}")),
+        Err(e) => Line::new(false, WHAT, e.to_string()),
+    }
+}
+
+/// The queue, and whether its dead-letter redrive suits a shared queue.
+async fn queue(sdk: &aws_config::SdkConfig, s: &SqsConfig) -> Vec<Line> {
+    const WHAT: &str = "queue (GetQueueAttributes)";
+    let client = crate::aws::sqs(sdk, &s.queue_url, s.wait_time);
+    let out = match client
+        .get_queue_attributes()
+        .queue_url(&s.queue_url)
+        .attribute_names(QueueAttributeName::RedrivePolicy)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+    {
+        Ok(out) => out,
+        Err(e) => return vec![Line::new(false, WHAT, DisplayErrorContext(&e).to_string())],
+    };
+    let attrs = out.attributes.unwrap_or_default();
+    let n = attrs
+        .get(&QueueAttributeName::ApproximateNumberOfMessages)
+        .cloned()
+        .unwrap_or_default();
+    let mut lines = vec![Line::new(
+        true,
+        WHAT,
+        format!("{} reachable, about {n} message(s)", s.queue_url),
+    )];
+    let max = attrs
+        .get(&QueueAttributeName::RedrivePolicy)
+        .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+        .and_then(|v| {
+            v.get("maxReceiveCount")
+                .and_then(|m| m.as_u64().or_else(|| m.as_str()?.parse().ok()))
+        });
+    if let Some(max) = max.filter(|m| *m < LOW_MAX_RECEIVE_COUNT) {
+        lines.push(Line {
+            status: Status::Warn,
+            what: String::new(),
+            detail: format!("the queue's dead-letter maxReceiveCount is {max}: with a shared queue every instance receives every message, so a low count moves messages to the dead-letter queue before their owner sees them (use 1000 or more)"),
+        });
+    }
+    lines
+}
+
+/// What a step's service says, for the kinds that talk to one.
+async fn step_service(step: &Step, ctx: &Context) -> Option<Line> {
+    let env = StepEnv {
+        name: "check",
+        ctx,
+        resumed: false,
+        deadline: tokio::time::Instant::now() + CHECK_TIMEOUT,
+    };
+    let r = match &step.kind {
+        StepKind::Zabbix(z) => z.check(&env).await,
+        StepKind::Mackerel(m) => m.check(&env).await,
+        StepKind::Fluentd(f) => f
+            .supervisor(ctx)
+            .map(|(pid, path)| format!("supervisor {pid} (from {path})")),
+        _ => return None,
+    };
+    let what = format!(
+        "step {} {:?} ({})",
+        step.index,
+        step.name,
+        step.kind.kind_name()
+    );
+    Some(match r {
+        Ok(detail) => Line::new(true, what, detail),
+        Err(e) => Line::new(false, what, e.to_string()),
+    })
+}

@@ -1,0 +1,103 @@
+//! The heartbeat keeper: `RecordLifecycleActionHeartbeat` at an interval while an action's steps
+//! run, so that a hook whose `HeartbeatTimeout` is shorter than the steps does not expire. It
+//! stops when dropped, at the hook's global timeout, or when Auto Scaling says the action is gone.
+
+use std::time::{Duration, SystemTime};
+
+use tracing::{debug, warn};
+
+use super::action::Action;
+use crate::autoscaling::{AutoScaling, CallOutcome, HookTimeouts, LifecycleError};
+use crate::config::Heartbeat;
+
+/// Heartbeat interval when the hook cannot be described: safe for the shortest allowed
+/// `HeartbeatTimeout` (30 s).
+const FALLBACK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A running heartbeat task; aborted when dropped.
+#[derive(Debug)]
+pub struct Heartbeats(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Heartbeats {
+    /// Starts heartbeats for `action` as `policy` says; `None` when they are off. With
+    /// `auto`, the interval is half the hook's `HeartbeatTimeout`: from the action when its
+    /// source read it already (no second `DescribeLifecycleHooks`), else from Auto Scaling.
+    pub async fn start(asg: &AutoScaling, action: &Action, policy: Heartbeat) -> Option<Self> {
+        let a = action.aref.clone();
+        let (interval, global) = match policy {
+            Heartbeat::Off => return None,
+            Heartbeat::Every(d) => (d, None),
+            Heartbeat::Auto => match hook_timeouts(asg, action).await {
+                Ok(Some(t)) => (
+                    (t.heartbeat / 2).max(Duration::from_secs(1)),
+                    Some(t.global),
+                ),
+                Ok(None) => {
+                    warn!(group = %a.group, hook = %a.hook, interval_s = FALLBACK_INTERVAL.as_secs(), "hook not found by DescribeLifecycleHooks; heartbeating at a fallback interval");
+                    (FALLBACK_INTERVAL, None)
+                }
+                Err(e) => {
+                    warn!(error = %e, interval_s = FALLBACK_INTERVAL.as_secs(), "cannot describe the hook (missing autoscaling:DescribeLifecycleHooks?); heartbeating at a fallback interval");
+                    (FALLBACK_INTERVAL, None)
+                }
+            },
+        };
+        // Heartbeats past the global timeout are refused anyway; stop there.
+        let stop_at = global.map(|g| {
+            let age = action
+                .started
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .unwrap_or_default();
+            tokio::time::Instant::now() + g.saturating_sub(age)
+        });
+        let asg = asg.clone();
+        debug!(
+            interval_ms = interval.as_millis() as u64,
+            "heartbeats started"
+        );
+        Some(Self(tokio::spawn(async move {
+            // After a failed heartbeat the next one comes sooner: waiting a whole interval (half
+            // the hook's timeout) again could let the action expire.
+            let retry = (interval / 4).max(Duration::from_millis(500));
+            let mut next = interval;
+            loop {
+                tokio::time::sleep(next).await;
+                if stop_at.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                    warn!(instance_id = %a.instance_id, hook = %a.hook, "the hook's global timeout has passed; no more heartbeats");
+                    return;
+                }
+                match asg.heartbeat(&a).await {
+                    Ok(CallOutcome::Done) => {
+                        next = interval;
+                        debug!(instance_id = %a.instance_id, hook = %a.hook, "heartbeat sent")
+                    }
+                    Ok(CallOutcome::NoActiveAction) => {
+                        warn!(instance_id = %a.instance_id, hook = %a.hook, "heartbeat: no active lifecycle action (it expired or was completed elsewhere); no more heartbeats");
+                        return;
+                    }
+                    Err(e) => {
+                        next = retry;
+                        warn!(error = %e, retry_in_ms = retry.as_millis() as u64, "heartbeat failed; trying again soon")
+                    }
+                }
+            }
+        })))
+    }
+}
+
+/// The hook's timeouts: from the action when its source read them, else from Auto Scaling.
+async fn hook_timeouts(
+    asg: &AutoScaling,
+    action: &Action,
+) -> Result<Option<HookTimeouts>, LifecycleError> {
+    match action.timeouts {
+        Some(t) => Ok(Some(t)),
+        None => asg.hook(&action.aref.group, &action.aref.hook).await,
+    }
+}
