@@ -511,7 +511,10 @@ mod tests {
             hook("boot", Transition::Launching),
         ];
         let t = Transition::Terminating;
-        assert_eq!(choose_hook("g", &hooks, None, &t).map(|h| h.name), Ok("drain".into()));
+        assert_eq!(
+            choose_hook("g", &hooks, None, &t).map(|h| h.name),
+            Ok("drain".into())
+        );
         assert_eq!(
             choose_hook("g", &hooks, Some("drain"), &t).map(|h| h.name),
             Ok("drain".into())

@@ -260,8 +260,8 @@ fn from_flat(v: &Value, shape: Shape) -> Result<Notification, ParseError> {
 
 fn lifecycle_fields(v: &Value, shape: Shape) -> Result<LifecycleEvent, ParseError> {
     let raw = req_str(v, "LifecycleTransition")?;
-    let transition = Transition::parse(&raw)
-        .ok_or_else(|| ParseError::UnknownTransition(truncate(&raw, 80)))?;
+    let transition =
+        Transition::parse(&raw).ok_or_else(|| ParseError::UnknownTransition(truncate(&raw, 80)))?;
     let instance_id = req_str(v, "EC2InstanceId")?;
     if !valid_instance_id(&instance_id) {
         return Err(invalid(

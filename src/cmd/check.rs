@@ -280,7 +280,11 @@ async fn configured_hook(asg: &AutoScaling, group: &str, hook: &str) -> Line {
                 t.global.as_secs()
             ),
         ),
-        Ok(None) => Line::new(false, WHAT, format!("group {group} has no hook named {hook}")),
+        Ok(None) => Line::new(
+            false,
+            WHAT,
+            format!("group {group} has no hook named {hook}"),
+        ),
         Err(e) => Line::new(false, WHAT, e.to_string()),
     }
 }

@@ -96,12 +96,7 @@ pub async fn plan(cli: &Cli) -> Exit {
 }
 
 /// Prints the steps that `applies` selects, each with its placeholders filled.
-pub fn print_steps(
-    title: &str,
-    steps: &[Step],
-    ctx: &Context,
-    applies: impl Fn(&Step) -> bool,
-) {
+pub fn print_steps(title: &str, steps: &[Step], ctx: &Context, applies: impl Fn(&Step) -> bool) {
     println!("{title}:");
     let mut any = false;
     for s in steps.iter().filter(|s| applies(s)) {

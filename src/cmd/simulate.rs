@@ -31,9 +31,7 @@ pub async fn simulate(
                 }
             };
             match crate::event::parse(&body) {
-                Ok(Notification::Lifecycle(ev))
-                    if ev.instance_id == identity.instance_id =>
-                {
+                Ok(Notification::Lifecycle(ev)) if ev.instance_id == identity.instance_id => {
                     Action::from_event(&ev)
                 }
                 Ok(Notification::Lifecycle(ev)) => {

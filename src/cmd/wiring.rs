@@ -131,7 +131,11 @@ pub fn build(base: &Base, config: Arc<Config>, shutdown: &Shutdown) -> Result<Pa
     })
 }
 
-pub async fn setup(cli: &Cli, attempts: Option<u32>, shutdown: &mut Shutdown) -> Result<Parts, Exit> {
+pub async fn setup(
+    cli: &Cli,
+    attempts: Option<u32>,
+    shutdown: &mut Shutdown,
+) -> Result<Parts, Exit> {
     let config = Arc::new(super::load(cli)?.config);
     let base = base(attempts, shutdown).await?;
     build(&base, config, shutdown)

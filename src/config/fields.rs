@@ -241,7 +241,12 @@ impl<'a> Fields<'a> {
         );
     }
 
-    pub(super) fn problem_in(&mut self, section: String, key: Option<&str>, message: impl Into<String>) {
+    pub(super) fn problem_in(
+        &mut self,
+        section: String,
+        key: Option<&str>,
+        message: impl Into<String>,
+    ) {
         self.push(
             Severity::Error,
             section,

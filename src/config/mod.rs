@@ -13,6 +13,7 @@ pub mod permissions;
 pub mod sections;
 pub mod steps;
 
+pub use crate::steps::DEFAULT_STEP_TIMEOUT;
 pub use fields::{Fields, Problem, Severity};
 pub use permissions::unsafe_file;
 pub use sections::{
@@ -20,7 +21,6 @@ pub use sections::{
     DEFAULT_STATE_DIR, DEFAULT_STEP_ASIDE, DEFAULT_VISIBILITY_TIMEOUT, DEFAULT_WAIT_TIME,
 };
 pub use steps::{OnFailure, Step};
-pub use crate::steps::DEFAULT_STEP_TIMEOUT;
 
 /// Where the config is read from unless `--config` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/lastcall/lastcall.toml";

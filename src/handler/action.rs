@@ -9,8 +9,7 @@ use std::time::SystemTime;
 use tracing::warn;
 
 use crate::autoscaling::{
-    ActionRef, AutoScaling, Hook, HookTimeouts, PENDING_WAIT, TERMINATING_WAIT,
-    WARMED_PENDING_WAIT,
+    ActionRef, AutoScaling, Hook, HookTimeouts, PENDING_WAIT, TERMINATING_WAIT, WARMED_PENDING_WAIT,
 };
 use crate::config::Config;
 use crate::event::{LifecycleEvent, Transition};

@@ -188,8 +188,7 @@ impl Handler {
 
         let started = Instant::now();
         let ctx = self.context(action).await;
-        let heartbeat =
-            Heartbeats::start(&self.asg, action, self.config.lifecycle.heartbeat).await;
+        let heartbeat = Heartbeats::start(&self.asg, action, self.config.lifecycle.heartbeat).await;
         let warm_pool = action.warm_pool;
         let applies = move |s: &Step| !warm_pool || s.warm_pool;
         let steps = match action.transition {

@@ -2,18 +2,13 @@
 //! argv elements and environment values, optionally as another user. Output goes to the log.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
-
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tracing::info;
+use std::path::Path;
 
 use crate::config::fields::Fields;
 use crate::template::{Context, RenderError, Template};
 
+use super::process::{self, Output, RunAs};
 use super::{StepEnv, StepError};
-
-/// Longest output line logged as is; the rest is cut.
-const MAX_LINE: usize = 4096;
 
 /// `kind = "command"`.
 #[derive(Debug, Clone)]
@@ -99,70 +94,33 @@ impl CommandStep {
             .iter()
             .map(|t| t.render(env.ctx))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut cmd = tokio::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (name, value) in lastcall_env(env) {
-            cmd.env(name, value);
-        }
+        let mut vars = lastcall_env(env);
         for (k, t) in &self.env {
-            cmd.env(k, t.render(env.ctx)?);
+            vars.push((k.clone(), t.render(env.ctx)?));
         }
-        if let Some(name) = &self.user {
-            let user = nix::unistd::User::from_name(name)
-                .map_err(|e| StepError::Failed(format!("cannot look up user {name:?}: {e}")))?
-                .ok_or_else(|| StepError::Failed(format!("user {name:?} does not exist")))?;
-            // std drops supplementary groups when root switches uid.
-            cmd.uid(user.uid.as_raw())
-                .gid(user.gid.as_raw())
-                .env("HOME", &user.dir)
-                .env("USER", name)
-                .env("LOGNAME", name);
-        }
-        // Its own process group, so that a timeout ends the program's children too; and the
-        // parent-death signal, so that the program does not outlive a lastcall killed with
-        // SIGKILL (the step is run again on restart, not twice at once).
-        cmd.process_group(0);
-        let parent = std::process::id();
-        // SAFETY: the closure runs in the forked child before exec and only makes two
-        // async-signal-safe system calls (prctl, getppid).
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-                if nix::unistd::getppid().as_raw() as u32 != parent {
-                    return Err(std::io::Error::other(
-                        "lastcall exited before the step started",
-                    ));
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| StepError::Failed(format!("cannot start {}: {e}", argv[0])))?;
-        let _group = child.id().map(KillGroupOnDrop);
-        let out = child
-            .stdout
-            .take()
-            .map(|s| log_lines(s, env.name, "stdout"));
-        let err = child
-            .stderr
-            .take()
-            .map(|s| log_lines(s, env.name, "stderr"));
-        let status = child
-            .wait()
-            .await
-            .map_err(|e| StepError::Failed(format!("cannot wait for {}: {e}", argv[0])))?;
-        // The program ended by itself: what it left running in the background is its business.
-        std::mem::forget(_group);
-        // A program that left a daemon holding its output must not hold the step: give the
-        // readers a moment to drain, then drop them.
-        for task in [out, err].into_iter().flatten() {
-            let _ = tokio::time::timeout(std::time::Duration::from_millis(500), task).await;
-        }
+        let user = match &self.user {
+            Some(name) => {
+                let u = nix::unistd::User::from_name(name)
+                    .map_err(|e| StepError::Failed(format!("cannot look up user {name:?}: {e}")))?
+                    .ok_or_else(|| StepError::Failed(format!("user {name:?} does not exist")))?;
+                Some(RunAs {
+                    name: name.clone(),
+                    uid: u.uid.as_raw(),
+                    gid: u.gid.as_raw(),
+                    home: u.dir,
+                })
+            }
+            None => None,
+        };
+        let status = process::run(
+            Path::new(&argv[0]),
+            &argv[1..],
+            &vars,
+            user.as_ref(),
+            Output::Log(env.name),
+        )
+        .await?
+        .status;
         if status.success() {
             Ok(format!("{} exited 0", argv[0]))
         } else if let Some(code) = status.code() {
@@ -179,18 +137,6 @@ impl CommandStep {
     }
 }
 
-/// Kills a step's whole process group when the step is abandoned (timeout, shutdown).
-struct KillGroupOnDrop(u32);
-
-impl Drop for KillGroupOnDrop {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(self.0 as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
 /// The variables every command step gets, so that scripts need no placeholders.
 fn lastcall_env(env: &StepEnv<'_>) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = env
@@ -204,28 +150,6 @@ fn lastcall_env(env: &StepEnv<'_>) -> Vec<(String, String)> {
         v.push(("LASTCALL_RESUMED".into(), "1".into()));
     }
     v
-}
-
-fn log_lines<R: AsyncRead + Unpin + Send + 'static>(
-    reader: R,
-    step: &str,
-    stream: &'static str,
-) -> tokio::task::JoinHandle<()> {
-    let step = step.to_string();
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(reader).lines();
-        while let Ok(Some(mut line)) = lines.next_line().await {
-            if line.len() > MAX_LINE {
-                let mut cut = MAX_LINE;
-                while !line.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                line.truncate(cut);
-                line.push('…');
-            }
-            info!(step = %step, stream, "{line}");
-        }
-    })
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use crate::config::fields::Fields;
 use crate::secret::SecretSource;
 use crate::template::{Context, RenderError, Template};
 
+use super::api::{self, Verdict};
 use super::{StepEnv, StepError};
 
 /// The URL: text with placeholders, or a secret (a webhook URL often is one).
@@ -245,41 +246,32 @@ impl HttpStep {
             headers.insert(hn, hv);
         }
         let body = self.body.as_ref().map(|b| b.render(env.ctx)).transpose()?;
-        let client = super::http_client()?;
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let mut req = client
+        let what = format!("{} {shown}", self.method);
+        let build = |c: &reqwest::Client| {
+            let req = c
                 .request(self.method.clone(), &url)
-                .headers(headers.clone())
-                .timeout(env.remaining().min(crate::http_client::REQUEST_TIMEOUT));
-            if let Some(b) = &body {
-                req = req.body(b.clone());
+                .headers(headers.clone());
+            match &body {
+                Some(b) => req.body(b.clone()),
+                None => req,
             }
-            let why = match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    if self.accepted(status) {
-                        return Ok(format!("{} {shown}: {status}", self.method));
-                    }
-                    let text = resp.text().await.unwrap_or_default();
-                    let snippet: String = text.chars().take(200).collect();
-                    let why = format!(
-                        "{} {shown} answered {status}: {}",
-                        self.method,
-                        snippet.trim()
-                    );
-                    if status < 500 && status != 429 {
-                        return Err(StepError::Failed(why));
-                    }
-                    why
-                }
-                Err(e) => format!("{} {shown}: {}", self.method, crate::http_client::describe(e)),
-            };
-            let pause = crate::http_client::backoff(attempt);
-            super::retry_after(env, attempt, pause, &why)
-                .await
-                .map_err(StepError::Failed)?;
-        }
+        };
+        let what = what.as_str();
+        api::send(env, what, build, |resp| async move {
+            let status = resp.status();
+            if self.accepted(status.as_u16()) {
+                return Verdict::Done(format!("{what}: {}", status.as_u16()));
+            }
+            let after = api::retry_after_header(&resp);
+            let text = resp.text().await.unwrap_or_default();
+            let snippet: String = text.chars().take(200).collect();
+            let why = format!("{what} answered {}: {}", status.as_u16(), snippet.trim());
+            if api::transient(status) {
+                Verdict::Retry { why, after }
+            } else {
+                Verdict::Fail(StepError::Failed(why))
+            }
+        })
+        .await
     }
 }

@@ -3,8 +3,6 @@
 //! identifier EC2 hosts are registered with (`<instance-id>.ec2.amazonaws.com`). Already retired
 //! or absent is success; 5xx and 429 are retried within the timeout; 401/403 are reported.
 
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -12,6 +10,7 @@ use crate::config::fields::Fields;
 use crate::secret::{Secret, SecretSource};
 use crate::template::{Context, RenderError, Template};
 
+use super::api::{self, Verdict};
 use super::{StepEnv, StepError};
 
 /// The public API.
@@ -190,59 +189,51 @@ impl MackerelStep {
             .pop_if_empty()
             .extend(segments);
         let what = format!("{method} {}", url.path());
-        let client = super::http_client()?;
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let mut req = client
+        let mut key = reqwest::header::HeaderValue::from_str(key.expose()).map_err(|_| {
+            StepError::Failed(format!(
+                "the API key from {} cannot be sent in a header",
+                self.api_key
+            ))
+        })?;
+        key.set_sensitive(true);
+        let build = |c: &reqwest::Client| {
+            let req = c
                 .request(method.clone(), url.clone())
-                .header("X-Api-Key", key.expose())
-                .timeout(env.remaining().min(crate::http_client::REQUEST_TIMEOUT));
-            if let Some(b) = &body {
-                req = req.json(b);
+                .header("X-Api-Key", key.clone());
+            match &body {
+                Some(b) => req.json(b),
+                None => req,
             }
-            let (why, retry_after) = match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let retry_after = resp
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .map(Duration::from_secs);
-                    let text = resp.text().await.unwrap_or_default();
-                    let message = serde_json::from_str::<Value>(&text)
-                        .ok()
-                        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-                        .unwrap_or_else(|| text.chars().take(200).collect());
-                    match status {
-                        s if s.is_success() => {
-                            return Ok(Answer::Ok(serde_json::from_str(&text).unwrap_or(Value::Null)))
-                        }
-                        StatusCode::NOT_FOUND => return Ok(Answer::NotFound),
-                        StatusCode::UNAUTHORIZED => {
-                            return Err(StepError::Failed(format!(
-                                "{what}: Mackerel refused the API key from {} (401: {message})",
-                                self.api_key
-                            )))
-                        }
-                        StatusCode::FORBIDDEN => {
-                            return Err(StepError::Failed(format!(
-                                "{what}: forbidden (403: {message}); retiring needs an API key with write permission, and the organisation may restrict IP addresses"
-                            )))
-                        }
-                        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
-                            (format!("{what}: {} {message}", s.as_u16()), retry_after)
-                        }
-                        s => return Err(StepError::Failed(format!("{what}: {} {message}", s.as_u16()))),
-                    }
+        };
+        let what = what.as_str();
+        api::send(env, what, build, |resp| async move {
+            let status = resp.status();
+            let after = api::retry_after_header(&resp);
+            let text = resp.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| text.chars().take(200).collect());
+            let fail = |m: String| Verdict::Fail(StepError::Failed(m));
+            match status {
+                s if s.is_success() => {
+                    Verdict::Done(Answer::Ok(serde_json::from_str(&text).unwrap_or(Value::Null)))
                 }
-                Err(e) => (format!("{what}: {}", crate::http_client::describe(e)), None),
-            };
-            let pause = retry_after.unwrap_or_else(|| crate::http_client::backoff(attempt));
-            super::retry_after(env, attempt, pause, &why)
-                .await
-                .map_err(StepError::Failed)?;
-        }
+                StatusCode::NOT_FOUND => Verdict::Done(Answer::NotFound),
+                StatusCode::UNAUTHORIZED => fail(format!(
+                    "{what}: Mackerel refused the API key from {} (401: {message})",
+                    self.api_key
+                )),
+                StatusCode::FORBIDDEN => fail(format!(
+                    "{what}: forbidden (403: {message}); retiring needs an API key with write permission, and the organisation may restrict IP addresses"
+                )),
+                s if api::transient(s) => Verdict::Retry {
+                    why: format!("{what}: {} {message}", s.as_u16()),
+                    after,
+                },
+                s => fail(format!("{what}: {} {message}", s.as_u16())),
+            }
+        })
+        .await
     }
 }

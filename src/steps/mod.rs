@@ -9,10 +9,12 @@ use std::time::Duration;
 use crate::config::fields::Fields;
 use crate::template::{Context, RenderError, Template};
 
+pub mod api;
 pub mod command;
 pub mod fluentd;
 pub mod http;
 pub mod mackerel;
+pub mod process;
 pub mod signal;
 pub mod sleep;
 pub mod systemd;
@@ -81,6 +83,12 @@ pub enum StepError {
     /// The step ran and failed.
     #[error("{0}")]
     Failed(String),
+}
+
+impl From<String> for StepError {
+    fn from(s: String) -> Self {
+        Self::Failed(s)
+    }
 }
 
 impl StepKind {
@@ -185,32 +193,6 @@ impl StepKind {
     }
 }
 
-/// Waits `pause` before another attempt after `attempt` failed with `why`, or gives up (with
-/// `why` and the number of attempts) when the step's deadline would pass first.
-async fn retry_after(
-    env: &StepEnv<'_>,
-    attempt: u32,
-    pause: std::time::Duration,
-    why: &str,
-) -> Result<(), String> {
-    if env.remaining() <= pause {
-        return Err(format!("{why} (gave up after {attempt} attempt(s))"));
-    }
-    tracing::warn!(
-        step = env.name,
-        attempt,
-        retry_in_ms = pause.as_millis() as u64,
-        "{why}; retrying"
-    );
-    tokio::time::sleep(pause).await;
-    Ok(())
-}
-
-/// The shared HTTP client, as a step error when it cannot be built.
-fn http_client() -> Result<&'static reqwest::Client, StepError> {
-    crate::http_client::client().map_err(StepError::Failed)
-}
-
 /// Reads an optional `systemctl` path key (for hosts where it is not at the usual place).
 fn systemctl_path(f: &mut Fields) -> std::path::PathBuf {
     let p: std::path::PathBuf = f
@@ -228,16 +210,7 @@ async fn run_capture(
     program: &std::path::Path,
     args: &[&str],
 ) -> Result<(Option<i32>, String, String), StepError> {
-    let out = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| StepError::Failed(format!("cannot run {}: {e}", program.display())))?;
-    Ok((
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    ))
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = process::run(program, &args, &[], None, process::Output::Capture).await?;
+    Ok((out.status.code(), out.stdout, out.stderr))
 }

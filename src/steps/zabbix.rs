@@ -13,6 +13,7 @@ use crate::config::fields::Fields;
 use crate::secret::{Secret, SecretSource};
 use crate::template::{Context, RenderError, Template};
 
+use super::api::{self, Verdict};
 use super::{StepEnv, StepError};
 
 /// What identifies the host.
@@ -79,6 +80,12 @@ impl std::fmt::Display for RpcError {
     }
 }
 
+impl From<String> for RpcError {
+    fn from(s: String) -> Self {
+        Self::Transport(s)
+    }
+}
+
 impl RpcError {
     fn is_auth(&self) -> bool {
         matches!(self, Self::Api { data, .. } if ["Not authorized", "Not authorised", "Session terminated", "API token expired", "Incorrect user name or password", "account is temporarily blocked"].iter().any(|n| data.contains(n)))
@@ -99,59 +106,56 @@ struct Rpc<'a> {
 
 impl<'a> Rpc<'a> {
     async fn call(&mut self, method: &str, params: Value, authed: bool) -> Result<Value, RpcError> {
-        let client = super::http_client().map_err(|e| RpcError::Transport(e.to_string()))?;
         self.id += 1;
         let mut body = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": self.id});
-        let bearer = self.version >= (6, 4);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut req = client
-                .post(&self.url)
-                .header("Content-Type", "application/json-rpc")
-                .timeout(self.env.remaining().min(crate::http_client::REQUEST_TIMEOUT));
-            if authed {
-                if let Some(token) = &self.auth {
-                    if bearer {
-                        let mut v =
-                            reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-                                .map_err(|_| {
-                                    RpcError::Transport(
-                                        "the token cannot be sent in a header".into(),
-                                    )
-                                })?;
-                        v.set_sensitive(true);
-                        req = req.header(reqwest::header::AUTHORIZATION, v);
-                    } else {
-                        body["auth"] = json!(token);
-                    }
-                }
+        let mut bearer = None;
+        if let (true, Some(token)) = (authed, &self.auth) {
+            if self.version >= (6, 4) {
+                let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| {
+                        RpcError::from("the token cannot be sent in a header".to_string())
+                    })?;
+                v.set_sensitive(true);
+                bearer = Some(v);
+            } else {
+                body["auth"] = json!(token);
             }
-            let err = match req.json(&body).send().await {
-                Ok(resp) if resp.status().is_success() => match resp.json::<Value>().await {
-                    Ok(v) => {
-                        if let Some(e) = v.get("error") {
-                            return Err(RpcError::Api {
-                                code: e["code"].as_i64().unwrap_or(0),
-                                message: e["message"].as_str().unwrap_or_default().to_string(),
-                                data: e["data"].as_str().unwrap_or_default().to_string(),
-                            });
-                        }
-                        return Ok(v.get("result").cloned().unwrap_or(Value::Null));
-                    }
-                    Err(e) => format!(
+        }
+        let build = |c: &reqwest::Client| {
+            let mut req = c
+                .post(&self.url)
+                .header("Content-Type", "application/json-rpc");
+            if let Some(v) = &bearer {
+                req = req.header(reqwest::header::AUTHORIZATION, v.clone());
+            }
+            req.json(&body)
+        };
+        api::send(self.env, method, build, |resp| async move {
+            if !resp.status().is_success() {
+                return Verdict::Retry {
+                    why: format!("{method}: HTTP {}", resp.status()),
+                    after: api::retry_after_header(&resp),
+                };
+            }
+            match resp.json::<Value>().await {
+                Ok(v) => match v.get("error") {
+                    Some(e) => Verdict::Fail(RpcError::Api {
+                        code: e["code"].as_i64().unwrap_or(0),
+                        message: e["message"].as_str().unwrap_or_default().to_string(),
+                        data: e["data"].as_str().unwrap_or_default().to_string(),
+                    }),
+                    None => Verdict::Done(v.get("result").cloned().unwrap_or(Value::Null)),
+                },
+                Err(e) => Verdict::Retry {
+                    why: format!(
                         "{method}: the answer is not JSON-RPC: {}",
                         crate::http_client::describe(e)
                     ),
+                    after: None,
                 },
-                Ok(resp) => format!("{method}: HTTP {}", resp.status()),
-                Err(e) => format!("{method}: {}", crate::http_client::describe(e)),
-            };
-            let pause = crate::http_client::backoff(attempt);
-            super::retry_after(self.env, attempt, pause, &err)
-                .await
-                .map_err(RpcError::Transport)?;
-        }
+            }
+        })
+        .await
     }
 }
 
