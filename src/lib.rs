@@ -1,14 +1,23 @@
 //! lastcall: an on-instance termination handler for EC2 Auto Scaling.
 //!
-//! How the modules fit together:
-//! - [`cli`] parses the command line; [`app`] carries out a command.
-//! - [`config`] reads the strict TOML config into a validated [`config::Config`]; step strings
-//!   are [`template::Template`]s whose placeholders are checked there.
-//! - [`identity`] reads who this instance is from IMDSv2; [`aws`] builds the AWS clients.
-//! - A source ([`source::sqs`]) receives notifications; [`event`] parses their five shapes.
-//! - [`handler`] handles one lifecycle action of this instance: lock and [`journal`], verify with
-//!   [`lifecycle`] (the Auto Scaling calls), heartbeats, the [`pipeline`] of [`steps`], completion.
-//! - [`shutdown`] carries SIGTERM to every loop.
+//! The path of a termination, from source to completion:
+//! - [`cmd`] carries out a command (one file each; [`cmd::wiring`] builds what `run` and `once`
+//!   share) after [`cli`] parsed the command line and [`config`] read the strict TOML config
+//!   (the generic reader [`config::fields`], the sections, the step lists).
+//! - A source notices this instance's lifecycle action: [`source::sqs`] (the group's shared
+//!   queue; [`event`] parses the five message shapes) or [`source::metadata`] (this instance's
+//!   own instance metadata, read through the IMDSv2 client [`imds`]).
+//! - [`handler`] handles one action: lock and [`journal`], verify with [`autoscaling`] (the Auto
+//!   Scaling client, which also chooses lastcall's hook), heartbeats ([`handler::heartbeat`]),
+//!   the [`pipeline`] of [`steps`], completion. Every [`handler::Action`] is built in
+//!   [`handler::action`].
+//! - Each step kind is a file in [`steps`]; the API steps share one retry loop
+//!   ([`steps::api`]) over one HTTP client ([`http_client`]), and the steps that run programs
+//!   share one runner ([`steps::process`]). Secrets come through [`secret`]; placeholders are
+//!   [`template`]s. [`aws`] builds the AWS clients; [`shutdown`] carries SIGTERM to every loop.
+//!
+//! Dependencies point one way, from `cmd` down to the sources, the handler, the pipeline, the
+//! steps, the clients and the config reader (`tests/layout.rs` keeps it so).
 
 pub mod autoscaling;
 pub mod aws;

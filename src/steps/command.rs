@@ -190,10 +190,8 @@ mod tests {
             None,
         );
         let env = StepEnv {
-            name: "t",
-            ctx: &c,
             resumed: true,
-            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
+            ..StepEnv::test(&c)
         };
         s.run(&env).await.expect("ok");
         assert_eq!(
@@ -205,12 +203,7 @@ mod tests {
     #[tokio::test]
     async fn exit_status_decides_and_runs_as_the_configured_user() {
         let c = ctx();
-        let env = StepEnv {
-            name: "t",
-            ctx: &c,
-            resumed: false,
-            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
-        };
+        let env = StepEnv::test(&c);
         let err = step(&["/bin/sh", "-c", "exit 7"], None)
             .run(&env)
             .await
@@ -270,12 +263,7 @@ mod tests {
             None,
         );
         let c = ctx();
-        let env = StepEnv {
-            name: "t",
-            ctx: &c,
-            resumed: false,
-            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
-        };
+        let env = StepEnv::test(&c);
         let r = tokio::time::timeout(Duration::from_millis(200), s.run(&env)).await;
         assert!(r.is_err(), "timed out");
         tokio::time::sleep(Duration::from_millis(1500)).await;

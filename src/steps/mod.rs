@@ -74,6 +74,19 @@ impl StepEnv<'_> {
     }
 }
 
+#[cfg(test)]
+impl<'a> StepEnv<'a> {
+    /// A step named "t" with 30 s to run, for unit tests.
+    pub fn test(ctx: &'a Context) -> Self {
+        Self {
+            name: "t",
+            ctx,
+            resumed: false,
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
+        }
+    }
+}
+
 /// Why a step did not succeed (a timeout is reported by the pipeline, not here).
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {

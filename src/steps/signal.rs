@@ -248,12 +248,7 @@ mod run_tests {
         std::fs::write(&pid_file, format!("{}\n", child.id().expect("pid"))).expect("write");
         let s = step(pid_file.to_str().expect("utf8"), Signal::SIGTERM, true);
         let ctx = Context::default();
-        let env = StepEnv {
-            name: "t",
-            ctx: &ctx,
-            resumed: false,
-            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
-        };
+        let env = StepEnv::test(&ctx);
         // Reap the child concurrently, as its real parent (an init system) would.
         let (r, status) = tokio::join!(s.run(&env), child.wait());
         assert!(r.expect("ok").contains("it exited"));
@@ -272,12 +267,7 @@ mod run_tests {
         std::fs::write(&pid_file, pid.to_string()).expect("write");
         let s = step(pid_file.to_str().expect("utf8"), Signal::SIGUSR1, false);
         let ctx = Context::default();
-        let env = StepEnv {
-            name: "t",
-            ctx: &ctx,
-            resumed: false,
-            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
-        };
+        let env = StepEnv::test(&ctx);
         let err = s.run(&env).await.expect_err("stale");
         assert!(err.to_string().contains("is not running"), "{err}");
         let s = step("/nonexistent/x.pid", Signal::SIGUSR1, false);

@@ -145,12 +145,7 @@ esac
         let dir = tempfile::tempdir().expect("tempdir");
         let s = step("zabbix-agent.service", fake_systemctl(dir.path(), false));
         let ctx = Context::default();
-        let env = StepEnv {
-            name: "t",
-            ctx: &ctx,
-            resumed: false,
-            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
-        };
+        let env = StepEnv::test(&ctx);
         let out = s.run(&env).await.expect("ok");
         assert!(out.contains("inactive"), "{out}");
         let calls = std::fs::read_to_string(dir.path().join("calls")).expect("calls");
@@ -170,12 +165,7 @@ esac
         let dir = tempfile::tempdir().expect("tempdir");
         let s = step("nope.service", fake_systemctl(dir.path(), true));
         let ctx = Context::default();
-        let env = StepEnv {
-            name: "t",
-            ctx: &ctx,
-            resumed: false,
-            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(30),
-        };
+        let env = StepEnv::test(&ctx);
         let err = s.run(&env).await.expect_err("fails").to_string();
         assert!(
             err.contains(
