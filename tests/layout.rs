@@ -128,7 +128,7 @@ fn no_import_cycles_and_no_file_over_600_lines() {
             .collect();
         let deps = paths(&code, m, &children)
             .iter()
-            .filter_map(|p| resolve(p))
+            .filter_map(&resolve)
             // A module using itself or one of its ancestors does not count.
             .filter(|d| d != m && !m.starts_with(d))
             .collect();
