@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::config::fields::Fields;
 use crate::template::{Context, RenderError, Template};
 
-use super::process::{self, Output, RunAs};
+use super::process::{self, Inherit, Output, RunAs};
 use super::{StepEnv, StepError};
 
 /// `kind = "command"`.
@@ -19,10 +19,13 @@ pub struct CommandStep {
     pub env: BTreeMap<String, Template>,
     /// Run as this user (and its primary group).
     pub user: Option<String>,
+    /// Pass lastcall's whole environment (default: only `PATH` and `LANG`, since lastcall's
+    /// environment can hold `*_env` secrets).
+    pub inherit_env: bool,
 }
 
 impl CommandStep {
-    /// Reads `command`, `env`, `user`.
+    /// Reads `command`, `env`, `user`, `inherit_env`.
     pub fn parse(f: &mut Fields) -> Option<Self> {
         if !f.has("command") {
             f.problem(
@@ -63,10 +66,12 @@ impl CommandStep {
             }
         }
         let user: Option<String> = f.opt("user");
+        let inherit_env = f.opt("inherit_env").unwrap_or(false);
         Some(Self {
             argv: argv?,
             env,
             user,
+            inherit_env,
         })
     }
 
@@ -116,6 +121,11 @@ impl CommandStep {
             Path::new(&argv[0]),
             &argv[1..],
             &vars,
+            if self.inherit_env {
+                Inherit::All
+            } else {
+                Inherit::Minimal
+            },
             user.as_ref(),
             Output::Log(env.name),
         )
@@ -169,7 +179,60 @@ mod tests {
                 Template::parse("hi {instance_id}").expect("t"),
             )]),
             user: user.map(str::to_string),
+            inherit_env: false,
         }
+    }
+
+    #[tokio::test]
+    async fn a_non_utf8_line_does_not_stop_the_output_or_kill_the_program() {
+        // Before: the line reader stopped at the first non-UTF-8 line and closed the pipe, and
+        // the program died of SIGPIPE at its next write.
+        let c = ctx();
+        let env = StepEnv::test(&c);
+        let s = step(
+            &[
+                "/bin/sh",
+                "-c",
+                "printf 'caf\\351\\n'; sleep 0.2; i=0; while [ $i -lt 2000 ]; do echo more output; i=$((i+1)); done",
+            ],
+            None,
+        );
+        let r = s.run(&env).await;
+        assert!(r.is_ok(), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn commands_get_a_clean_environment_unless_they_ask() {
+        // Cargo sets CARGO_PKG_NAME for the test process, as systemd's Environment= would set a
+        // `*_env` secret for lastcall: a command must not see it.
+        assert!(std::env::var_os("CARGO_PKG_NAME").is_some());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("env");
+        let c = ctx();
+        let env = StepEnv::test(&c);
+        let argv = [
+            "/bin/sh",
+            "-c",
+            "env > \"$1\"",
+            "sh",
+            out.to_str().expect("utf8"),
+        ];
+        step(&argv, None).run(&env).await.expect("ok");
+        let seen = std::fs::read_to_string(&out).expect("env");
+        assert!(!seen.contains("CARGO_PKG_NAME"), "{seen}");
+        assert!(
+            seen.contains("PATH=") && seen.contains("GREETING=hi"),
+            "{seen}"
+        );
+        assert!(
+            seen.contains("LASTCALL_INSTANCE_ID=i-0123456789abcdef0"),
+            "{seen}"
+        );
+        let mut inherit = step(&argv, None);
+        inherit.inherit_env = true;
+        inherit.run(&env).await.expect("ok");
+        let seen = std::fs::read_to_string(&out).expect("env");
+        assert!(seen.contains("CARGO_PKG_NAME=lastcall"), "{seen}");
     }
 
     fn ctx() -> Context {

@@ -224,6 +224,14 @@ async fn run_capture(
     args: &[&str],
 ) -> Result<(Option<i32>, String, String), StepError> {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let out = process::run(program, &args, &[], None, process::Output::Capture).await?;
+    let out = process::run(
+        program,
+        &args,
+        &[],
+        process::Inherit::Minimal,
+        None,
+        process::Output::Capture,
+    )
+    .await?;
     Ok((out.status.code(), out.stdout, out.stderr))
 }

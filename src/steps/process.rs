@@ -1,13 +1,17 @@
 //! The one child-process runner of the steps (`command`, and `systemctl` for `systemd` and
 //! `signal`): no stdin, its own process group (so that a timeout ends its children too), killed
 //! with lastcall (the parent-death signal: a step is run again on restart, never twice at once),
-//! and its output either captured or logged line by line under the step's name.
+//! a clean environment (`PATH`, `LANG` and what the caller gives: lastcall's own environment can
+//! hold `*_env` secrets), and its output either captured or logged line by line under the step's
+//! name. Output is read as bytes, each line capped and logged lossily, and drained to the end, so
+//! that no byte sequence and no missing newline can stop the reader (which would kill the
+//! program with SIGPIPE) or grow lastcall's memory.
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tracing::info;
 
 use super::StepError;
@@ -17,6 +21,19 @@ const MAX_LINE: usize = 4096;
 /// How long the output readers may take to drain once the program has exited (a daemon it
 /// started may hold the pipe open for ever).
 const DRAIN: Duration = Duration::from_millis(500);
+/// Most bytes of captured output kept ([`Output::Capture`]).
+const MAX_CAPTURE: usize = 64 * 1024;
+/// `PATH` for programs when lastcall itself has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Which of lastcall's own environment variables a program gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inherit {
+    /// Only `PATH` and `LANG` (the default: `*_env` secrets stay in lastcall).
+    Minimal,
+    /// All of it (`inherit_env = true`).
+    All,
+}
 
 /// A user to run as (and its primary group).
 #[derive(Debug, Clone)]
@@ -57,6 +74,7 @@ pub async fn run(
     program: &Path,
     args: &[String],
     env: &[(String, String)],
+    inherit: Inherit,
     user: Option<&RunAs>,
     output: Output<'_>,
 ) -> Result<Finished, StepError> {
@@ -66,6 +84,15 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    if inherit == Inherit::Minimal {
+        cmd.env_clear().env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+        );
+        if let Some(lang) = std::env::var_os("LANG") {
+            cmd.env("LANG", lang);
+        }
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -96,22 +123,16 @@ pub async fn run(
         .spawn()
         .map_err(|e| StepError::Failed(format!("cannot start {}: {e}", program.display())))?;
     let group = child.id().map(KillGroupOnDrop);
-    let readers = match output {
-        Output::Capture => [
-            child.stdout.take().map(|s| tokio::spawn(read_all(s))),
-            child.stderr.take().map(|s| tokio::spawn(read_all(s))),
-        ],
-        Output::Log(step) => [
-            child
-                .stdout
-                .take()
-                .map(|s| tokio::spawn(log_lines(s, step.to_string(), "stdout"))),
-            child
-                .stderr
-                .take()
-                .map(|s| tokio::spawn(log_lines(s, step.to_string(), "stderr"))),
-        ],
-    };
+    let readers = [
+        child
+            .stdout
+            .take()
+            .map(|s| Reader::start(s, output, "stdout")),
+        child
+            .stderr
+            .take()
+            .map(|s| Reader::start(s, output, "stderr")),
+    ];
     let status = child
         .wait()
         .await
@@ -121,15 +142,11 @@ pub async fn run(
     // A program that left a daemon holding its output must not hold the step: give the
     // readers a moment to drain, then drop them.
     let mut texts = Vec::with_capacity(2);
-    for task in readers {
-        let text = match task {
-            Some(t) => match tokio::time::timeout(DRAIN, t).await {
-                Ok(Ok(s)) => s,
-                _ => String::new(),
-            },
+    for reader in readers {
+        texts.push(match reader {
+            Some(r) => r.finish().await,
             None => String::new(),
-        };
-        texts.push(text);
+        });
     }
     let stderr = texts.pop().unwrap_or_default();
     let stdout = texts.pop().unwrap_or_default();
@@ -152,24 +169,113 @@ impl Drop for KillGroupOnDrop {
     }
 }
 
-async fn read_all<R: AsyncRead + Unpin>(mut reader: R) -> String {
-    let mut buf = Vec::new();
-    let _ = reader.read_to_end(&mut buf).await;
-    String::from_utf8_lossy(&buf).trim().to_string()
+/// A task reading one of the program's outputs; aborted when dropped, so that a daemon the
+/// program left holding the pipe cannot keep lastcall logging under the step's name.
+struct Reader(tokio::task::JoinHandle<String>);
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
-async fn log_lines<R: AsyncRead + Unpin>(reader: R, step: String, stream: &'static str) -> String {
-    let mut lines = BufReader::new(reader).lines();
-    while let Ok(Some(mut line)) = lines.next_line().await {
-        if line.len() > MAX_LINE {
-            let mut cut = MAX_LINE;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
+impl Reader {
+    fn start<R: AsyncRead + Unpin + Send + 'static>(
+        reader: R,
+        output: Output<'_>,
+        stream: &'static str,
+    ) -> Self {
+        Self(match output {
+            Output::Capture => tokio::spawn(async move {
+                let mut kept = Vec::new();
+                read_lines(reader, |line, _| {
+                    if kept.len() < MAX_CAPTURE {
+                        kept.extend_from_slice(line);
+                        kept.push(b'\n');
+                    }
+                })
+                .await;
+                String::from_utf8_lossy(&kept).trim().to_string()
+            }),
+            Output::Log(step) => {
+                let step = step.to_string();
+                tokio::spawn(async move {
+                    read_lines(reader, |line, cut| {
+                        let text = String::from_utf8_lossy(line);
+                        let more = if cut { "…" } else { "" };
+                        info!(step = %step, stream, "{text}{more}");
+                    })
+                    .await;
+                    String::new()
+                })
             }
-            line.truncate(cut);
-            line.push('…');
-        }
-        info!(step = %step, stream, "{line}");
+        })
     }
-    String::new()
+
+    /// What it read, once it has drained (at most [`DRAIN`] after the program's exit).
+    async fn finish(mut self) -> String {
+        match tokio::time::timeout(DRAIN, &mut self.0).await {
+            Ok(Ok(s)) => s,
+            _ => String::new(),
+        }
+    }
+}
+
+/// Reads `reader` to its end, giving each line (without its newline) to `line`, cut after
+/// [`MAX_LINE`] bytes (then the flag is true, and the rest of that line is skipped). Bytes, not
+/// text: any byte sequence is a line like another.
+async fn read_lines<R: AsyncRead + Unpin>(reader: R, mut line: impl FnMut(&[u8], bool)) {
+    let mut r = BufReader::new(reader);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut cut = false;
+    loop {
+        let chunk = match r.fill_buf().await {
+            Ok(c) => c,
+            Err(_) => break,
+        };
+        if chunk.is_empty() {
+            if !buf.is_empty() || cut {
+                line(&buf, cut);
+            }
+            break;
+        }
+        let (take, end) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i, Some(i + 1)),
+            None => (chunk.len(), None),
+        };
+        let room = MAX_LINE.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..take.min(room)]);
+        cut |= take > room;
+        let used = end.unwrap_or(take);
+        r.consume(used);
+        if end.is_some() {
+            line(&buf, cut);
+            buf.clear();
+            cut = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn any_bytes_and_endless_lines_are_read_to_the_end() {
+        let mut input = vec![b'a'; 3 * MAX_LINE];
+        input.extend_from_slice(b"\n\xff\xfe latin-1 \xe9\nlast line without newline");
+        let mut lines = Vec::new();
+        read_lines(&input[..], |l, cut| {
+            lines.push((String::from_utf8_lossy(l).into_owned(), cut))
+        })
+        .await;
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0].0.len(), MAX_LINE);
+        assert!(lines[0].1, "the long line is marked as cut");
+        assert_eq!(
+            lines[1],
+            ("\u{fffd}\u{fffd} latin-1 \u{fffd}".into(), false)
+        );
+        assert_eq!(lines[2], ("last line without newline".into(), false));
+    }
 }
