@@ -228,11 +228,7 @@ async fn read_lines<R: AsyncRead + Unpin>(reader: R, mut line: impl FnMut(&[u8],
     let mut r = BufReader::new(reader);
     let mut buf: Vec<u8> = Vec::new();
     let mut cut = false;
-    loop {
-        let chunk = match r.fill_buf().await {
-            Ok(c) => c,
-            Err(_) => break,
-        };
+    while let Ok(chunk) = r.fill_buf().await {
         if chunk.is_empty() {
             if !buf.is_empty() || cut {
                 line(&buf, cut);
