@@ -156,9 +156,52 @@ impl FluentdStep {
         Ok((Pid::from_raw(pid), path))
     }
 
-    /// Signals and waits for the confirmation, until shortly before the deadline.
+    /// True when no fluentd supervisor runs where the pid file says (no pid file, or its
+    /// process has exited).
+    fn supervisor_gone(&self, ctx: &Context) -> bool {
+        let path = match &self.pid_file {
+            Some(p) => match p.render(ctx) {
+                Ok(p) => p,
+                Err(_) => return false,
+            },
+            None => match DEFAULT_PID_FILES.iter().find(|p| Path::new(p).exists()) {
+                Some(p) => p.to_string(),
+                None => return true,
+            },
+        };
+        match std::fs::read_to_string(&path) {
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            Ok(t) => t
+                .trim()
+                .parse::<i32>()
+                .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()),
+        }
+    }
+
+    /// Signals and waits for the confirmation, until shortly before the deadline. Run again
+    /// after an interruption (`env.resumed`), a fluentd that is gone is not a failure: it was
+    /// signalled (and then stopped) before lastcall was interrupted; its file buffer, when
+    /// configured, must still be empty.
     pub async fn run(&self, env: &StepEnv<'_>) -> Result<String, StepError> {
-        let (pid, path) = self.supervisor(env.ctx)?;
+        let (pid, path) = match self.supervisor(env.ctx) {
+            Ok(s) => s,
+            Err(e) if env.resumed && self.supervisor_gone(env.ctx) => {
+                if let Some(b) = &self.buffer_path {
+                    let dir = b.render(env.ctx)?;
+                    let left = chunks(Path::new(&dir));
+                    if !left.is_empty() {
+                        return Err(StepError::Failed(format!(
+                            "fluentd is not running any more ({e}) and {dir} still holds {} chunk(s)",
+                            left.len()
+                        )));
+                    }
+                }
+                return Ok(format!(
+                    "fluentd is not running any more ({e}): it was signalled before lastcall was interrupted"
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         kill(pid, Signal::SIGUSR1).map_err(|e| {
             StepError::Failed(format!(
                 "cannot send SIGUSR1 to fluentd {pid} (from {path}): {e}"
@@ -324,5 +367,41 @@ mod tests {
             .collect();
         found.sort();
         assert_eq!(found, ["buffer.b5f1.log", "worker1/buffer.q77.log"]);
+    }
+
+    #[tokio::test]
+    async fn a_fluentd_gone_before_a_resume_is_success_if_its_buffer_is_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = tokio::process::Command::new("/bin/true")
+            .spawn()
+            .expect("true");
+        let pid = child.id().expect("pid");
+        child.wait().await.expect("wait");
+        let pid_file = dir.path().join("fluentd.pid");
+        std::fs::write(&pid_file, pid.to_string()).expect("write");
+        let buf = dir.path().join("buf");
+        std::fs::create_dir(&buf).expect("mkdir");
+        let s = FluentdStep {
+            pid_file: Template::parse(pid_file.to_str().expect("utf8")).ok(),
+            buffer_path: Template::parse(buf.to_str().expect("utf8")).ok(),
+            monitor_agent: Vec::new(),
+            output_ids: Vec::new(),
+        };
+        let ctx = Context::default();
+        let fresh = StepEnv::test(&ctx);
+        let err = s
+            .run(&fresh)
+            .await
+            .expect_err("a first run needs a live fluentd");
+        assert!(err.to_string().contains("stale pid file"), "{err}");
+        let resumed = StepEnv {
+            resumed: true,
+            ..StepEnv::test(&ctx)
+        };
+        let done = s.run(&resumed).await.expect("gone after the signal");
+        assert!(done.contains("not running any more"), "{done}");
+        std::fs::write(buf.join("buffer.q1.log"), "x").expect("chunk");
+        let err = s.run(&resumed).await.expect_err("chunks left");
+        assert!(err.to_string().contains("still holds 1 chunk"), "{err}");
     }
 }

@@ -103,8 +103,21 @@ impl SignalStep {
         ))
     }
 
-    /// Signals the process (and waits for its exit if asked).
+    /// Signals the process (and waits for its exit if asked). Run again after an interruption
+    /// (`env.resumed`), a process that is gone is success: it was signalled before lastcall
+    /// stopped (design §5: the built-in kinds are safe to repeat).
     pub async fn run(&self, env: &StepEnv<'_>) -> Result<String, StepError> {
+        match self.signal(env).await {
+            Ok(done) => Ok(done),
+            Err(Failure::Gone(why)) if env.resumed => Ok(format!(
+                "{why}: it was signalled before lastcall was interrupted; nothing left to do"
+            )),
+            Err(Failure::Gone(why)) => Err(StepError::Failed(why)),
+            Err(Failure::Step(e)) => Err(e),
+        }
+    }
+
+    async fn signal(&self, env: &StepEnv<'_>) -> Result<String, Failure> {
         let (pid, whence) = match &self.target {
             Target::PidFile(p) => {
                 let path = p.render(env.ctx)?;
@@ -118,13 +131,13 @@ impl SignalStep {
                 )
                 .await?;
                 if code != Some(0) {
-                    return Err(StepError::Failed(format!(
+                    return Err(Failure::Step(StepError::Failed(format!(
                         "cannot read the main pid of {unit}: {err}"
-                    )));
+                    ))));
                 }
                 let pid = out.parse::<i32>().unwrap_or(0);
                 if pid <= 1 {
-                    return Err(StepError::Failed(format!(
+                    return Err(Failure::Gone(format!(
                         "unit {unit} has no running main process"
                     )));
                 }
@@ -134,15 +147,15 @@ impl SignalStep {
         match kill(pid, self.signal) {
             Ok(()) => {}
             Err(Errno::ESRCH) => {
-                return Err(StepError::Failed(format!(
+                return Err(Failure::Gone(format!(
                     "process {pid} (from {whence}) is not running; nothing to signal"
                 )))
             }
             Err(e) => {
-                return Err(StepError::Failed(format!(
+                return Err(Failure::Step(StepError::Failed(format!(
                     "cannot send {} to process {pid} (from {whence}): {e}",
                     self.signal.as_str()
-                )))
+                ))))
             }
         }
         if self.wait_exit {
@@ -152,6 +165,27 @@ impl SignalStep {
             return Ok(format!("sent {} to {pid}; it exited", self.signal.as_str()));
         }
         Ok(format!("sent {} to {pid}", self.signal.as_str()))
+    }
+}
+
+/// Why there was nothing signalled.
+#[derive(Debug)]
+enum Failure {
+    /// The process is not there (no pid file, no main process, not running).
+    Gone(String),
+    /// Anything else.
+    Step(StepError),
+}
+
+impl From<StepError> for Failure {
+    fn from(e: StepError) -> Self {
+        Self::Step(e)
+    }
+}
+
+impl From<RenderError> for Failure {
+    fn from(e: RenderError) -> Self {
+        Self::Step(e.into())
     }
 }
 
@@ -166,16 +200,26 @@ fn parse_signal(s: &str) -> Option<Signal> {
     Signal::from_str(&name).ok()
 }
 
-/// Reads a pid file; refuses pids 0 and 1 and anything that is not a number.
-fn read_pid_file(path: &str) -> Result<Pid, StepError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| StepError::Failed(format!("cannot read pid file {path}: {e}")))?;
+/// Reads a pid file; refuses pids 0 and 1 and anything that is not a number. A missing file
+/// is [`Failure::Gone`] (a daemon removes its pid file when it exits).
+fn read_pid_file(path: &str) -> Result<Pid, Failure> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Failure::Gone(format!("cannot read pid file {path}: {e}")))
+        }
+        Err(e) => {
+            return Err(Failure::Step(StepError::Failed(format!(
+                "cannot read pid file {path}: {e}"
+            ))))
+        }
+    };
     match text.trim().parse::<i32>() {
         Ok(pid) if pid > 1 => Ok(Pid::from_raw(pid)),
-        _ => Err(StepError::Failed(format!(
+        _ => Err(Failure::Step(StepError::Failed(format!(
             "pid file {path} does not hold a usable pid: {:?}",
             text.chars().take(32).collect::<String>()
-        ))),
+        )))),
     }
 }
 
@@ -270,6 +314,21 @@ mod run_tests {
         let env = StepEnv::test(&ctx);
         let err = s.run(&env).await.expect_err("stale");
         assert!(err.to_string().contains("is not running"), "{err}");
+        // Run again after lastcall was interrupted, the process is gone because it was signalled
+        // before: that is what the step was for.
+        let resumed = StepEnv {
+            resumed: true,
+            ..StepEnv::test(&ctx)
+        };
+        let done = s.run(&resumed).await.expect("resumed");
+        assert!(
+            done.contains("signalled before lastcall was interrupted"),
+            "{done}"
+        );
+        let gone = step("/nonexistent/x.pid", Signal::SIGUSR1, false);
+        gone.run(&resumed)
+            .await
+            .expect("pid file removed by the exiting daemon");
         let s = step("/nonexistent/x.pid", Signal::SIGUSR1, false);
         let err = s.run(&env).await.expect_err("missing");
         assert!(
