@@ -18,6 +18,13 @@ pub const PENDING_WAIT: &str = "Pending:Wait";
 /// The state an instance waits in on its way into the warm pool (launched into it, or returned
 /// to it on scale-in).
 pub const WARMED_PENDING_WAIT: &str = "Warmed:Pending:Wait";
+/// The longest a lifecycle action can live: its `GlobalTimeout` is 100 × `HeartbeatTimeout` or
+/// 48 hours, whichever is smaller (Auto Scaling API reference, `LifecycleHook.GlobalTimeout`).
+pub const MAX_ACTION_LIFE: Duration = Duration::from_secs(48 * 3600);
+/// The shortest a lifecycle action can live: 100 × the shortest `HeartbeatTimeout` (30 s).
+pub const MIN_ACTION_LIFE: Duration = Duration::from_secs(100 * 30);
+/// The longest `HeartbeatTimeout` a hook can have (7,200 s, `PutLifecycleHook`).
+pub const MAX_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(7200);
 /// First pause between completion attempts.
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 /// Longest pause between completion attempts.

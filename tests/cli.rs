@@ -156,3 +156,26 @@ fn a_config_others_can_change_is_refused() {
         Some(0)
     );
 }
+
+#[test]
+fn check_warns_when_the_steps_outlast_the_units_stop_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("long.toml");
+    std::fs::write(
+        &path,
+        "[imds]\nlifecycle = true\n[[step]]\nkind = \"sleep\"\nduration = \"10m\"\n[[step]]\nkind = \"command\"\ncommand = [\"/bin/true\"]\ntimeout = \"6m\"\n",
+    )
+    .expect("write");
+    let out = lastcall(&[
+        "--config",
+        path.to_str().expect("utf8"),
+        "check",
+        "--offline",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("[warn] the steps' timeouts add up to 16m 5s, more than the daemon unit's TimeoutStopSec (15m)"),
+        "{stdout}"
+    );
+}

@@ -319,6 +319,12 @@ fn systemd_units_run_lastcall_as_documented() {
             "TimeoutStopSec={stop:?} leaves a step with the default timeout no time to finish"
         );
     }
+    // `lastcall check` warns against the unit's value.
+    let stop = unit_value(&daemon, "Service", "TimeoutStopSec");
+    assert_eq!(
+        humantime::parse_duration(&stop).expect("duration"),
+        lastcall::cmd::check::DAEMON_TIMEOUT_STOP
+    );
 
     let timer = read("deploy/systemd/lastcall-once.timer");
     assert_eq!(unit_value(&timer, "Timer", "OnCalendar"), "minutely");

@@ -285,7 +285,8 @@ async fn mackerel_retires_by_id_file_or_custom_identifier_and_treats_gone_as_don
         "{out}"
     );
     assert!(retired(&mackerel_hosts().await, &id2));
-    // An id file from a baked image naming another instance's host is refused.
+    // An id file from a baked image naming another instance's host: that host is left alone,
+    // and this instance's own host is found by its custom identifier and retired.
     let other = mackerel_control(
         "hosts",
         json!({"name": "web-3", "customIdentifier": "i-0fffffffffffffff0.ec2.amazonaws.com"}),
@@ -294,12 +295,36 @@ async fn mackerel_retires_by_id_file_or_custom_identifier_and_treats_gone_as_don
         .as_str()
         .expect("id")
         .to_string();
+    let ci3 = format!("{}.ec2.amazonaws.com", unique("i"));
+    let mine = mackerel_control("hosts", json!({"name": "web-4", "customIdentifier": ci3})).await
+        ["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     std::fs::write(dir.path().join("id"), &other).expect("id file");
-    let err = run(&mackerel_step(dir.path(), &key, ""), Duration::from_secs(5))
-        .await
-        .expect_err("not ours");
-    assert!(err.to_string().contains("not retiring it"), "{err}");
+    let kind = mackerel_step(dir.path(), &key, &format!("custom_identifier = \"{ci3}\""));
+    let out = run(&kind, Duration::from_secs(5)).await.expect("fell back");
+    assert!(
+        out.contains(&format!("retired Mackerel host {mine}")),
+        "{out}"
+    );
     assert!(!retired(&mackerel_hosts().await, &other));
+    assert!(retired(&mackerel_hosts().await, &mine));
+    // An id file naming a host Mackerel does not know (404): likewise.
+    let ci4 = format!("{}.ec2.amazonaws.com", unique("i"));
+    let mine = mackerel_control("hosts", json!({"name": "web-5", "customIdentifier": ci4})).await
+        ["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    std::fs::write(dir.path().join("id"), "3Unknown404").expect("id file");
+    let kind = mackerel_step(dir.path(), &key, &format!("custom_identifier = \"{ci4}\""));
+    let out = run(&kind, Duration::from_secs(5)).await.expect("fell back");
+    assert!(
+        out.contains(&format!("retired Mackerel host {mine}")),
+        "{out}"
+    );
+    assert!(retired(&mackerel_hosts().await, &mine));
 }
 
 #[tokio::test]

@@ -18,6 +18,8 @@ use crate::template::Context;
 
 /// How long `check` gives each service.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+/// `TimeoutStopSec` of the shipped daemon unit (`deploy/systemd/lastcall.service`).
+pub const DAEMON_TIMEOUT_STOP: Duration = Duration::from_secs(15 * 60);
 /// A dead-letter `maxReceiveCount` below this is warned about for a shared queue.
 const LOW_MAX_RECEIVE_COUNT: u64 = 100;
 
@@ -164,6 +166,16 @@ fn print_summary(c: &Config) {
             humantime::format_duration(s.timeout),
             s.on_failure
         );
+    }
+    for (what, steps) in [("steps", &c.steps), ("launch steps", &c.launch_steps)] {
+        let total = crate::pipeline::total_timeout(steps);
+        if total > DAEMON_TIMEOUT_STOP {
+            println!(
+                "  [warn] the {what}' timeouts add up to {}, more than the daemon unit's TimeoutStopSec ({}): a stop or restart of lastcall during an action (a package upgrade, a reboot) can kill it before its steps end; raise TimeoutStopSec with a drop-in (systemctl edit lastcall)",
+                humantime::format_duration(total),
+                humantime::format_duration(DAEMON_TIMEOUT_STOP)
+            );
+        }
     }
 }
 

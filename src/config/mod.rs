@@ -309,6 +309,45 @@ mod tests {
     }
 
     #[test]
+    fn bounds_that_would_overflow_a_clock_or_defeat_the_design_are_refused() {
+        // Before: a huge timeout was accepted and aborted the process when the step started
+        // (a clock plus the timeout overflows), and again on every resume.
+        let problems = load(&format!(
+            "{MINIMAL}
+            stale_after = \"10m\"
+            [lifecycle]
+            heartbeat = \"3h\"
+            [[step]]
+            kind = \"command\"
+            command = [\"/bin/true\"]
+            timeout = \"500000000000y\"
+            [[step]]
+            kind = \"sleep\"
+            duration = \"49h\"
+            [[step]]
+            kind = \"zabbix\"
+            url = \"https://zabbix.example.com/api_jsonrpc.php\"
+            token_env = \"ZABBIX_TOKEN\"
+            warm_pool = true
+        "
+        ))
+        .expect_err("invalid");
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let has = |needle: &str| {
+            assert!(
+                text.iter().any(|t| t.contains(needle)),
+                "no problem mentions {needle:?}; got:\n{}",
+                text.join("\n")
+            )
+        };
+        has("[sqs]: key `stale_after`: must be at least 50m");
+        has("[lifecycle]: key `heartbeat`");
+        has("[[step]] #1 \"command\": key `timeout`: must be at most 48h");
+        has("[[step]] #2 \"sleep\": key `duration`: must be at most 48h");
+        has("[[step]] #3 \"zabbix\": key `warm_pool`: cannot be true for a monitoring step");
+    }
+
+    #[test]
     fn heartbeat_accepts_auto_off_and_durations() {
         for (v, want) in [
             ("auto", Heartbeat::Auto),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::fields::Fields;
-use crate::autoscaling::ActionResult;
+use crate::autoscaling::{ActionResult, MAX_ACTION_LIFE, MAX_HEARTBEAT_TIMEOUT, MIN_ACTION_LIFE};
 
 /// Where the journal and locks live unless `[lifecycle] state_dir` says otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/lastcall";
@@ -13,7 +13,7 @@ pub const DEFAULT_WAIT_TIME: Duration = Duration::from_secs(20);
 /// How long a received message stays invisible to the other instances.
 pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// The longest a lifecycle action can stay alive (the Auto Scaling global timeout cap, 48 h).
-pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(48 * 3600);
+pub const DEFAULT_STALE_AFTER: Duration = MAX_ACTION_LIFE;
 /// Default `[sqs] step_aside`.
 pub const DEFAULT_STEP_ASIDE: Duration = Duration::from_secs(30);
 /// How often instance metadata is polled.
@@ -106,8 +106,13 @@ pub(super) fn parse_sqs(f: &mut Fields) -> Option<SqsConfig> {
         );
     }
     let stale_after = f.duration("stale_after").unwrap_or(DEFAULT_STALE_AFTER);
-    if stale_after.is_zero() {
-        f.problem("stale_after", "must be longer than zero");
+    if stale_after < MIN_ACTION_LIFE {
+        // A notification's age counts from the start of its action: a shorter stale_after
+        // deletes this instance's own message while its action is still alive.
+        f.problem(
+            "stale_after",
+            "must be at least 50m: a lifecycle action lives at least 100 × the shortest HeartbeatTimeout (30 s), and a message younger than its action's life may still be this instance's to handle; the default, 48h, is right for every hook",
+        );
     } else if stale_after > DEFAULT_STALE_AFTER {
         f.warn(
             "stale_after",
@@ -165,18 +170,18 @@ pub(super) fn parse_lifecycle(f: &mut Fields) -> LifecycleConfig {
     let heartbeat = match f.opt::<String>("heartbeat").as_deref() {
         None | Some("auto") => Heartbeat::Auto,
         Some("off") => Heartbeat::Off,
-        Some(s) => {
-            match humantime::parse_duration(s) {
-                Ok(d) if d >= Duration::from_secs(1) => Heartbeat::Every(d),
-                _ => {
-                    f.problem(
-                    "heartbeat",
-                    format!("{s:?} is not \"auto\", \"off\" or a duration of at least 1s like \"60s\""),
-                );
-                    Heartbeat::Auto
-                }
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) if d >= Duration::from_secs(1) && d <= MAX_HEARTBEAT_TIMEOUT => {
+                Heartbeat::Every(d)
             }
-        }
+            _ => {
+                f.problem(
+                    "heartbeat",
+                    format!("{s:?} is not \"auto\", \"off\" or a duration from 1s to 2h (the longest HeartbeatTimeout) like \"60s\""),
+                );
+                Heartbeat::Auto
+            }
+        },
     };
     let on_failure_result = match f.opt::<String>("on_failure_result") {
         None => ActionResult::Continue,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::fields::Fields;
+use crate::autoscaling::MAX_ACTION_LIFE;
 use crate::steps::StepKind;
 
 /// What a step's failure does to the rest of the pipeline.
@@ -94,6 +95,11 @@ pub(super) fn parse_steps(top: &mut Fields, list: &str) -> Vec<Step> {
         let timeout = f.duration("timeout");
         if timeout.is_some_and(|d| d.is_zero()) {
             f.problem("timeout", "must be longer than zero");
+        } else if timeout.is_some_and(|d| d > MAX_ACTION_LIFE) {
+            f.problem(
+                "timeout",
+                "must be at most 48h: no lifecycle action lives longer (a hook's global timeout is at most 48 hours)",
+            );
         }
         let on_failure = match f.opt::<String>("on_failure").as_deref() {
             None | Some("continue") => OnFailure::Continue,
@@ -107,6 +113,12 @@ pub(super) fn parse_steps(top: &mut Fields, list: &str) -> Vec<Step> {
             }
         };
         let warm_pool: Option<bool> = f.opt("warm_pool");
+        if warm_pool == Some(true) && matches!(kind_str.as_deref(), Some("zabbix" | "mackerel")) {
+            f.problem(
+                "warm_pool",
+                "cannot be true for a monitoring step: an instance going to the warm pool comes back, so its Zabbix or Mackerel host must stay (remove the key; only real terminations remove the host)",
+            );
+        }
         let on_spot: Option<bool> = f.opt("on_spot");
         if launch {
             for (key, v) in [("warm_pool", warm_pool), ("on_spot", on_spot)] {

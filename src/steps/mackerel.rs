@@ -91,29 +91,44 @@ impl MackerelStep {
             Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
             _ => None,
         };
-        let host_id = match from_file {
-            Some(id) => {
-                if !id.chars().all(|c| c.is_ascii_alphanumeric()) {
-                    return Err(StepError::Failed(format!("{id_file} does not hold a Mackerel host id")));
-                }
-                // A baked image can carry another machine's id file: never retire a host that
-                // says it is some other instance.
-                match self.call(env, &key, reqwest::Method::GET, &base, &["api", "v0", "hosts", &id], None).await? {
-                    Answer::NotFound => return Ok(format!("host {id} (from {id_file}) does not exist or is retired already")),
+        // The id file is mackerel-agent's own record, but a baked image can carry another
+        // machine's, and an agent that registered again leaves a stale one: whenever it does not
+        // name this instance's live host, the host is found by its custom identifier instead.
+        let mut host_id = None;
+        if let Some(id) = from_file {
+            if !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+                tracing::warn!(step = env.name, file = %id_file, "the id file does not hold a Mackerel host id; looking the host up by its custom identifier");
+            } else {
+                match self
+                    .call(
+                        env,
+                        &key,
+                        reqwest::Method::GET,
+                        &base,
+                        &["api", "v0", "hosts", &id],
+                        None,
+                    )
+                    .await?
+                {
+                    Answer::NotFound => {
+                        tracing::warn!(step = env.name, file = %id_file, host = %id, "the id file names a host Mackerel does not know; looking the host up by its custom identifier");
+                    }
                     Answer::Ok(v) => {
                         let theirs = v["host"]["customIdentifier"].as_str().unwrap_or_default();
                         if !theirs.is_empty() && theirs != ci {
-                            return Err(StepError::Failed(format!(
-                                "{id_file} names host {id}, whose custom identifier is {theirs}, not this instance's {ci}; not retiring it"
-                            )));
-                        }
-                        if v["host"]["isRetired"].as_bool() == Some(true) {
+                            tracing::warn!(step = env.name, file = %id_file, host = %id, theirs, ours = %ci,
+                                "the id file names another instance's host (a baked image?); not retiring it, looking this instance's host up by its custom identifier");
+                        } else if v["host"]["isRetired"].as_bool() == Some(true) {
                             return Ok(format!("host {id} is retired already"));
+                        } else {
+                            host_id = Some(id);
                         }
                     }
                 }
-                id
             }
+        }
+        let host_id = match host_id {
+            Some(id) => id,
             None => match self
                 .call(env, &key, reqwest::Method::GET, &base, &["api", "v0", "hosts-by-custom-identifier", &ci], None)
                 .await?

@@ -16,7 +16,15 @@ pub struct SleepStep {
 impl SleepStep {
     /// Reads `duration`.
     pub fn parse(f: &mut Fields) -> Option<Self> {
-        f.req_duration("duration").map(|duration| Self { duration })
+        let duration = f.req_duration("duration")?;
+        if duration > crate::autoscaling::MAX_ACTION_LIFE {
+            f.problem(
+                "duration",
+                "must be at most 48h: no lifecycle action lives longer",
+            );
+            return None;
+        }
+        Some(Self { duration })
     }
 
     /// Waits.
