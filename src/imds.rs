@@ -112,10 +112,7 @@ impl Imds {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let hostname = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| local_hostname.clone());
+        let hostname = os_hostname().unwrap_or_else(|| local_hostname.clone());
         Ok(Identity {
             instance_id,
             region,
@@ -141,6 +138,15 @@ impl Imds {
             Err(_) => Err(TagsUnavailable),
         }
     }
+}
+
+/// The OS hostname now (what agents such as zabbix-agent register with). User-data or
+/// configuration management can set it after lastcall started, so an action reads it afresh.
+pub fn os_hostname() -> Option<String> {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
 }
 
 /// Instance metadata tags are off (or IMDS failed) for this instance.

@@ -87,31 +87,7 @@ impl SecretSource {
         let file: Option<String> = f.opt(&file_key);
         let env: Option<String> = f.opt(&env_key);
         match (file, env) {
-            (Some(p), None) => {
-                let path = PathBuf::from(&p);
-                if !path.is_absolute() {
-                    f.problem(&file_key, "must be an absolute path");
-                }
-                if let Some(why) = crate::config::permissions::unsafe_file(&path) {
-                    f.problem(&file_key, format!("{why}; lastcall refuses it"));
-                }
-                match std::fs::metadata(&path) {
-                    Ok(m) if m.mode() & 0o022 != 0 => {}
-                    Ok(m) if m.mode() & 0o077 != 0 => f.warn(
-                        &file_key,
-                        format!(
-                            "{p} is accessible to group or others (mode {:o}); make it 0600",
-                            m.mode() & 0o777
-                        ),
-                    ),
-                    Ok(_) => {}
-                    Err(e) => f.warn(
-                        &file_key,
-                        format!("{p} cannot be read now ({e}); it must exist when the step runs"),
-                    ),
-                }
-                Some(Self::File(path))
-            }
+            (Some(p), None) => Some(Self::checked_file(f, &file_key, &p)),
             (None, Some(v)) => {
                 if v.is_empty() || v.contains('=') {
                     f.problem(&env_key, "is not a valid environment variable name");
@@ -134,13 +110,42 @@ impl SecretSource {
         }
     }
 
+    /// A secret file named by `key`, with the checks every secret file gets when the config is
+    /// read: an absolute path, a file only root can change (an error), readable by root alone (a
+    /// warning), and present (a warning: it must exist when the step runs).
+    pub fn checked_file(f: &mut Fields, key: &str, p: &str) -> Self {
+        let path = PathBuf::from(p);
+        if !path.is_absolute() {
+            f.problem(key, "must be an absolute path");
+        }
+        if let Some(why) = crate::config::permissions::unsafe_file(&path) {
+            f.problem(key, format!("{why}; lastcall refuses it"));
+        }
+        match std::fs::metadata(&path) {
+            Ok(m) if m.mode() & 0o022 != 0 => {}
+            Ok(m) if m.mode() & 0o077 != 0 => f.warn(
+                key,
+                format!(
+                    "{p} is accessible to group or others (mode {:o}); make it 0600",
+                    m.mode() & 0o777
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => f.warn(
+                key,
+                format!("{p} cannot be read now ({e}); it must exist when the step runs"),
+            ),
+        }
+        Self::File(path)
+    }
+
     /// Reads `<base>_file` / `<base>_env` when the plain `<base>` key is allowed too (the
     /// caller handles it): only the two secret forms are read here.
     pub fn parse_prefixed(f: &mut Fields, base: &str) -> Option<Self> {
         let file_key = format!("{base}_file");
         let env_key = format!("{base}_env");
         match (f.opt::<String>(&file_key), f.opt::<String>(&env_key)) {
-            (Some(p), None) => Some(Self::File(p.into())),
+            (Some(p), None) => Some(Self::checked_file(f, &file_key, &p)),
             (None, Some(v)) => Some(Self::Env(v)),
             (Some(_), Some(_)) => {
                 f.problem(

@@ -348,6 +348,41 @@ mod tests {
     }
 
     #[test]
+    fn secret_header_and_url_files_get_the_checks_of_every_secret_file() {
+        // Before: an http step's { file = … } header and url_file skipped them.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = dir.path().join("open.key");
+        std::fs::write(&open, "k").expect("write");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let open = open.to_str().expect("utf8");
+        let problems = load(&format!(
+            "{MINIMAL}
+            [[step]]
+            kind = \"http\"
+            url = \"https://example.com/hook\"
+            headers = {{ DD-API-KEY = {{ file = \"{open}\" }}, X-Other = {{ file = \"relative.key\" }} }}
+            [[step]]
+            kind = \"http\"
+            url_file = \"{open}\"
+        "
+        ))
+        .expect_err("invalid");
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let has = |needle: &str| {
+            assert!(
+                text.iter().any(|t| t.contains(needle)),
+                "no problem mentions {needle:?}; got:\n{}",
+                text.join("\n")
+            )
+        };
+        has("key `headers.DD-API-KEY.file`: ");
+        has("writable by group or others");
+        has("key `headers.X-Other.file`: must be an absolute path");
+        has("[[step]] #2 \"http-2\": key `url_file`: ");
+    }
+
+    #[test]
     fn heartbeat_accepts_auto_off_and_durations() {
         for (v, want) in [
             ("auto", Heartbeat::Auto),

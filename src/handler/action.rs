@@ -153,9 +153,16 @@ pub async fn context(
 ) -> Context {
     let id = identity;
     let mut ctx = Context::default();
+    let hostname = match crate::imds::os_hostname() {
+        Some(now) if now != id.hostname => {
+            warn!(at_start = %id.hostname, now = %now, "the hostname changed since lastcall started; {{hostname}} is the new one");
+            now
+        }
+        _ => id.hostname.clone(),
+    };
     for (k, v) in [
         ("instance_id", &id.instance_id),
-        ("hostname", &id.hostname),
+        ("hostname", &hostname),
         ("local_ipv4", &id.local_ipv4),
         ("local_hostname", &id.local_hostname),
         ("region", &id.region),
@@ -196,4 +203,36 @@ pub async fn context(
         }
     }
     ctx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hostname_is_read_when_the_action_is_handled() {
+        // Before: the hostname read at start was used, so a hostname set later by user-data
+        // made the Zabbix step look up the old name, find nothing and report success.
+        let config = Config::from_str("[imds]\nlifecycle = true", std::path::Path::new("t.toml"))
+            .expect("config")
+            .config;
+        let identity = Identity {
+            instance_id: "i-0123456789abcdef0".into(),
+            region: "us-east-1".into(),
+            availability_zone: "us-east-1a".into(),
+            local_ipv4: "10.0.0.1".into(),
+            local_hostname: "ip-10-0-0-1.ec2.internal".into(),
+            hostname: "name-at-start-that-is-not-this-hosts".into(),
+        };
+        let action = Action::new(
+            &identity.instance_id,
+            "g",
+            "h",
+            Transition::Terminating,
+            false,
+        );
+        let ctx = context(&config, &identity, &Imds::new(), None, &action).await;
+        let now = crate::imds::os_hostname().expect("this machine has a hostname");
+        assert_eq!(ctx.values.get("hostname"), Some(&now));
+    }
 }

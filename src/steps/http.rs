@@ -125,7 +125,9 @@ impl HttpStep {
                             t.get("file").and_then(|x| x.as_str()),
                             t.get("env").and_then(|x| x.as_str()),
                         ) {
-                            (Some(p), None) => Some(SecretSource::File(p.into())),
+                            (Some(p), None) => {
+                                Some(SecretSource::checked_file(f, &format!("{key}.file"), p))
+                            }
                             (None, Some(e)) => Some(SecretSource::Env(e.into())),
                             _ => None,
                         };
@@ -196,7 +198,7 @@ impl HttpStep {
 
     fn shown_url(&self, ctx: &Context) -> Result<String, RenderError> {
         Ok(match &self.url {
-            Url::Text(t) => t.render(ctx)?,
+            Url::Text(t) => crate::http_client::redact(&t.render(ctx)?),
             Url::Secret(s) => format!("<URL from {s}>"),
         })
     }

@@ -177,12 +177,14 @@ impl MackerelStep {
             .await?
         {
             Answer::Ok(v) => Ok(format!(
-                "key from {} accepted by {base} (organization {})",
+                "key from {} accepted by {} (organization {})",
                 self.api_key,
+                crate::http_client::redact(&base),
                 v["name"].as_str().unwrap_or("?")
             )),
             Answer::NotFound => Err(StepError::Failed(format!(
-                "{base} has no /api/v0/org: is api_base right?"
+                "{} has no /api/v0/org: is api_base right?",
+                crate::http_client::redact(&base)
             ))),
         }
     }
@@ -197,10 +199,19 @@ impl MackerelStep {
         segments: &[&str],
         body: Option<Value>,
     ) -> Result<Answer, StepError> {
-        let mut url = reqwest::Url::parse(base)
-            .map_err(|e| StepError::Failed(format!("api_base {base}: {e}")))?;
+        let mut url = reqwest::Url::parse(base).map_err(|e| {
+            StepError::Failed(format!(
+                "api_base {}: {e}",
+                crate::http_client::redact(base)
+            ))
+        })?;
         url.path_segments_mut()
-            .map_err(|_| StepError::Failed(format!("api_base {base} cannot take a path")))?
+            .map_err(|_| {
+                StepError::Failed(format!(
+                    "api_base {} cannot take a path",
+                    crate::http_client::redact(base)
+                ))
+            })?
             .pop_if_empty()
             .extend(segments);
         let what = format!("{method} {}", url.path());

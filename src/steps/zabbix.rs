@@ -131,6 +131,12 @@ impl<'a> Rpc<'a> {
             req.json(&body)
         };
         api::send(self.env, method, build, |resp| async move {
+            if resp.status().is_redirection() {
+                return Verdict::Fail(RpcError::Transport(format!(
+                    "{method}: HTTP {}: the API redirects to another host, which lastcall does not follow with the credentials; set url to where it points",
+                    resp.status()
+                )));
+            }
             if !resp.status().is_success() {
                 return Verdict::Retry {
                     why: format!("{method}: HTTP {}", resp.status()),
@@ -321,7 +327,7 @@ impl ZabbixStep {
             Err(e) => {
                 return Err(StepError::Failed(format!(
                     "cannot reach the Zabbix API at {}: {e}",
-                    rpc.url
+                    crate::http_client::redact(&rpc.url)
                 )))
             }
         };
@@ -465,7 +471,9 @@ impl ZabbixStep {
         r.map(|_| {
             format!(
                 "Zabbix {}.{} at {}: credentials accepted",
-                rpc.version.0, rpc.version.1, rpc.url
+                rpc.version.0,
+                rpc.version.1,
+                crate::http_client::redact(&rpc.url)
             )
         })
     }
