@@ -354,9 +354,7 @@ async fn step_service(step: &Step, ctx: &Context) -> Option<Line> {
     let r = match &step.kind {
         StepKind::Zabbix(z) => z.check(&env).await,
         StepKind::Mackerel(m) => m.check(&env).await,
-        StepKind::Fluentd(f) => f
-            .supervisor(ctx)
-            .map(|(pid, path)| format!("supervisor {pid} (from {path})")),
+        StepKind::Fluentd(f) => f.check(ctx).await,
         _ => return None,
     };
     let what = format!(

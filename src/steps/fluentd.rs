@@ -2,9 +2,10 @@
 //! did, before the agents stop and the instance goes away.
 //!
 //! SIGUSR1 is asynchronous: fluentd says nothing when the flush ends, and an output in retry
-//! state ignores it. Completion is confirmed by watching the file buffer (no `buffer.*.log` chunk
-//! left, in two consecutive scans, worker subdirectories included: one scan can miss a chunk
-//! being renamed from `b` to `q`) and/or `monitor_agent` (`buffer_total_queued_size` 0 for every
+//! state ignores it. Completion is confirmed by watching the file buffer (no chunk left, in two
+//! consecutive scans, worker subdirectories included: one scan can miss a chunk being renamed
+//! from `b` to `q`; `buffer_path` is written exactly as buf_file's `path`, and resolved the way
+//! buf_file resolves it, see [`BufferChunks`]) and/or `monitor_agent` (`buffer_total_queued_size` 0 for every
 //! output or the given `@id`s: it drops only after the write, unlike the queue length).
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ pub const DEFAULT_PID_FILES: &[&str] = &[
     "/var/run/td-agent/td-agent.pid",
     "/var/run/calyptia-fluentd/calyptia-fluentd.pid",
 ];
+/// buf_file's default `path_suffix`.
+pub const DEFAULT_PATH_SUFFIX: &str = ".log";
 /// How often the buffer and monitor_agent are looked at.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -33,8 +36,10 @@ const POLL: Duration = Duration::from_millis(200);
 pub struct FluentdStep {
     /// The supervisor's pid file (default: the packages' paths).
     pub pid_file: Option<Template>,
-    /// A file buffer's `path`, to watch for chunks.
+    /// A file buffer's `path`, as written in fluentd's `<buffer>` section, to watch for chunks.
     pub buffer_path: Option<Template>,
+    /// The buffer's `path_suffix` (fluentd's default `.log`).
+    pub path_suffix: String,
     /// monitor_agent's base URL, e.g. `http://127.0.0.1:24220`; with `<system> workers N`, one
     /// per worker (each worker serves its own, on port + worker id).
     pub monitor_agent: Vec<Template>,
@@ -43,7 +48,7 @@ pub struct FluentdStep {
 }
 
 impl FluentdStep {
-    /// Reads `pid_file`, `buffer_path`, `monitor_agent`, `output_ids`.
+    /// Reads `pid_file`, `buffer_path`, `path_suffix`, `monitor_agent`, `output_ids`.
     pub fn parse(f: &mut Fields) -> Option<Self> {
         let pid_file = f.template("pid_file");
         let buffer_path = f.template("buffer_path");
@@ -54,6 +59,18 @@ impl FluentdStep {
             f.problem(
                 "buffer_path",
                 "must be an absolute path (the buffer's path in fluentd's config)",
+            );
+        }
+        let path_suffix = f
+            .opt::<String>("path_suffix")
+            .unwrap_or_else(|| DEFAULT_PATH_SUFFIX.to_string());
+        if path_suffix.contains('/') || path_suffix.contains('*') {
+            f.problem("path_suffix", "must be a file name suffix like \".log\"");
+        }
+        if f.has("path_suffix") && buffer_path.is_none() {
+            f.problem(
+                "path_suffix",
+                "needs buffer_path: it is the suffix of its chunks",
             );
         }
         let monitor_agent = match f.peek("monitor_agent") {
@@ -79,6 +96,7 @@ impl FluentdStep {
         Some(Self {
             pid_file,
             buffer_path,
+            path_suffix,
             monitor_agent,
             output_ids,
         })
@@ -99,7 +117,10 @@ impl FluentdStep {
         };
         let mut confirm = Vec::new();
         if let Some(b) = &self.buffer_path {
-            confirm.push(format!("no chunk left in {}", b.render(ctx)?));
+            confirm.push(format!(
+                "no chunk left in {}",
+                BufferChunks::resolve(&b.render(ctx)?, &self.path_suffix)
+            ));
         }
         for m in &self.monitor_agent {
             confirm.push(format!("{} reports empty buffers", m.render(ctx)?));
@@ -156,6 +177,18 @@ impl FluentdStep {
         Ok((Pid::from_raw(pid), path))
     }
 
+    /// For `lastcall check`: the supervisor, and that the buffer (when configured) can be read.
+    pub async fn check(&self, ctx: &Context) -> Result<String, StepError> {
+        let (pid, path) = self.supervisor(ctx)?;
+        let mut out = format!("supervisor {pid} (from {path})");
+        if let Some(b) = &self.buffer_path {
+            let buffer = BufferChunks::resolve(&b.render(ctx)?, &self.path_suffix);
+            let n = buffer.scan().await?.len();
+            out.push_str(&format!("; buffer {buffer}: {n} chunk(s) now"));
+        }
+        Ok(out)
+    }
+
     /// True when no fluentd supervisor runs where the pid file says (no pid file, or its
     /// process has exited).
     fn supervisor_gone(&self, ctx: &Context) -> bool {
@@ -187,11 +220,11 @@ impl FluentdStep {
             Ok(s) => s,
             Err(e) if env.resumed && self.supervisor_gone(env.ctx) => {
                 if let Some(b) = &self.buffer_path {
-                    let dir = b.render(env.ctx)?;
-                    let left = chunks(Path::new(&dir));
+                    let buffer = BufferChunks::resolve(&b.render(env.ctx)?, &self.path_suffix);
+                    let left = buffer.scan().await?;
                     if !left.is_empty() {
                         return Err(StepError::Failed(format!(
-                            "fluentd is not running any more ({e}) and {dir} still holds {} chunk(s)",
+                            "fluentd is not running any more ({e}) and {buffer} still holds {} chunk(s)",
                             left.len()
                         )));
                     }
@@ -211,7 +244,8 @@ impl FluentdStep {
             .buffer_path
             .as_ref()
             .map(|b| b.render(env.ctx))
-            .transpose()?;
+            .transpose()?
+            .map(|b| BufferChunks::resolve(&b, &self.path_suffix));
         let monitor = self
             .monitor_agent
             .iter()
@@ -226,7 +260,8 @@ impl FluentdStep {
             tokio::time::sleep(POLL).await;
             let mut pending = Vec::new();
             if let Some(dir) = &buffer {
-                let chunks = chunks(Path::new(dir));
+                // An unreadable buffer is a failure, never "empty": the flush cannot be confirmed.
+                let chunks = dir.scan().await?;
                 if chunks.is_empty() {
                     empty_scans += 1;
                 } else {
@@ -317,27 +352,117 @@ impl FluentdStep {
     }
 }
 
-/// Every `buffer.*.log` chunk under `dir` (worker subdirectories included).
-fn chunks(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(p),
-                Ok(_) => {
-                    let name = e.file_name();
-                    let name = name.to_string_lossy();
-                    if name.starts_with("buffer.") && name.ends_with(".log") {
-                        out.push(p);
-                    }
-                }
-                Err(_) => {}
-            }
+/// Where a file buffer keeps its chunks: buf_file's `path` resolved as buf_file resolves it
+/// (fluentd `lib/fluent/plugin/buf_file.rb`, `configure`):
+/// - an existing directory, or a path that does not exist and holds no `.*`: a directory of
+///   `buffer.*{path_suffix}` chunks (one `worker{N}` subdirectory per worker, or
+///   `{root_dir}/worker{N}/{@id}/buffer` with `root_dir`: subdirectories are searched too);
+/// - a file name holding `.*.`: the chunks are that name with `*` a chunk id;
+/// - a file name ending in `.*`: likewise, with `path_suffix` appended;
+/// - any other file name: `{path}.*{path_suffix}`.
+///
+/// A chunk id is `b` (staged) or `q` (queued) and a hex id; `….meta` files are not chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferChunks {
+    /// The directory the chunks are in.
+    dir: PathBuf,
+    /// A chunk's name starts with this…
+    prefix: String,
+    /// …and ends with this.
+    suffix: String,
+    /// Search subdirectories (the directory form: workers, root_dir).
+    recursive: bool,
+}
+
+impl std::fmt::Display for BufferChunks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}*{}", self.dir.display(), self.prefix, self.suffix)?;
+        if self.recursive {
+            f.write_str(" (worker subdirectories included)")?;
+        }
+        Ok(())
+    }
+}
+
+impl BufferChunks {
+    /// Resolves `path` (and `path_suffix`) the way buf_file does.
+    pub fn resolve(path: &str, path_suffix: &str) -> Self {
+        let p = Path::new(path);
+        let is_dir = p.is_dir();
+        if is_dir || (!p.exists() && !path.contains(".*")) {
+            return Self {
+                dir: p.to_path_buf(),
+                prefix: "buffer.".into(),
+                suffix: path_suffix.into(),
+                recursive: true,
+            };
+        }
+        let dir = p.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (prefix, suffix) = if let Some(i) = name.find(".*.") {
+            (name[..i + 1].to_string(), name[i + 2..].to_string())
+        } else if let Some(stem) = name.strip_suffix(".*") {
+            (format!("{stem}."), path_suffix.to_string())
+        } else {
+            (format!("{name}."), path_suffix.to_string())
+        };
+        Self {
+            dir,
+            prefix,
+            suffix,
+            recursive: false,
         }
     }
-    out
+
+    /// True when `name` is one of this buffer's chunks.
+    fn is_chunk(&self, name: &str) -> bool {
+        name.len() > self.prefix.len() + self.suffix.len()
+            && name.starts_with(&self.prefix)
+            && name.ends_with(&self.suffix)
+            && matches!(name.as_bytes()[self.prefix.len()], b'b' | b'q')
+    }
+
+    /// Every chunk, off the async thread (a large buffer tree takes a while to list). A
+    /// directory that cannot be read is an error that names it: an unreadable buffer is not an
+    /// empty one.
+    pub async fn scan(&self) -> Result<Vec<PathBuf>, StepError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.scan_now())
+            .await
+            .map_err(|e| StepError::Failed(format!("scanning the fluentd buffer failed: {e}")))?
+            .map_err(StepError::Failed)
+    }
+
+    fn scan_now(&self) -> Result<Vec<PathBuf>, String> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.dir.clone()];
+        while let Some(d) = stack.pop() {
+            let entries = std::fs::read_dir(&d).map_err(|e| {
+                format!(
+                    "cannot read the fluentd buffer directory {} ({e}); is buffer_path the <buffer> path of fluentd's config?",
+                    d.display()
+                )
+            })?;
+            for e in entries {
+                let e = e.map_err(|e| format!("cannot list {}: {e}", d.display()))?;
+                let p = e.path();
+                match e.file_type() {
+                    Ok(t) if t.is_dir() && self.recursive => stack.push(p),
+                    Ok(t) if t.is_dir() => {}
+                    Ok(_) => {
+                        if self.is_chunk(&e.file_name().to_string_lossy()) {
+                            out.push(p);
+                        }
+                    }
+                    Err(e) => return Err(format!("cannot stat {}: {e}", p.display())),
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -356,7 +481,10 @@ mod tests {
         ] {
             std::fs::write(dir.path().join(f), "x").expect("write");
         }
-        let mut found: Vec<_> = chunks(dir.path())
+        let buffer = BufferChunks::resolve(dir.path().to_str().expect("utf8"), ".log");
+        let mut found: Vec<_> = buffer
+            .scan_now()
+            .expect("readable")
             .into_iter()
             .map(|p| {
                 p.strip_prefix(dir.path())
@@ -384,6 +512,7 @@ mod tests {
         let s = FluentdStep {
             pid_file: Template::parse(pid_file.to_str().expect("utf8")).ok(),
             buffer_path: Template::parse(buf.to_str().expect("utf8")).ok(),
+            path_suffix: DEFAULT_PATH_SUFFIX.into(),
             monitor_agent: Vec::new(),
             output_ids: Vec::new(),
         };
@@ -403,5 +532,62 @@ mod tests {
         std::fs::write(buf.join("buffer.q1.log"), "x").expect("chunk");
         let err = s.run(&resumed).await.expect_err("chunks left");
         assert!(err.to_string().contains("still holds 1 chunk"), "{err}");
+    }
+
+    #[test]
+    fn buffer_path_is_read_as_fluentd_writes_it() {
+        // Before: only `buffer.*.log` in a directory counted, and an unreadable path was
+        // "empty", so these all read as flushed while chunks waited.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        for f in [
+            "s3.b5f1e2.log",
+            "s3.b5f1e2.log.meta",
+            "s3.q77aa.log",
+            "app.b1234",
+            "other.b1.log",
+            "buffer.b9.chunk",
+        ] {
+            std::fs::write(d.join(f), "x").expect("write");
+        }
+        let names = |b: BufferChunks| -> Vec<String> {
+            let mut v: Vec<String> = b
+                .scan_now()
+                .expect("readable")
+                .iter()
+                .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let at = |p: &str| d.join(p).to_str().expect("utf8").to_string();
+        // `prefix.*.suffix`, as in fluentd's `path /var/log/fluent/buf/s3.*.log`.
+        assert_eq!(
+            names(BufferChunks::resolve(&at("s3.*.log"), ".log")),
+            ["s3.b5f1e2.log", "s3.q77aa.log"]
+        );
+        // `prefix.*` takes path_suffix; a plain file name becomes `name.*suffix`.
+        assert_eq!(
+            names(BufferChunks::resolve(&at("app.*"), "")),
+            ["app.b1234"]
+        );
+        // A path that does not exist and has no `.*` is a directory to buf_file.
+        assert!(BufferChunks::resolve(&at("s3"), ".log").recursive);
+        // An existing file that is not a directory becomes `name.*suffix`.
+        std::fs::write(d.join("s3"), "").expect("write");
+        assert_eq!(
+            names(BufferChunks::resolve(&at("s3"), ".log")),
+            ["s3.b5f1e2.log", "s3.q77aa.log"]
+        );
+        // A directory with a non-default path_suffix.
+        assert_eq!(
+            names(BufferChunks::resolve(&at(""), ".chunk")),
+            ["buffer.b9.chunk"]
+        );
+        // A directory that does not exist is an error that names it, not an empty buffer.
+        let err = BufferChunks::resolve(&at("missing"), ".log")
+            .scan_now()
+            .expect_err("unreadable");
+        assert!(err.contains("missing"), "{err}");
     }
 }
