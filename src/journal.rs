@@ -294,8 +294,35 @@ impl Journal {
             })
     }
 
-    /// Writes an action's record atomically.
-    pub fn save(&self, rec: &Record) -> Result<(), JournalError> {
+    /// Writes an action's record atomically, off the async thread: two fsyncs can take long on
+    /// a busy or failing disk, and that thread also runs heartbeats and visibility extensions.
+    pub async fn save(&self, rec: &Record) -> Result<(), JournalError> {
+        let (j, r) = (self.clone(), rec.clone());
+        self.blocking(move || j.save_now(&r)).await
+    }
+
+    /// Moves a finished record out of the way (see [`Journal::archive_now`]), off the async
+    /// thread.
+    pub async fn archive(&self, rec: &Record) -> Result<(), JournalError> {
+        let (j, r) = (self.clone(), rec.clone());
+        self.blocking(move || j.archive_now(&r)).await
+    }
+
+    async fn blocking(
+        &self,
+        f: impl FnOnce() -> Result<(), JournalError> + Send + 'static,
+    ) -> Result<(), JournalError> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| JournalError::Io {
+                op: "write to",
+                path: self.dir.clone(),
+                source: std::io::Error::other(e),
+            })?
+    }
+
+    /// Writes an action's record atomically, on this thread.
+    pub fn save_now(&self, rec: &Record) -> Result<(), JournalError> {
         let path = self.path(&rec.key(), "json");
         let tmp = self.path(&rec.key(), "json.tmp");
         let io = |op: &'static str, p: &Path| {
@@ -328,7 +355,7 @@ impl Journal {
 
     /// Moves a finished record out of the way, for actions that can happen again to the same
     /// instance (launches and warm-pool returns): the next one starts afresh.
-    pub fn archive(&self, rec: &Record) -> Result<(), JournalError> {
+    pub fn archive_now(&self, rec: &Record) -> Result<(), JournalError> {
         let from = self.path(&rec.key(), "json");
         let to = self.path(&format!("{}.{}", rec.key(), unix_now()), "done");
         fs::rename(&from, &to).map_err(|source| JournalError::Io {
@@ -421,7 +448,7 @@ mod tests {
         let mut r = rec();
         r.step_mut(2, "b").state = StepState::Started;
         r.step_mut(1, "a").state = StepState::Ok;
-        j.save(&r).expect("save");
+        j.save_now(&r).expect("save");
         assert_eq!(j.load(&r.key()).expect("load"), Some(r.clone()));
         assert_eq!(r.steps.iter().map(|s| s.index).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(j.incomplete("i-0123456789abcdef0").expect("list").len(), 1);
@@ -431,7 +458,7 @@ mod tests {
             at: unix_now(),
             accepted: true,
         });
-        j.save(&r).expect("save");
+        j.save_now(&r).expect("save");
         assert!(j
             .incomplete("i-0123456789abcdef0")
             .expect("list")
@@ -451,7 +478,7 @@ mod tests {
         let mut r = Record::new("i-0abc", "web", "team/up", launch, None, None, "imds");
         let before = unix_now();
         assert!(!j.archived_since("i-0abc", launch, before));
-        j.save(&r).expect("save");
+        j.save_now(&r).expect("save");
         assert!(
             !j.archived_since("i-0abc", launch, before),
             "not archived yet"
@@ -461,7 +488,7 @@ mod tests {
             at: unix_now(),
             accepted: true,
         });
-        j.archive(&r).expect("archive");
+        j.archive_now(&r).expect("archive");
         assert!(j.archived_since("i-0abc", launch, before));
         assert!(
             !j.archived_since("i-0abc", launch, before + 3600),

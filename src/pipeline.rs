@@ -72,7 +72,7 @@ pub async fn run(
             let r = rec.step_mut(step.index, &step.name);
             r.state = StepState::Skipped;
             r.detail = Some(format!("skipped after {by} failed"));
-            journal.save(rec)?;
+            journal.save(rec).await?;
             out.skipped += 1;
             continue;
         }
@@ -81,7 +81,7 @@ pub async fn run(
             let r = rec.step_mut(step.index, &step.name);
             r.state = StepState::Skipped;
             r.detail = Some("does not apply to this event".into());
-            journal.save(rec)?;
+            journal.save(rec).await?;
             out.skipped += 1;
             continue;
         }
@@ -98,7 +98,7 @@ pub async fn run(
             r.elapsed_ms = None;
             r.detail = None;
         }
-        journal.save(rec)?;
+        journal.save(rec).await?;
         info!(step = %step.name, kind = step.kind.kind_name(), timeout_ms = step.timeout.as_millis() as u64, resumed, "step started");
         let started = Instant::now();
         let timeout = match deadline {
@@ -147,7 +147,7 @@ pub async fn run(
             r.elapsed_ms = Some(elapsed_ms);
             r.detail = Some(detail);
         }
-        journal.save(rec)?;
+        journal.save(rec).await?;
         if state == StepState::Ok {
             out.ok += 1;
         } else {

@@ -69,7 +69,7 @@ pub async fn run(cli: &Cli) -> Exit {
         if !reload || shutdown.is_requested() {
             break;
         }
-        match Config::from_file(&cli.config) {
+        match Config::from_file_async(&cli.config).await {
             Ok(l) => {
                 for w in &l.warnings {
                     warn!("{w}");

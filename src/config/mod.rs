@@ -103,6 +103,18 @@ impl Config {
         Self::from_str(&text, path)
     }
 
+    /// [`Config::from_file`] off the async thread (for a reload while actions may run: the
+    /// file may sit on a slow or hung filesystem, and that thread also runs heartbeats).
+    pub async fn from_file_async(path: &Path) -> Result<Loaded, ConfigError> {
+        let p = path.to_path_buf();
+        tokio::task::spawn_blocking(move || Self::from_file(&p))
+            .await
+            .map_err(|e| ConfigError::Read {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(e),
+            })?
+    }
+
     /// Validates config text; `path` is used in messages only.
     pub fn from_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
         let mut problems = Vec::new();
@@ -380,6 +392,50 @@ mod tests {
         has("writable by group or others");
         has("key `headers.X-Other.file`: must be an absolute path");
         has("[[step]] #2 \"http-2\": key `url_file`: ");
+    }
+
+    #[test]
+    fn a_reload_does_not_block_the_thread_that_runs_heartbeats() {
+        // lastcall runs on one thread. Reading the config from a FIFO blocks until something
+        // writes it, as a hung filesystem would: the other tasks must keep running meanwhile.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("lastcall.toml");
+        let made = std::process::Command::new("mkfifo")
+            .args(["-m", "600"])
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let t = ticks.clone();
+            let ticker = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    t.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            let writer = {
+                let fifo = fifo.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(300));
+                    std::fs::write(&fifo, MINIMAL).expect("write fifo");
+                })
+            };
+            let loaded = Config::from_file_async(&fifo).await;
+            assert!(loaded.is_ok(), "{loaded:?}");
+            let n = ticks.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(
+                n >= 10,
+                "the runtime was blocked while the config was read ({n} ticks)"
+            );
+            ticker.abort();
+            writer.join().expect("writer");
+        });
     }
 
     #[test]

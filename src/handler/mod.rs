@@ -184,7 +184,7 @@ impl Handler {
                 return Ok(Outcome::NotWaiting { seen });
             }
         }
-        self.journal.save(&rec)?;
+        self.journal.save(&rec).await?;
 
         let started = Instant::now();
         let ctx = self.context(action).await;
@@ -224,9 +224,9 @@ impl Handler {
             at: journal::unix_now(),
             accepted,
         });
-        self.journal.save(&rec)?;
+        self.journal.save(&rec).await?;
         if action.repeatable() {
-            self.journal.archive(&rec)?;
+            self.journal.archive(&rec).await?;
         }
         info!(
             instance_id = %a.instance_id,
@@ -312,7 +312,7 @@ impl Handler {
                 "imds",
             ),
         };
-        self.journal.save(&rec)?;
+        self.journal.save(&rec).await?;
         let started = Instant::now();
         let remaining = deadline.map(|d| d.duration_since(SystemTime::now()).unwrap_or_default());
         warn!(instance_id = %me, notice = what, seconds_left = remaining.map(|r| r.as_secs()), "spot interruption: running the on_spot steps");
@@ -348,7 +348,7 @@ impl Handler {
             at: journal::unix_now(),
             accepted: false,
         });
-        self.journal.save(&rec)?;
+        self.journal.save(&rec).await?;
         info!(instance_id = %me, trigger = "spot", notice = what, steps_ok = outcome.ok, steps_failed = outcome.failed,
             steps_skipped = outcome.skipped, elapsed_ms = started.elapsed().as_millis() as u64, "spot interruption handled (nothing to complete)");
         Ok(Outcome::Completed {

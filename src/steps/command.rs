@@ -105,7 +105,11 @@ impl CommandStep {
         }
         let user = match &self.user {
             Some(name) => {
-                let u = nix::unistd::User::from_name(name)
+                // NSS can mean LDAP or SSSD: look the user up off the async thread.
+                let n = name.clone();
+                let u = tokio::task::spawn_blocking(move || nix::unistd::User::from_name(&n))
+                    .await
+                    .map_err(|e| StepError::Failed(format!("cannot look up user {name:?}: {e}")))?
                     .map_err(|e| StepError::Failed(format!("cannot look up user {name:?}: {e}")))?
                     .ok_or_else(|| StepError::Failed(format!("user {name:?} does not exist")))?;
                 Some(RunAs {
