@@ -135,7 +135,7 @@ impl Action {
     pub fn what(&self) -> &'static str {
         match (&self.transition, self.warm_pool) {
             (Transition::Terminating, false) => "termination",
-            (Transition::Terminating, true) => "return to the warm pool",
+            (Transition::Terminating, true) => "warm-pool return",
             (Transition::Launching, _) => "launch",
         }
     }
