@@ -12,6 +12,8 @@ use serde_json::Value;
 
 /// The largest body we look at (SQS allows 1 MiB; a lifecycle notification is under 2 KiB).
 pub const MAX_BODY: usize = 1024 * 1024;
+/// EventBridge sources of AWS's own events about instances.
+const AWS_SOURCES: [&str; 2] = ["aws.autoscaling", "aws.ec2"];
 /// How deep JSON may nest before it is refused (serde_json's own limit is 128).
 const MAX_DEPTH: usize = 32;
 
@@ -109,6 +111,15 @@ pub enum Notification {
     },
     /// A lifecycle action.
     Lifecycle(LifecycleEvent),
+    /// An AWS notification that no lifecycle action follows (an Auto Scaling
+    /// notification-configuration event such as `autoscaling:EC2_INSTANCE_TERMINATE`, an
+    /// EventBridge event of another detail-type such as "EC2 Instance Terminate Successful" or
+    /// "EC2 Spot Instance Interruption Warning"): never acted on, even when it names this
+    /// instance; nobody else will take it either, so it is deleted (design §2.1).
+    Other {
+        /// Its `Event` or `detail-type`, for the log.
+        kind: String,
+    },
 }
 
 /// Why a body is not a notification we can act on.
@@ -218,11 +229,25 @@ fn from_eventbridge(v: &Value, shape: Shape) -> Result<Notification, ParseError>
         .get("detail-type")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    let source = v.get("source").and_then(Value::as_str).unwrap_or_default();
     let transition_hint = match dt {
         "EC2 Instance-terminate Lifecycle Action" => Transition::Terminating,
         "EC2 Instance-launch Lifecycle Action" => Transition::Launching,
+        other if AWS_SOURCES.contains(&source) && printable(other) => {
+            return Ok(Notification::Other {
+                kind: truncate(other, 80),
+            })
+        }
         other => return Err(ParseError::OtherEventBridge(truncate(other, 80))),
     };
+    // Lifecycle actions come from Auto Scaling: anything else claiming to be one is forged or
+    // a test, and is left for the redrive policy.
+    if source != "aws.autoscaling" {
+        return Err(ParseError::Invalid {
+            field: "source",
+            why: "a lifecycle action's EventBridge source is aws.autoscaling".into(),
+        });
+    }
     let detail = v.get("detail").ok_or(ParseError::Missing("detail"))?;
     if !detail.is_object() {
         return Err(ParseError::Invalid {
@@ -253,6 +278,13 @@ fn from_flat(v: &Value, shape: Shape) -> Result<Notification, ParseError> {
         return Ok(Notification::Test { group });
     }
     if transition.is_none() {
+        // Auto Scaling's notification-configuration events (autoscaling:EC2_INSTANCE_LAUNCH,
+        // …_TERMINATE, …_ERROR variants) carry an instance id but no lifecycle action.
+        if let Some(e) = event.filter(|e| e.starts_with("autoscaling:") && printable(e)) {
+            return Ok(Notification::Other {
+                kind: truncate(&e, 80),
+            });
+        }
         return Err(ParseError::UnknownShape);
     }
     Ok(Notification::Lifecycle(lifecycle_fields(v, shape)?))
@@ -334,6 +366,11 @@ fn opt_str(v: &Value, field: &'static str) -> Result<Option<String>, ParseError>
 
 fn parse_time(s: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(s).ok()
+}
+
+/// True for a short name fit for a log line (no control characters).
+fn printable(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_control)
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -512,11 +549,17 @@ mod tests {
                 "nested deeper",
             ),
             (
-                eventbridge().replace(
-                    "EC2 Instance-terminate Lifecycle Action",
-                    "EC2 Instance Terminate Successful",
-                ),
+                eventbridge()
+                    .replace(
+                        "EC2 Instance-terminate Lifecycle Action",
+                        "EC2 Instance Terminate Successful",
+                    )
+                    .replace("aws.autoscaling", "my.app"),
                 "is not a lifecycle action",
+            ),
+            (
+                eventbridge().replace("aws.autoscaling", "custom.forger"),
+                "source is aws.autoscaling",
             ),
             ("x".repeat(MAX_BODY + 1), "larger than any"),
         ];
@@ -527,6 +570,29 @@ mod tests {
                 "{err} does not mention {want:?}"
             );
         }
+    }
+
+    #[test]
+    fn aws_notifications_without_a_lifecycle_action_are_recognised() {
+        // Before: "unparseable", left to circulate for days under a high maxReceiveCount.
+        let ev = eventbridge().replace(
+            "EC2 Instance-terminate Lifecycle Action",
+            "EC2 Instance Terminate Successful",
+        );
+        assert_eq!(
+            parse(&ev),
+            Ok(Notification::Other {
+                kind: "EC2 Instance Terminate Successful".into()
+            })
+        );
+        let asg = r#"{"Service":"AWS Auto Scaling","Event":"autoscaling:EC2_INSTANCE_TERMINATE","EC2InstanceId":"i-0194708ef7e24dcc7","AutoScalingGroupName":"web-asg"}"#;
+        assert_eq!(
+            parse(asg),
+            Ok(Notification::Other {
+                kind: "autoscaling:EC2_INSTANCE_TERMINATE".into()
+            })
+        );
+        assert!(matches!(parse(&sns(asg)), Ok(Notification::Other { .. })));
     }
 
     #[test]

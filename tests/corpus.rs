@@ -61,6 +61,13 @@ fn every_body_parses_to_what_its_name_says() {
                 );
                 assert!(matches!(routed, Route::Mine(_)), "{name}: {routed:?}");
             }
+            Some("other") => {
+                assert!(
+                    matches!(parsed, Ok(Notification::Other { .. })),
+                    "{name}: {parsed:?}"
+                );
+                assert!(matches!(routed, Route::Other { .. }), "{name}: {routed:?}");
+            }
             Some("test") => {
                 assert!(
                     matches!(parsed, Ok(Notification::Test { .. })),
@@ -104,6 +111,7 @@ async fn the_daemon_survives_the_corpus_and_still_handles_its_own_termination() 
     // which are another instance's messages here.
     let mut bad = Vec::new();
     let mut foreign = Vec::new();
+    let mut other = Vec::new();
     for (name, bytes) in corpus() {
         let Ok(body) = String::from_utf8(bytes) else {
             continue;
@@ -120,10 +128,12 @@ async fn the_daemon_survives_the_corpus_and_still_handles_its_own_termination() 
             bad.push((name, id));
         } else if name.starts_with("ok-") {
             foreign.push((name, id));
+        } else if name.starts_with("other-") {
+            other.push((name, id));
         }
     }
     n.start();
-    for (name, id) in bad.iter().chain(&foreign) {
+    for (name, id) in bad.iter().chain(&foreign).chain(&other) {
         n.wait_log(&format!("message_id={id}"), LONG).await;
         let _ = name;
     }
@@ -137,6 +147,17 @@ async fn the_daemon_survives_the_corpus_and_still_handles_its_own_termination() 
             lines[0].contains("leaving it for the queue's redrive policy"),
             "{name}: {}",
             lines[0]
+        );
+    }
+    // AWS notifications that no lifecycle action follows (even this instance's) are deleted.
+    for (name, id) in &other {
+        let line = log
+            .lines()
+            .find(|l| l.contains(id.as_str()))
+            .unwrap_or_default();
+        assert!(
+            line.contains("no lifecycle action follows; deleting it"),
+            "{name}: {line}"
         );
     }
     assert!(

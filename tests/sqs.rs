@@ -131,6 +131,71 @@ async fn heartbeats_keep_a_short_hook_alive_past_its_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_notification_is_heartbeaten_at_once() {
+    // AWS sends the notification "while the instance is in a wait state", after SNS or
+    // EventBridge hops: the hook's timer has run for a while when lastcall sees it. Here it has
+    // run 3 s of a 4 s HeartbeatTimeout. Before: the first heartbeat came half a timeout after
+    // pickup (5 s into the action), too late, and the action expired mid-step (ABANDON).
+    let aws = aws().await;
+    let g = group(
+        &aws,
+        "late",
+        GroupSpec {
+            size: 1,
+            heartbeat_timeout: 4,
+            default_result: "ABANDON",
+        },
+    )
+    .await;
+    realism(&g.name, json!({"notification_delay": 3})).await;
+    let victim = g.instances[0].clone();
+    let steps = "[[step]]\nkind = \"sleep\"\nduration = \"3s\"\n";
+    let mut n = Node::new(&victim, &g.queue_url, &config("", steps)).await;
+    n.start();
+    terminate(&aws, &victim).await;
+    wait_terminated(&aws, &victim, LONG).await;
+    let acts = actions(&victim).await;
+    assert_eq!(acts.len(), 1, "{acts:?}");
+    assert_eq!(
+        acts[0]["state"],
+        "completed",
+        "not timed out: {acts:?}\n{}",
+        n.log()
+    );
+    assert_eq!(acts[0]["result"], "CONTINUE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_outlasts_eventual_consistency() {
+    // DescribeAutoScalingInstances shows InService for 6 s after the action began (Auto Scaling
+    // is eventually consistent). Before: verify gave up after about 5.5 s and the message stayed
+    // hidden for the whole visibility timeout (20 s here, 5 min by default), past the hook's
+    // life (14 s here).
+    let aws = aws().await;
+    let g = group(
+        &aws,
+        "lag",
+        GroupSpec {
+            size: 1,
+            heartbeat_timeout: 14,
+            default_result: "ABANDON",
+        },
+    )
+    .await;
+    realism(&g.name, json!({"describe_lag": 6})).await;
+    let victim = g.instances[0].clone();
+    let steps = "[[step]]\nkind = \"command\"\ncommand = [\"/bin/true\"]\n";
+    let mut n = Node::new(&victim, &g.queue_url, &config("", steps)).await;
+    n.start();
+    terminate(&aws, &victim).await;
+    wait_terminated(&aws, &victim, Duration::from_secs(35)).await;
+    let acts = actions(&victim).await;
+    assert_eq!(acts[0]["state"], "completed", "{acts:?}\n{}", n.log());
+    assert_eq!(acts[0]["result"], "CONTINUE");
+    assert!(n.log().contains("termination handled"), "{}", n.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_shape_reaches_its_owner() {
     let aws = aws().await;
     // The hook sends to a queue nobody polls; the test re-sends each real notification to the

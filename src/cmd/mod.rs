@@ -90,7 +90,12 @@ fn exit_for(handled: &[Outcome]) -> Exit {
     for h in handled {
         let c = match h {
             Outcome::Completed { steps, .. } if steps.failed > 0 => Exit::StepsFailed,
-            Outcome::NotWaiting { .. } => Exit::NotActed,
+            Outcome::NotWaiting {
+                api_error: false, ..
+            } => Exit::NotActed,
+            Outcome::NotWaiting {
+                api_error: true, ..
+            } => Exit::Failure,
             _ => Exit::Ok,
         };
         if c as u8 > code as u8 {

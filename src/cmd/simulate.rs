@@ -43,6 +43,13 @@ pub async fn simulate(
                     );
                     return Exit::Failure;
                 }
+                Ok(Notification::Other { kind }) => {
+                    println!(
+                        "{} is an AWS notification ({kind}) that no lifecycle action follows: lastcall would delete it and run nothing",
+                        path.display()
+                    );
+                    return Exit::Ok;
+                }
                 Ok(Notification::Test { .. }) => {
                     println!(
                         "{} is a test notification: lastcall would delete it and run nothing",

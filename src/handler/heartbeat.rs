@@ -1,6 +1,8 @@
-//! The heartbeat keeper: `RecordLifecycleActionHeartbeat` at an interval while an action's steps
-//! run, so that a hook whose `HeartbeatTimeout` is shorter than the steps does not expire. It
-//! stops when dropped, at the hook's global timeout, or when Auto Scaling says the action is gone.
+//! The heartbeat keeper: `RecordLifecycleActionHeartbeat` at once (the hook's timer has run since
+//! the wait began: the notification may be late, or a pipeline resumed after a restart), then at
+//! an interval while the action's steps run and its completion retries, so that a hook whose
+//! `HeartbeatTimeout` is shorter than the steps does not expire. It stops when dropped, at the
+//! hook's global timeout, or when Auto Scaling says the action is gone.
 
 use std::time::{Duration, SystemTime};
 
@@ -65,7 +67,8 @@ impl Heartbeats {
             // After a failed heartbeat the next one comes sooner: waiting a whole interval (half
             // the hook's timeout) again could let the action expire.
             let retry = (interval / 4).max(Duration::from_millis(500));
-            let mut next = interval;
+            // The first at once: the hook's timer has run since the wait began.
+            let mut next = Duration::ZERO;
             loop {
                 tokio::time::sleep(next).await;
                 if stop_at.is_some_and(|t| tokio::time::Instant::now() >= t) {

@@ -23,15 +23,13 @@ use crate::shutdown::Shutdown;
 use crate::template::Context;
 use heartbeat::Heartbeats;
 
-/// Pauses between checks that the group shows the instance in `Terminating:Wait` (Auto Scaling
-/// is eventually consistent: the notification can arrive before the state is visible).
-const VERIFY_PAUSES: &[Duration] = &[
-    Duration::from_millis(0),
-    Duration::from_millis(500),
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(2),
-];
+/// How long one verification asks Auto Scaling whether the instance waits (Auto Scaling is
+/// eventually consistent: the notification can arrive before the state is visible).
+const VERIFY_WINDOW: Duration = Duration::from_secs(30);
+/// First pause between those questions; doubled up to [`VERIFY_MAX_PAUSE`].
+const VERIFY_FIRST_PAUSE: Duration = Duration::from_millis(500);
+/// Longest pause between those questions.
+const VERIFY_MAX_PAUSE: Duration = Duration::from_secs(4);
 /// How long completion is retried through throttling and outages.
 const COMPLETE_DEADLINE: Duration = Duration::from_secs(300);
 /// How long a completion by instance id (no token) retries "No active Lifecycle Action found"
@@ -57,13 +55,28 @@ pub enum Outcome {
     AlreadyCompleted,
     /// Another lastcall process holds this action.
     Busy,
-    /// Auto Scaling does not show this instance waiting in this group: nothing was run.
+    /// Auto Scaling does not show this instance waiting in this group (yet), or could not be
+    /// asked: nothing was run.
     NotWaiting {
         /// What it shows instead.
         seen: String,
+        /// True when Auto Scaling did not answer (throttling, an outage), rather than showing
+        /// another state.
+        api_error: bool,
     },
     /// Shutdown stopped the pipeline; the journal holds the progress.
     Interrupted,
+}
+
+/// What verification found.
+#[derive(Debug)]
+enum Verified {
+    /// The group shows the instance waiting for the action.
+    Waiting,
+    /// It shows something else.
+    Elsewhere(String),
+    /// Auto Scaling did not answer.
+    Unknown(String),
 }
 
 /// Handling failed in a way that needs an operator.
@@ -178,17 +191,33 @@ impl Handler {
             rec.token = a.token.clone();
         }
         if self.config.lifecycle.verify && !action.seen_waiting {
-            if let Err(seen) = self.verify(a, action.wait_state()).await {
-                warn!(instance_id = %a.instance_id, group = %a.group, hook = %a.hook, expected = action.wait_state(), seen = %seen,
-                    "suspicious notification: Auto Scaling does not show this instance waiting in this group; running nothing");
-                return Ok(Outcome::NotWaiting { seen });
+            match self.verify(action).await {
+                Verified::Waiting => {}
+                Verified::Elsewhere(seen) => {
+                    warn!(instance_id = %a.instance_id, group = %a.group, hook = %a.hook, expected = action.wait_state(), seen = %seen,
+                        "suspicious notification: Auto Scaling does not show this instance waiting in this group; running nothing for now");
+                    return Ok(Outcome::NotWaiting {
+                        seen,
+                        api_error: false,
+                    });
+                }
+                Verified::Unknown(error) => {
+                    warn!(instance_id = %a.instance_id, group = %a.group, hook = %a.hook, error = %error,
+                        "cannot verify the notification: Auto Scaling did not answer; running nothing for now");
+                    return Ok(Outcome::NotWaiting {
+                        seen: format!("unknown ({error})"),
+                        api_error: true,
+                    });
+                }
             }
         }
+        // The hook's timer has run since the wait began (a late notification, a resume after a
+        // restart): one heartbeat at once, then at the interval, until completion has returned.
+        let heartbeat = Heartbeats::start(&self.asg, action, self.config.lifecycle.heartbeat).await;
         self.journal.save(&rec).await?;
 
         let started = Instant::now();
         let ctx = self.context(action).await;
-        let heartbeat = Heartbeats::start(&self.asg, action, self.config.lifecycle.heartbeat).await;
         let warm_pool = action.warm_pool;
         let applies = move |s: &Step| !warm_pool || s.warm_pool;
         let steps = match action.transition {
@@ -205,7 +234,6 @@ impl Handler {
             &self.shutdown,
         )
         .await;
-        drop(heartbeat);
         let outcome = outcome?;
         if outcome.interrupted {
             return Ok(Outcome::Interrupted);
@@ -218,7 +246,9 @@ impl Handler {
             Transition::Launching if outcome.skipped_by_abort => ActionResult::Abandon,
             Transition::Launching => ActionResult::Continue,
         };
-        let accepted = self.complete(action, result).await?;
+        let accepted = self.complete(action, result).await;
+        drop(heartbeat);
+        let accepted = accepted?;
         rec.completion = Some(Completion {
             result,
             at: journal::unix_now(),
@@ -358,20 +388,29 @@ impl Handler {
         })
     }
 
-    /// Ok when the group shows the instance in `want` in the action's group; else what it shows.
-    async fn verify(&self, a: &ActionRef, want: &str) -> Result<(), String> {
-        let mut seen = String::from("nothing");
-        for pause in VERIFY_PAUSES {
-            tokio::time::sleep(*pause).await;
-            match self.asg.instance(&a.instance_id).await {
-                Ok(Some(s)) if s.state == want && s.group == a.group => return Ok(()),
-                Ok(Some(s)) => seen = format!("{} in group {}", s.state, s.group),
-                Ok(None) => seen = "not in any Auto Scaling group".into(),
-                Err(e) => seen = format!("unknown ({e})"),
+    /// Whether the group shows the instance waiting for this action. Auto Scaling is eventually
+    /// consistent (the notification can arrive before DescribeAutoScalingInstances shows the wait
+    /// state), so it asks again with back-off for up to [`VERIFY_WINDOW`]; the caller (the queue
+    /// source) tries again soon after that, for as long as the action can live.
+    async fn verify(&self, action: &Action) -> Verified {
+        let a = &action.aref;
+        let want = action.wait_state();
+        let until = tokio::time::Instant::now() + VERIFY_WINDOW;
+        let mut pause = VERIFY_FIRST_PAUSE;
+        loop {
+            let v = match self.asg.instance(&a.instance_id).await {
+                Ok(Some(s)) if s.state == want && s.group == a.group => return Verified::Waiting,
+                Ok(Some(s)) => Verified::Elsewhere(format!("{} in group {}", s.state, s.group)),
+                Ok(None) => Verified::Elsewhere("not in any Auto Scaling group".into()),
+                Err(e) => Verified::Unknown(e.to_string()),
+            };
+            debug!(instance_id = %a.instance_id, seen = ?v, want, "not (yet) seen waiting");
+            if tokio::time::Instant::now() + pause > until {
+                return v;
             }
-            debug!(instance_id = %a.instance_id, seen = %seen, want, "not yet waiting");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(VERIFY_MAX_PAUSE);
         }
-        Err(seen)
     }
 
     /// Placeholder values for this action.

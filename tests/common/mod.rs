@@ -381,6 +381,20 @@ pub async fn actions(instance: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Turns on the emulator's realism knobs for one group (see tests/emulator/README.md),
+/// e.g. `json!({"notification_delay": 3, "describe_lag": 8})`.
+pub async fn realism(group: &str, knobs: Value) {
+    let mut body = knobs;
+    body["group"] = Value::from(group);
+    let r = reqwest::Client::new()
+        .post(format!("{}/realism", emulator().control))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST /realism");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+}
+
 /// Starts a fake IMDS for an instance and returns its endpoint.
 pub async fn imds(instance: &str) -> String {
     let v: Value = reqwest::Client::new()

@@ -30,6 +30,7 @@ See README.md next to this file for the control API.
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import logging
@@ -143,7 +144,22 @@ ACTIONS: dict[str, LifecycleAction] = {}
 DEPARTED: dict[str, str] = {}
 
 
+# Realism knobs, per group (so that tests sharing one emulator do not see each
+# other's), all off by default.  See README.md, "Realism knobs".
+#   notification_delay: seconds between the start of an action (its timer runs
+#     from there) and its notification;
+#   describe_lag: seconds after an action starts during which
+#     DescribeAutoScalingInstances still shows the instance's previous state.
+REALISM: dict[str, dict[str, float]] = {}
+REALISM_KNOBS = ("notification_delay", "describe_lag")
+
+
+def knob(group_name: str, name: str) -> float:
+    return float(REALISM.get(group_name, {}).get(name, 0) or 0)
+
+
 def reset_state() -> None:
+    REALISM.clear()
     with COND:
         ACTIONS.clear()
         DEPARTED.clear()
@@ -200,7 +216,14 @@ def default_route(transition: str) -> tuple[str, str]:
 
 
 def send_action_notification(
-    backend: AutoScalingBackend, group_name: str, hook: LifecycleHook, instance_id: str, token: str, origin: str, destination: str
+    backend: AutoScalingBackend,
+    group_name: str,
+    hook: LifecycleHook,
+    instance_id: str,
+    token: str,
+    origin: str,
+    destination: str,
+    at: str | None = None,
 ) -> None:
     target = getattr(hook, "notification_target_arn", None)
     if not target:
@@ -216,7 +239,7 @@ def send_action_notification(
         "LifecycleTransition": hook.lifecycle_transition,
         "AutoScalingGroupName": group_name,
         "Service": "AWS Auto Scaling",
-        "Time": iso_now(),
+        "Time": at or iso_now(),
         "EC2InstanceId": instance_id,
         "LifecycleActionToken": token,
     }
@@ -292,7 +315,23 @@ def start_actions(
             origin=origin,
             destination=destination,
         )
-        send_action_notification(backend, group.name, hook, state.instance.id, token, origin, destination)
+        delay = knob(group.name, "notification_delay")
+        # AWS sends the notification "while the instance is in a wait state", with no promise
+        # of when: the hook's timer already runs.
+        if delay > 0:
+            def later(hook=hook, token=token, origin=origin, destination=destination, instance_id=state.instance.id) -> None:
+                with LOCK:
+                    send_action_notification(backend, group.name, hook, instance_id, token, origin, destination, ACTIONS[token].started_at)
+
+            timer = threading.Timer(delay, later)
+            timer.daemon = True
+            timer.start()
+        else:
+            send_action_notification(backend, group.name, hook, state.instance.id, token, origin, destination)
+        lag = knob(group.name, "describe_lag")
+        if lag > 0:
+            state.__dict__["describe_lag_until"] = now + lag
+            state.__dict__.setdefault("describe_lag_shows", state.__dict__.get("state_before_wait", "InService"))
     COND.notify_all()
 
 
@@ -412,6 +451,8 @@ def begin_termination(group: FakeAutoScalingGroup, state: InstanceState) -> None
     if not hooks:
         terminate_now(group, state)
         return
+    state.__dict__["state_before_wait"] = state.lifecycle_state
+    state.__dict__.pop("describe_lag_shows", None)
     state.lifecycle_state = "Terminating:Wait"
     start_actions(group, state, hooks)
 
@@ -695,9 +736,17 @@ def install_patches() -> None:
         # Warm-pool instances are listed too (with their Warmed:* state and
         # the group's name), after each group's own instances.
         out: list[InstanceState] = []
+        now = time.monotonic()
         for group in self.autoscaling_groups.values():
             for s in group.instance_states + group.__dict__.get("warm_instances", []):
                 if not instance_ids or s.instance.id in instance_ids:
+                    # Auto Scaling is eventually consistent: for a while after an action
+                    # begins, a describe may still show the state before it.
+                    if s.__dict__.get("describe_lag_until", 0) > now:
+                        shown = copy.copy(s)
+                        shown.lifecycle_state = s.__dict__.get("describe_lag_shows", "InService")
+                        out.append(shown)
+                        continue
                     out.append(s)
         return out
 
@@ -1269,6 +1318,9 @@ class ControlHandler(BaseHTTPRequestHandler):
                 return self._json(200, [a.to_json() for a in ACTIONS.values()])
         if parts == ["calls"]:
             return self._json(200, CALLS.to_json())
+        if parts == ["realism"]:
+            with LOCK:
+                return self._json(200, REALISM)
         if parts == ["imds"]:
             with LOCK:
                 return self._json(200, [{"port": p, "instance_id": s.instance_id, "endpoint": f"http://{HOST}:{p}"} for p, s in IMDS_SERVERS.items()])
@@ -1283,6 +1335,19 @@ class ControlHandler(BaseHTTPRequestHandler):
         if parts == ["calls", "reset"]:
             CALLS.reset()
             return self._json(200, {"ok": True})
+        if parts == ["realism"]:
+            if not isinstance(body, dict) or not isinstance(body.get("group"), str):
+                return self._json(400, {"error": "expected {\"group\": NAME, KNOB: seconds, ...}"})
+            unknown = [k for k in body if k != "group" and k not in REALISM_KNOBS]
+            if unknown:
+                return self._json(400, {"error": f"unknown knobs {unknown}; known: {list(REALISM_KNOBS)}"})
+            try:
+                knobs = {k: float(v) for k, v in body.items() if k != "group"}
+            except (TypeError, ValueError):
+                return self._json(400, {"error": "knob values are seconds (numbers)"})
+            with LOCK:
+                REALISM.setdefault(body["group"], {}).update(knobs)
+                return self._json(200, REALISM[body["group"]])
         if parts == ["imds"]:
             instance_id = body.get("instance_id") if isinstance(body, dict) else None
             if not instance_id:

@@ -3,6 +3,9 @@
 //!
 //! Routing of each message (design §2.1), each with a log line that names the message id:
 //! - `autoscaling:TEST_NOTIFICATION`: deleted.
+//! - an AWS notification no lifecycle action follows (`autoscaling:EC2_INSTANCE_TERMINATE`,
+//!   EventBridge "EC2 Instance Terminate Successful", a spot interruption warning): deleted,
+//!   never acted on.
 //! - older than `stale_after`: its action cannot be alive any more; deleted.
 //! - another instance's, another hook's, or a launch with no launch steps: never deleted, never
 //!   acted on; made visible again at once (batched `ChangeMessageVisibility` to 0) so that its
@@ -33,10 +36,13 @@ use aws_sdk_sqs::types::{
 use tracing::{debug, error, info, warn};
 
 use crate::config::SqsConfig;
-use crate::event::{self, LifecycleEvent, Notification, ParseError, Transition};
 use crate::handler::{Action, Handler, HandlerError, Outcome};
 use crate::imds::TARGET_STATE;
 use crate::shutdown::Shutdown;
+
+mod route;
+
+pub use route::{route, Me, Route};
 
 /// Messages asked for per receive (the API's maximum).
 const BATCH: i32 = 10;
@@ -52,6 +58,11 @@ const FREE_RELEASES: u32 = 2;
 const HOLD_MIN_AGE: Duration = Duration::from_secs(60);
 /// The longest a message that is not ours is kept out of this instance's way.
 const HOLD_MAX: Duration = Duration::from_secs(60);
+/// When this instance's action was not seen waiting, its message comes back after this, doubled
+/// each time up to [`NOT_WAITING_MAX`].
+const NOT_WAITING_FIRST: Duration = Duration::from_secs(5);
+/// The longest this instance's own unverified message is kept out of sight.
+const NOT_WAITING_MAX: Duration = Duration::from_secs(60);
 /// How often the target lifecycle state is read while stepping aside.
 pub const STEP_ASIDE_WATCH: Duration = Duration::from_millis(250);
 /// Target lifecycle states of an instance that is staying in its group.
@@ -59,78 +70,6 @@ const STAYING: [&str; 3] = ["InService", "Standby", "Detached"];
 
 /// Unix time this process first built a queue source (launches handled since then count).
 static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-
-/// What to do with one message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    /// A test notification: delete.
-    Test,
-    /// Older than any live action: delete.
-    Stale {
-        /// How old.
-        age: Duration,
-    },
-    /// Another instance's: release.
-    Foreign {
-        /// Whose.
-        instance_id: String,
-    },
-    /// This instance's, but for a hook we do not complete: release.
-    OtherHook {
-        /// The hook.
-        hook: String,
-    },
-    /// This instance's launch, and no launch steps are configured: release.
-    Launch,
-    /// Not parseable: leave for redrive.
-    Unparseable(ParseError),
-    /// This instance's termination (or launch, with launch steps): handle.
-    Mine(Box<LifecycleEvent>),
-}
-
-/// Who is asking, for [`route`].
-#[derive(Debug, Clone, Copy)]
-pub struct Me<'a> {
-    /// This instance.
-    pub instance_id: &'a str,
-    /// The only hook we complete, when configured.
-    pub hook: Option<&'a str>,
-    /// Launch steps are configured.
-    pub launch: bool,
-}
-
-/// Decides what to do with a message body.
-pub fn route(
-    body: &str,
-    sent: Option<SystemTime>,
-    now: SystemTime,
-    me: Me<'_>,
-    stale_after: Duration,
-) -> Route {
-    let ev = match event::parse(body) {
-        Ok(Notification::Test { .. }) => return Route::Test,
-        Ok(Notification::Lifecycle(ev)) => ev,
-        Err(e) => return Route::Unparseable(e),
-    };
-    let age = ev
-        .age(now)
-        .or_else(|| sent.and_then(|s| now.duration_since(s).ok()));
-    if let Some(age) = age.filter(|a| *a > stale_after) {
-        return Route::Stale { age };
-    }
-    if ev.instance_id != me.instance_id {
-        return Route::Foreign {
-            instance_id: ev.instance_id,
-        };
-    }
-    if me.hook.is_some_and(|h| h != ev.hook_name) {
-        return Route::OtherHook { hook: ev.hook_name };
-    }
-    if ev.transition == Transition::Launching && !me.launch {
-        return Route::Launch;
-    }
-    Route::Mine(Box::new(ev))
-}
 
 /// What one receive did.
 #[derive(Debug, Default)]
@@ -179,6 +118,8 @@ pub struct SqsSource {
     seen: HashMap<String, (Instant, u32)>,
     /// No launch of this instance is pending (no launch steps, or the launch was handled).
     launch_settled: bool,
+    /// This instance's messages whose action was not (yet) seen waiting: how many times.
+    unverified: HashMap<String, u32>,
 }
 
 impl SqsSource {
@@ -199,6 +140,7 @@ impl SqsSource {
             launch,
             seen: HashMap::new(),
             launch_settled: !launch,
+            unverified: HashMap::new(),
         }
     }
 
@@ -375,6 +317,12 @@ impl SqsSource {
                         report.deleted += 1;
                     }
                 }
+                Route::Other { kind } => {
+                    info!(message_id = %id, kind = %kind, "an AWS notification that no lifecycle action follows; deleting it, acting on nothing");
+                    if self.delete(&m).await {
+                        report.deleted += 1;
+                    }
+                }
                 Route::Stale { age } => {
                     warn!(message_id = %id, age_s = age.as_secs(), stale_after_s = self.cfg.stale_after.as_secs(),
                         "message is older than any lifecycle action can live; deleting it");
@@ -440,9 +388,24 @@ impl SqsSource {
                         report.left += 1;
                     }
                 }
-                Outcome::Busy | Outcome::NotWaiting { .. } | Outcome::Interrupted => {
-                    report.left += 1
+                // Not (yet) seen waiting: ask again soon, with back-off, rather than after the
+                // whole visibility timeout, which can outlast the hook (design §2.1).
+                Outcome::NotWaiting { .. } => {
+                    let tries = self.unverified.entry(id.clone()).or_insert(0);
+                    *tries += 1;
+                    let again = NOT_WAITING_FIRST
+                        .saturating_mul(1 << (*tries - 1).min(4))
+                        .min(NOT_WAITING_MAX)
+                        .min(self.cfg.visibility_timeout);
+                    info!(message_id = %id, retry_in_s = again.as_secs(), "this instance's notification is kept; it is looked at again soon");
+                    if self.release(&[(m, again.as_secs() as i32)]).await == 0 {
+                        report.left += 1;
+                    }
                 }
+                Outcome::Busy | Outcome::Interrupted => report.left += 1,
+            }
+            if !matches!(handled, Outcome::NotWaiting { .. }) {
+                self.unverified.remove(&id);
             }
             report.handled.push(handled);
         }
@@ -573,110 +536,4 @@ impl SqsSource {
 
 fn attr(m: &Message, name: MessageSystemAttributeName) -> Option<String> {
     m.attributes().and_then(|a| a.get(&name)).cloned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const ME: &str = "i-0194708ef7e24dcc7";
-
-    fn body(instance: &str, hook: &str, transition: &str, time: &str) -> String {
-        serde_json::json!({
-            "LifecycleHookName": hook, "AccountId": "123456789012",
-            "LifecycleTransition": transition, "AutoScalingGroupName": "web",
-            "Service": "AWS Auto Scaling", "Time": time, "EC2InstanceId": instance,
-            "LifecycleActionToken": "602063c7-4a06-4a67-b8cf-87ccc33bdc86"
-        })
-        .to_string()
-    }
-
-    fn at(s: &str) -> SystemTime {
-        humantime::parse_rfc3339(s).expect("time")
-    }
-
-    const T: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
-    const DAY: Duration = Duration::from_secs(86400);
-
-    #[test]
-    fn routes() {
-        let now = at("2026-01-02T00:00:00Z");
-        let r = |b: &str, hook: Option<&str>| {
-            let me = Me {
-                instance_id: ME,
-                hook,
-                launch: false,
-            };
-            route(b, None, now, me, 2 * DAY)
-        };
-        assert!(matches!(
-            r(&body(ME, "drain", T, "2026-01-01T23:59:00Z"), None),
-            Route::Mine(_)
-        ));
-        assert_eq!(
-            r(
-                &body("i-0123456789abcdef0", "drain", T, "2026-01-01T23:59:00Z"),
-                None
-            ),
-            Route::Foreign {
-                instance_id: "i-0123456789abcdef0".into()
-            }
-        );
-        assert_eq!(
-            r(&body(ME, "other", T, "2026-01-01T23:59:00Z"), Some("drain")),
-            Route::OtherHook {
-                hook: "other".into()
-            }
-        );
-        assert_eq!(
-            r(
-                &body(
-                    ME,
-                    "drain",
-                    "autoscaling:EC2_INSTANCE_LAUNCHING",
-                    "2026-01-01T23:59:00Z"
-                ),
-                None
-            ),
-            Route::Launch
-        );
-        assert!(matches!(
-            r(
-                &body("i-0123456789abcdef0", "drain", T, "2025-12-01T00:00:00Z"),
-                None
-            ),
-            Route::Stale { .. }
-        ));
-        assert_eq!(
-            r(r#"{"Event":"autoscaling:TEST_NOTIFICATION"}"#, None),
-            Route::Test
-        );
-        assert!(matches!(r("{{{", None), Route::Unparseable(_)));
-    }
-
-    #[test]
-    fn staleness_falls_back_to_the_sent_timestamp() {
-        let now = at("2026-01-10T00:00:00Z");
-        let b = body(ME, "drain", T, "").replace(",\"Time\":\"\"", "");
-        let b = b.replace("\"Time\":\"\",", "");
-        let old = Some(at("2026-01-01T00:00:00Z"));
-        let me = Me {
-            instance_id: ME,
-            hook: None,
-            launch: true,
-        };
-        assert!(matches!(
-            route(&b, old, now, me, 2 * DAY),
-            Route::Stale { .. }
-        ));
-        assert!(matches!(
-            route(&b, Some(now), now, me, 2 * DAY),
-            Route::Mine(_)
-        ));
-        let launch = body(ME, "drain", "autoscaling:EC2_INSTANCE_LAUNCHING", "");
-        assert!(matches!(
-            route(&launch, Some(now), now, me, 2 * DAY),
-            Route::Mine(_)
-        ));
-    }
 }
