@@ -4,11 +4,18 @@
 //!
 //! Writes are atomic (write a temporary file, fsync, rename, fsync the directory), so a crash at
 //! any moment leaves either the old record or the new one.
+//!
+//! A journal that cannot be written (a full or read-only disk, a common reason an instance is
+//! being replaced) never stops an action (design §5): the failure is logged as an error and the
+//! pipeline carries on with its record in memory; only a resume after a restart is lost. Locks
+//! are then held within this process.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -157,30 +164,32 @@ impl Record {
         }
     }
 
-    /// The entry for the step at `index`, if it was started.
-    pub fn step(&self, index: usize) -> Option<&StepRecord> {
-        self.steps.iter().find(|s| s.index == index)
+    /// The entry for the step named `name`, if it was started. Steps are matched by name
+    /// (unique in a config), so that a config changed between a crash and the resume cannot make
+    /// one step's outcome stand for another's.
+    pub fn step_named(&self, name: &str) -> Option<&StepRecord> {
+        self.steps.iter().find(|s| s.name == name)
     }
 
-    /// The entry for the step at `index`, created if needed.
+    /// The entry for the step named `name` (now at `index`), created if needed.
     pub fn step_mut(&mut self, index: usize, name: &str) -> &mut StepRecord {
-        if let Some(pos) = self.steps.iter().position(|s| s.index == index) {
-            return &mut self.steps[pos];
+        match self.steps.iter_mut().find(|s| s.name == name) {
+            Some(s) => s.index = index,
+            None => self.steps.push(StepRecord {
+                index,
+                name: name.to_string(),
+                state: StepState::Started,
+                attempts: 0,
+                elapsed_ms: None,
+                detail: None,
+            }),
         }
-        self.steps.push(StepRecord {
-            index,
-            name: name.to_string(),
-            state: StepState::Started,
-            attempts: 0,
-            elapsed_ms: None,
-            detail: None,
-        });
         self.steps.sort_by_key(|s| s.index);
         let pos = self
             .steps
             .iter()
-            .position(|s| s.index == index)
-            .unwrap_or(0);
+            .position(|s| s.name == name)
+            .unwrap_or_default();
         &mut self.steps[pos]
     }
 
@@ -219,16 +228,46 @@ pub fn unix_now() -> u64 {
 /// An exclusive claim on one action; released when dropped (or when the process dies).
 #[derive(Debug)]
 pub struct ActionLock {
-    _file: File,
+    _file: Option<File>,
+    key: String,
+    held: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Drop for ActionLock {
+    fn drop(&mut self) {
+        if let Ok(mut h) = self.held.lock() {
+            h.remove(&self.key);
+        }
+    }
 }
 
 /// The state directory.
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
+    /// False when the state directory could not be created: records live in memory only.
+    disk: bool,
+    /// Actions claimed by this process (the lock files cover other processes).
+    held: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Journal {
+    /// Opens the journal, or, when the state directory cannot be used, a journal that keeps
+    /// nothing (with an error in the log): the steps still run and actions are still completed.
+    pub fn open_or_memory(state_dir: &Path) -> Self {
+        match Self::open(state_dir) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "the journal cannot be used; carrying on in memory: steps run and actions are completed, but an action interrupted by a restart cannot be resumed");
+                Self {
+                    dir: state_dir.join("actions"),
+                    disk: false,
+                    held: Arc::default(),
+                }
+            }
+        }
+    }
+
     /// Opens (and creates, mode 0700) `state_dir/actions`.
     pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
         let dir = state_dir.join("actions");
@@ -240,40 +279,59 @@ impl Journal {
                 path: dir.clone(),
                 source,
             })?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            disk: true,
+            held: Arc::default(),
+        })
     }
 
     fn path(&self, key: &str, ext: &str) -> PathBuf {
         self.dir.join(format!("{key}.{ext}"))
     }
 
-    /// Takes the action's lock without waiting; `None` when another process holds it.
-    pub fn try_lock(&self, key: &str) -> Result<Option<ActionLock>, JournalError> {
+    /// Takes the action's lock without waiting; `None` when another task or process holds it.
+    /// When the lock file cannot be used, the claim holds within this process only (logged).
+    pub fn try_lock(&self, key: &str) -> Option<ActionLock> {
+        {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            if !held.insert(key.to_string()) {
+                return None;
+            }
+        }
+        let mut lock = ActionLock {
+            _file: None,
+            key: key.to_string(),
+            held: self.held.clone(),
+        };
+        if !self.disk {
+            return Some(lock);
+        }
         let path = self.path(key, "lock");
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .open(&path)
-            .map_err(|source| JournalError::Io {
-                op: "open lock file",
-                path: path.clone(),
-                source,
-            })?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(ActionLock { _file: file })),
-            Err(TryLockError::WouldBlock) => Ok(None),
-            Err(TryLockError::Error(source)) => Err(JournalError::Io {
-                op: "lock",
-                path,
-                source,
-            }),
+            .open(&path);
+        match file.map(|f| (f.try_lock(), f)) {
+            Ok((Ok(()), f)) => {
+                lock._file = Some(f);
+                Some(lock)
+            }
+            Ok((Err(TryLockError::WouldBlock), _)) => None,
+            Ok((Err(TryLockError::Error(e)), _)) | Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "cannot take the action's lock file; holding the action within this process only");
+                Some(lock)
+            }
         }
     }
 
     /// Reads an action's record.
     pub fn load(&self, key: &str) -> Result<Option<Record>, JournalError> {
+        if !self.disk {
+            return Ok(None);
+        }
         let path = self.path(key, "json");
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
@@ -296,16 +354,28 @@ impl Journal {
 
     /// Writes an action's record atomically, off the async thread: two fsyncs can take long on
     /// a busy or failing disk, and that thread also runs heartbeats and visibility extensions.
-    pub async fn save(&self, rec: &Record) -> Result<(), JournalError> {
+    /// A failure is logged as an error and otherwise ignored: the caller carries on with the
+    /// record in memory (a full or read-only disk must not stop an action).
+    pub async fn save(&self, rec: &Record) {
+        if !self.disk {
+            return;
+        }
         let (j, r) = (self.clone(), rec.clone());
-        self.blocking(move || j.save_now(&r)).await
+        if let Err(e) = self.blocking(move || j.save_now(&r)).await {
+            tracing::error!(error = %e, "cannot write the journal; carrying on in memory");
+        }
     }
 
     /// Moves a finished record out of the way (see [`Journal::archive_now`]), off the async
-    /// thread.
-    pub async fn archive(&self, rec: &Record) -> Result<(), JournalError> {
+    /// thread; a failure is logged.
+    pub async fn archive(&self, rec: &Record) {
+        if !self.disk {
+            return;
+        }
         let (j, r) = (self.clone(), rec.clone());
-        self.blocking(move || j.archive_now(&r)).await
+        if let Err(e) = self.blocking(move || j.archive_now(&r)).await {
+            tracing::error!(error = %e, "cannot archive the finished journal record");
+        }
     }
 
     async fn blocking(
@@ -362,7 +432,15 @@ impl Journal {
             op: "archive",
             path: from,
             source,
-        })
+        })?;
+        // Else a power loss could bring the live record back (and with it a finished action).
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| JournalError::Io {
+                op: "fsync",
+                path: self.dir.clone(),
+                source,
+            })
     }
 
     /// True when an action of `instance_id` with this transition (e.g.
@@ -392,6 +470,9 @@ impl Journal {
 
     /// Every record of this instance that is not completed.
     pub fn incomplete(&self, instance_id: &str) -> Result<Vec<Record>, JournalError> {
+        if !self.disk {
+            return Ok(Vec::new());
+        }
         let entries = fs::read_dir(&self.dir).map_err(|source| JournalError::Io {
             op: "list",
             path: self.dir.clone(),
@@ -505,13 +586,29 @@ mod tests {
     fn a_lock_is_exclusive_until_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let j = Journal::open(dir.path()).expect("open");
-        let first = j.try_lock("k").expect("lock").expect("free");
-        assert!(
-            j.try_lock("k").expect("lock").is_none(),
-            "second claim refused"
-        );
+        let first = j.try_lock("k").expect("free");
+        assert!(j.try_lock("k").is_none(), "second claim refused");
+        // Another process (its own journal): the lock file refuses it.
+        let other = Journal::open(dir.path()).expect("open");
+        assert!(other.try_lock("k").is_none(), "refused across processes");
         drop(first);
-        assert!(j.try_lock("k").expect("lock").is_some());
+        assert!(j.try_lock("k").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_journal_that_cannot_be_written_keeps_nothing_and_stops_nothing() {
+        // A state directory under a regular file cannot be created (like a full or read-only
+        // disk): before, no step ran and no action was completed.
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("file"), "").expect("write");
+        let j = Journal::open_or_memory(&dir.path().join("file/state"));
+        let lock = j.try_lock("k").expect("claimed in memory");
+        assert!(j.try_lock("k").is_none(), "still one claim per action");
+        let r = Record::new("i-0abc", "g", "h", "t", None, None, "sqs");
+        j.save(&r).await;
+        assert_eq!(j.load(&r.key()).expect("load"), None);
+        assert!(j.incomplete("i-0abc").expect("list").is_empty());
+        drop(lock);
     }
 
     #[test]

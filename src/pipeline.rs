@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{OnFailure, Step};
-use crate::journal::{Journal, JournalError, Record, StepState};
+use crate::journal::{Journal, Record, StepState};
 use crate::shutdown::Shutdown;
 use crate::steps::StepEnv;
 use crate::template::Context;
@@ -46,11 +46,13 @@ pub async fn run(
     journal: &Journal,
     rec: &mut Record,
     shutdown: &Shutdown,
-) -> Result<Tally, JournalError> {
+) -> Tally {
     let mut out = Tally::default();
     let mut aborted_by: Option<String> = None;
     for step in steps {
-        let previous = rec.step(step.index).map(|s| s.state);
+        // By name: a config changed between a crash and the resume must not mark another step
+        // done (names are unique).
+        let previous = rec.step_named(&step.name).map(|s| s.state);
         if let Some(state) = previous.filter(|s| s.is_final()) {
             info!(step = %step.name, state = ?state, "step already done before a restart; not running it again");
             match state {
@@ -72,7 +74,7 @@ pub async fn run(
             let r = rec.step_mut(step.index, &step.name);
             r.state = StepState::Skipped;
             r.detail = Some(format!("skipped after {by} failed"));
-            journal.save(rec).await?;
+            journal.save(rec).await;
             out.skipped += 1;
             continue;
         }
@@ -81,14 +83,14 @@ pub async fn run(
             let r = rec.step_mut(step.index, &step.name);
             r.state = StepState::Skipped;
             r.detail = Some("does not apply to this event".into());
-            journal.save(rec).await?;
+            journal.save(rec).await;
             out.skipped += 1;
             continue;
         }
         if shutdown.is_requested() {
             warn!(step = %step.name, "shutting down before this step; it will run when lastcall starts again");
             out.interrupted = true;
-            return Ok(out);
+            return out;
         }
         let resumed = previous == Some(StepState::Started);
         {
@@ -98,7 +100,7 @@ pub async fn run(
             r.elapsed_ms = None;
             r.detail = None;
         }
-        journal.save(rec).await?;
+        journal.save(rec).await;
         info!(step = %step.name, kind = step.kind.kind_name(), timeout_ms = step.timeout.as_millis() as u64, resumed, "step started");
         let started = Instant::now();
         let timeout = match deadline {
@@ -147,7 +149,7 @@ pub async fn run(
             r.elapsed_ms = Some(elapsed_ms);
             r.detail = Some(detail);
         }
-        journal.save(rec).await?;
+        journal.save(rec).await;
         if state == StepState::Ok {
             out.ok += 1;
         } else {
@@ -158,7 +160,7 @@ pub async fn run(
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// The total of the steps' timeouts (for deciding how long a pipeline may take).

@@ -244,6 +244,69 @@ async fn every_message_shape_reaches_its_owner() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_token_is_not_recorded_as_done_and_once_says_so() {
+    // Anyone who may send to the queue can send a message with a made-up token for an instance
+    // that really is terminating. Completion answers "No active Lifecycle Action" for that token
+    // while the group still shows the instance waiting. Before: recorded as completed, `once`
+    // exited 0, and the real notification was then taken for a duplicate and never completed.
+    let aws = aws().await;
+    let name = unique("forged");
+    let (sink, sink_arn) = queue(&aws, &format!("{name}-sink")).await;
+    let (polled, _) = queue(&aws, &name).await;
+    let g = group_with_target(&aws, &name, Some(&sink_arn), GroupSpec::default()).await;
+    let victim = g.instances[0].clone();
+    let mut n = Node::new(&victim, &polled, &config("", &marker("mark", "ran"))).await;
+    terminate(&aws, &victim).await;
+    let real = hook_message(&aws, &sink, &victim).await;
+    let v: Value = serde_json::from_str(&real).expect("json");
+    let token = v["LifecycleActionToken"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let forged = real.replace(&token, "00000000-0000-4000-8000-000000000000");
+    send(&aws, &polled, &forged).await;
+    assert_eq!(n.once(&["--wait", "2s"]), 1, "{}", n.log());
+    assert!(n.log().contains("is not the action's"), "{}", n.log());
+    assert_eq!(
+        state(&aws, &victim).await.as_deref(),
+        Some("Terminating:Wait")
+    );
+    // The real notification is handled in full: the steps already done are not run again, and
+    // the action is completed.
+    send(&aws, &polled, &real).await;
+    let mut code = n.once(&["--wait", "2s"]);
+    if code == 1 {
+        // The forged message was received first again (it is kept for its redrive policy).
+        code = n.once(&["--wait", "2s"]);
+    }
+    assert_eq!(code, 0, "{}", n.log());
+    wait_terminated(&aws, &victim, LONG).await;
+    let acts = actions(&victim).await;
+    assert_eq!(acts[0]["state"], "completed", "{acts:?}");
+    assert_eq!(lines(&n.path("ran")).len(), 1, "the steps ran once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_that_cannot_be_written_stops_nothing() {
+    // A full or read-only disk is a common reason an instance is replaced. Before: no step ran
+    // and the action was never completed. Here the state directory sits under a regular file,
+    // so nothing can be created there.
+    let aws = aws().await;
+    let g = group(&aws, "nodisk", GroupSpec::default()).await;
+    let victim = g.instances[0].clone();
+    let cfg = config("", &marker("mark", "ran")).replace("{dir}/state", "{dir}/file/state");
+    let mut n = Node::new(&victim, &g.queue_url, &cfg).await;
+    std::fs::write(n.path("file"), "").expect("a regular file");
+    n.start();
+    terminate(&aws, &victim).await;
+    wait_terminated(&aws, &victim, LONG).await;
+    n.wait_log("termination handled", LONG).await;
+    assert!(n.log().contains("carrying on in memory"), "{}", n.log());
+    assert_eq!(lines(&n.path("ran")).len(), 1);
+    assert_eq!(completed(&actions(&victim).await).len(), 1);
+}
+
 /// Puts a flat notification into another envelope.
 type Wrap = fn(&str) -> String;
 

@@ -84,8 +84,15 @@ async fn config_and_identity(cli: &Cli) -> Result<(Config, Imds, Identity), Exit
     }
 }
 
-/// Folds how actions ended into an exit code (worst wins).
+/// Folds how actions ended into an exit code (worst wins: an action that could not be handled
+/// or completed, then one not acted on, then failed steps).
 fn exit_for(handled: &[Outcome]) -> Exit {
+    let rank = |e: Exit| match e {
+        Exit::Failure => 3,
+        Exit::NotActed => 2,
+        Exit::StepsFailed => 1,
+        _ => 0,
+    };
     let mut code = Exit::Ok;
     for h in handled {
         let c = match h {
@@ -95,10 +102,11 @@ fn exit_for(handled: &[Outcome]) -> Exit {
             } => Exit::NotActed,
             Outcome::NotWaiting {
                 api_error: true, ..
-            } => Exit::Failure,
+            }
+            | Outcome::Failed { .. } => Exit::Failure,
             _ => Exit::Ok,
         };
-        if c as u8 > code as u8 {
+        if rank(c) > rank(code) {
             code = c;
         }
     }

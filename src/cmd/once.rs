@@ -20,13 +20,7 @@ pub async fn once(cli: &Cli, wait: Option<Duration>) -> Exit {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let mut handled = match parts.handler.resume_incomplete().await {
-        Ok(h) => h,
-        Err(e) => {
-            error!(error = %e, "resuming an unfinished action failed");
-            return Exit::Failure;
-        }
-    };
+    let mut handled = parts.handler.resume_incomplete().await;
     if let Some(mut src) = parts.metadata {
         handled.extend(src.check(&parts.handler).await.handled);
     }

@@ -36,9 +36,8 @@ pub async fn run(cli: &Cli) -> Exit {
             Err(code) => return code,
         };
         if first {
-            if let Err(e) = parts.handler.resume_incomplete().await {
-                error!(error = %e, "resuming an unfinished action failed; it is retried when its notification comes back");
-            }
+            // Failures are logged there; their notifications bring them back.
+            parts.handler.resume_incomplete().await;
             first = false;
         }
         if shutdown.is_requested() {

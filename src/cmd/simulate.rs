@@ -134,13 +134,6 @@ pub async fn simulate(
     )
     .await;
     let _ = std::fs::remove_dir_all(&dir);
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("lastcall: {e}");
-            return Exit::Failure;
-        }
-    };
     let result = if outcome.failed == 0 {
         ActionResult::Continue
     } else {

@@ -102,11 +102,7 @@ pub fn build(base: &Base, config: Arc<Config>, shutdown: &Shutdown) -> Result<Pa
         imds.clone(),
         asg,
         shutdown.clone(),
-    )
-    .map_err(|e| {
-        error!(error = %e, "cannot use the state directory");
-        Exit::Failure
-    })?;
+    );
     let sqs = config.sqs.as_ref().map(|s| {
         SqsSource::new(
             crate::aws::sqs(sdk, &s.queue_url, s.wait_time),

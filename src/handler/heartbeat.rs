@@ -30,7 +30,15 @@ impl Heartbeats {
     /// Starts heartbeats for `action` as `policy` says; `None` when they are off. With
     /// `auto`, the interval is half the hook's `HeartbeatTimeout`: from the action when its
     /// source read it already (no second `DescribeLifecycleHooks`), else from Auto Scaling.
-    pub async fn start(asg: &AutoScaling, action: &Action, policy: Heartbeat) -> Option<Self> {
+    ///
+    /// `at_once`: the first heartbeat goes out at once (else after an interval: the caller has
+    /// just sent one).
+    pub async fn start(
+        asg: &AutoScaling,
+        action: &Action,
+        policy: Heartbeat,
+        at_once: bool,
+    ) -> Option<Self> {
         let a = action.aref.clone();
         let (interval, global) = match policy {
             Heartbeat::Off => return None,
@@ -68,7 +76,7 @@ impl Heartbeats {
             // the hook's timeout) again could let the action expire.
             let retry = (interval / 4).max(Duration::from_millis(500));
             // The first at once: the hook's timer has run since the wait began.
-            let mut next = Duration::ZERO;
+            let mut next = if at_once { Duration::ZERO } else { interval };
             loop {
                 tokio::time::sleep(next).await;
                 if stop_at.is_some_and(|t| tokio::time::Instant::now() >= t) {

@@ -13,19 +13,21 @@ pub mod heartbeat;
 
 pub use action::{context, Action};
 
-use crate::autoscaling::{ActionRef, ActionResult, AutoScaling, CallOutcome, LifecycleError};
+use crate::autoscaling::{ActionResult, AutoScaling, CallOutcome, LifecycleError};
 use crate::config::{Config, Step};
 use crate::event::Transition;
 use crate::imds::{Identity, Imds};
-use crate::journal::{self, Completion, Journal, JournalError, Record};
+use crate::journal::{self, Completion, Journal, Record};
 use crate::pipeline::{self, Tally};
 use crate::shutdown::Shutdown;
 use crate::template::Context;
 use heartbeat::Heartbeats;
 
 /// How long one verification asks Auto Scaling whether the instance waits (Auto Scaling is
-/// eventually consistent: the notification can arrive before the state is visible).
-const VERIFY_WINDOW: Duration = Duration::from_secs(30);
+/// eventually consistent: the notification can arrive before the state is visible). Short: the
+/// queue source brings the message back within seconds to ask again (with back-off), for as
+/// long as the action can live, and meanwhile it polls as usual.
+const VERIFY_WINDOW: Duration = Duration::from_secs(8);
 /// First pause between those questions; doubled up to [`VERIFY_MAX_PAUSE`].
 const VERIFY_FIRST_PAUSE: Duration = Duration::from_millis(500);
 /// Longest pause between those questions.
@@ -66,6 +68,11 @@ pub enum Outcome {
     },
     /// Shutdown stopped the pipeline; the journal holds the progress.
     Interrupted,
+    /// Handling failed (logged); the action is tried again when it is seen again.
+    Failed {
+        /// Why.
+        error: String,
+    },
 }
 
 /// What verification found.
@@ -82,9 +89,15 @@ enum Verified {
 /// Handling failed in a way that needs an operator.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// The journal could not be used.
-    #[error(transparent)]
-    Journal(#[from] JournalError),
+    /// Auto Scaling refused the notification's token while it still shows the instance
+    /// waiting: the message did not come from this action.
+    #[error("CompleteLifecycleAction for {instance_id} (hook {hook}) answered \"No active Lifecycle Action\" for the message's token while the group still shows the instance waiting: the message is not the action's (forged or garbled); the action is not recorded as done")]
+    NotTheAction {
+        /// The instance.
+        instance_id: String,
+        /// The hook.
+        hook: String,
+    },
     /// Completion failed for good.
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
@@ -102,23 +115,24 @@ pub struct Handler {
 }
 
 impl Handler {
-    /// Builds a handler; opens the journal.
+    /// Builds a handler; opens the journal (in memory when the state directory cannot be
+    /// used: actions still run and complete).
     pub fn new(
         config: Arc<Config>,
         identity: Identity,
         imds: Imds,
         asg: AutoScaling,
         shutdown: Shutdown,
-    ) -> Result<Self, JournalError> {
-        let journal = Journal::open(&config.lifecycle.state_dir)?;
-        Ok(Self {
+    ) -> Self {
+        let journal = Journal::open_or_memory(&config.lifecycle.state_dir);
+        Self {
             config,
             identity,
             imds,
             asg,
             journal,
             shutdown,
-        })
+        }
     }
 
     /// This instance.
@@ -142,38 +156,66 @@ impl Handler {
     }
 
     /// Resumes every action of this instance that the journal shows unfinished (the process
-    /// died or was stopped mid-pipeline).
-    pub async fn resume_incomplete(&self) -> Result<Vec<Outcome>, HandlerError> {
+    /// died or was stopped mid-pipeline). One that fails does not keep the others from being
+    /// resumed: it is reported as [`Outcome::Failed`].
+    pub async fn resume_incomplete(&self) -> Vec<Outcome> {
+        let records = match self.journal.incomplete(&self.identity.instance_id) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "cannot list the journal; nothing is resumed");
+                return vec![Outcome::Failed {
+                    error: e.to_string(),
+                }];
+            }
+        };
         let mut out = Vec::new();
-        for rec in self.journal.incomplete(&self.identity.instance_id)? {
+        for rec in records {
             // A spot interruption is resumed only if instance metadata still reports it.
             let Some(action) = Action::from_record(&rec) else {
                 continue;
             };
             info!(instance_id = %rec.instance_id, hook = %rec.hook, trigger = %rec.trigger, "resuming an unfinished lifecycle action from the journal");
             let trigger = format!("{}+journal", rec.trigger);
-            out.push(self.handle(&action, &trigger).await?);
+            out.push(match self.handle(&action, &trigger).await {
+                Ok(o) => o,
+                Err(e) => {
+                    error!(instance_id = %rec.instance_id, hook = %rec.hook, error = %e, "resuming an unfinished action failed; it is tried again when its notification comes back");
+                    Outcome::Failed {
+                        error: e.to_string(),
+                    }
+                }
+            });
         }
-        Ok(out)
+        out
     }
 
     /// Handles one action of this instance.
     pub async fn handle(&self, action: &Action, trigger: &str) -> Result<Outcome, HandlerError> {
         let a = &action.aref;
         let key = journal::key(&a.instance_id, &a.hook, action.transition.as_str());
-        let Some(_lock) = self.journal.try_lock(&key)? else {
+        let Some(_lock) = self.journal.try_lock(&key) else {
             info!(instance_id = %a.instance_id, hook = %a.hook, "another lastcall process is handling this action");
             return Ok(Outcome::Busy);
         };
-        let mut rec = match self.journal.load(&key)? {
-            Some(r) if r.completion.is_some() && same_action(&r, a) => {
+        let loaded = self.journal.load(&key).unwrap_or_else(|e| {
+            warn!(error = %e, "the journal record cannot be read; starting the action afresh");
+            None
+        });
+        let mut rec = match loaded {
+            Some(r) if r.completion.is_some() && same_action(&r, action) => {
                 info!(instance_id = %a.instance_id, hook = %a.hook, "action was already completed (journal)");
                 return Ok(Outcome::AlreadyCompleted);
             }
-            // A completed record with another token is an earlier action (the instance went
-            // to the warm pool and came back): start afresh.
-            Some(r) if r.completion.is_none() => r,
-            _ => {
+            Some(r) if r.completion.is_none() && same_action(&r, action) => r,
+            // A record belongs to one action: an unfinished one of an earlier action (a
+            // warm-pool return whose action expired while lastcall was down) must not make the
+            // real termination skip the steps it did then. It is archived; this one starts
+            // afresh, as after a completed earlier action.
+            stale => {
+                if let Some(old) = stale.filter(|r| r.completion.is_none()) {
+                    warn!(instance_id = %a.instance_id, hook = %a.hook, "the journal's unfinished record is of an earlier action; archiving it and starting afresh");
+                    self.journal.archive(&old).await;
+                }
                 let mut r = Record::new(
                     &a.instance_id,
                     &a.group,
@@ -213,8 +255,16 @@ impl Handler {
         }
         // The hook's timer has run since the wait began (a late notification, a resume after a
         // restart): one heartbeat at once, then at the interval, until completion has returned.
-        let heartbeat = Heartbeats::start(&self.asg, action, self.config.lifecycle.heartbeat).await;
-        self.journal.save(&rec).await?;
+        // With a token, that first heartbeat also proves the message is the action's: Auto
+        // Scaling refuses a token that is not (a forged or garbled message) while the group
+        // still shows the instance waiting, and then nothing runs.
+        let beaten = match &a.token {
+            Some(_) => self.first_heartbeat(action).await?,
+            None => false,
+        };
+        let heartbeat =
+            Heartbeats::start(&self.asg, action, self.config.lifecycle.heartbeat, !beaten).await;
+        self.journal.save(&rec).await;
 
         let started = Instant::now();
         let ctx = self.context(action).await;
@@ -234,7 +284,6 @@ impl Handler {
             &self.shutdown,
         )
         .await;
-        let outcome = outcome?;
         if outcome.interrupted {
             return Ok(Outcome::Interrupted);
         }
@@ -254,9 +303,9 @@ impl Handler {
             at: journal::unix_now(),
             accepted,
         });
-        self.journal.save(&rec).await?;
+        self.journal.save(&rec).await;
         if action.repeatable() {
-            self.journal.archive(&rec).await?;
+            self.journal.archive(&rec).await;
         }
         info!(
             instance_id = %a.instance_id,
@@ -300,6 +349,20 @@ impl Handler {
                         _ => return Ok(false),
                     }
                 }
+                // With a token, "No active Lifecycle Action" is final, unless the group still
+                // shows the instance waiting: then the token was not the action's (a forged or
+                // garbled message), and recording it done would leave the real action waiting.
+                Ok(CallOutcome::NoActiveAction) if a.token.is_some() => {
+                    match self.asg.instance(&a.instance_id).await {
+                        Ok(Some(s)) if s.state == action.wait_state() && s.group == a.group => {
+                            return Err(HandlerError::NotTheAction {
+                                instance_id: a.instance_id.clone(),
+                                hook: a.hook.clone(),
+                            })
+                        }
+                        _ => return Ok(false),
+                    }
+                }
                 Ok(CallOutcome::NoActiveAction) => return Ok(false),
                 Err(e) => {
                     error!(instance_id = %a.instance_id, hook = %a.hook, error = %e, "could not complete the lifecycle action");
@@ -326,10 +389,10 @@ impl Handler {
     ) -> Result<Outcome, HandlerError> {
         let me = &self.identity.instance_id;
         let key = journal::key(me, "spot", SPOT_TRANSITION);
-        let Some(_lock) = self.journal.try_lock(&key)? else {
+        let Some(_lock) = self.journal.try_lock(&key) else {
             return Ok(Outcome::Busy);
         };
-        let mut rec = match self.journal.load(&key)? {
+        let mut rec = match self.journal.load(&key).unwrap_or_default() {
             Some(r) if r.completion.is_some() => return Ok(Outcome::AlreadyCompleted),
             Some(r) => r,
             None => Record::new(
@@ -342,7 +405,7 @@ impl Handler {
                 "imds",
             ),
         };
-        self.journal.save(&rec).await?;
+        self.journal.save(&rec).await;
         let started = Instant::now();
         let remaining = deadline.map(|d| d.duration_since(SystemTime::now()).unwrap_or_default());
         warn!(instance_id = %me, notice = what, seconds_left = remaining.map(|r| r.as_secs()), "spot interruption: running the on_spot steps");
@@ -369,7 +432,7 @@ impl Handler {
             &mut rec,
             &self.shutdown,
         )
-        .await?;
+        .await;
         if outcome.interrupted {
             return Ok(Outcome::Interrupted);
         }
@@ -378,7 +441,7 @@ impl Handler {
             at: journal::unix_now(),
             accepted: false,
         });
-        self.journal.save(&rec).await?;
+        self.journal.save(&rec).await;
         info!(instance_id = %me, trigger = "spot", notice = what, steps_ok = outcome.ok, steps_failed = outcome.failed,
             steps_skipped = outcome.skipped, elapsed_ms = started.elapsed().as_millis() as u64, "spot interruption handled (nothing to complete)");
         Ok(Outcome::Completed {
@@ -386,6 +449,32 @@ impl Handler {
             steps: outcome,
             accepted: false,
         })
+    }
+
+    /// Sends the first heartbeat of an action that has a token; `Ok(true)` when it was sent, and
+    /// [`HandlerError::NotTheAction`] when Auto Scaling refuses the token while the group still
+    /// shows the instance waiting.
+    async fn first_heartbeat(&self, action: &Action) -> Result<bool, HandlerError> {
+        let a = &action.aref;
+        match self.asg.heartbeat(a).await {
+            Ok(CallOutcome::Done) => Ok(true),
+            Ok(CallOutcome::NoActiveAction) => match self.asg.instance(&a.instance_id).await {
+                Ok(Some(s)) if s.state == action.wait_state() && s.group == a.group => {
+                    error!(instance_id = %a.instance_id, hook = %a.hook, "Auto Scaling refuses the message's token while the instance waits: the message is not the action's (forged or garbled); running nothing");
+                    Err(HandlerError::NotTheAction {
+                        instance_id: a.instance_id.clone(),
+                        hook: a.hook.clone(),
+                    })
+                }
+                // The action ended meanwhile (expired, or completed elsewhere): the instance is
+                // going away all the same, so the steps still run.
+                _ => Ok(false),
+            },
+            Err(e) => {
+                warn!(error = %e, "the first heartbeat failed; the heartbeat task tries again");
+                Ok(false)
+            }
+        }
     }
 
     /// Whether the group shows the instance waiting for this action. Auto Scaling is eventually
@@ -426,9 +515,12 @@ impl Handler {
     }
 }
 
-fn same_action(rec: &Record, a: &ActionRef) -> bool {
-    match (&rec.token, &a.token) {
+/// True when `rec` is the record of `action`: the same token when both have one (queue mode),
+/// and the same destination (a warm-pool return and the real termination share a key).
+fn same_action(rec: &Record, action: &Action) -> bool {
+    let token = match (&rec.token, &action.aref.token) {
         (Some(x), Some(y)) => x == y,
         _ => true,
-    }
+    };
+    token && rec.warm_pool == action.warm_pool
 }

@@ -209,7 +209,9 @@ impl MetadataSource {
             }
             Err(e) => {
                 warn!(error = %e, "cannot read this instance's lifecycle state; will try again");
-                return None;
+                return Some(Outcome::Failed {
+                    error: e.to_string(),
+                });
             }
         };
         let want = Action::wait_state_for(&transition, warm_pool);
@@ -252,7 +254,9 @@ impl MetadataSource {
             }
             Err(e) => {
                 error!(error = %e, "handling this instance's lifecycle action failed; will try again");
-                None
+                Some(Outcome::Failed {
+                    error: e.to_string(),
+                })
             }
         }
     }

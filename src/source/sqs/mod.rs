@@ -375,9 +375,10 @@ impl SqsSource {
             let handled = match handled {
                 Ok(h) => h,
                 Err(e) => {
-                    error!(message_id = %id, error = %e, "handling this instance's termination failed; the message is kept for another attempt");
-                    report.left += 1;
-                    continue;
+                    error!(message_id = %id, error = %e, "handling this instance's action failed; the message is kept for another attempt");
+                    Outcome::Failed {
+                        error: e.to_string(),
+                    }
                 }
             };
             match &handled {
@@ -402,7 +403,7 @@ impl SqsSource {
                         report.left += 1;
                     }
                 }
-                Outcome::Busy | Outcome::Interrupted => report.left += 1,
+                Outcome::Busy | Outcome::Interrupted | Outcome::Failed { .. } => report.left += 1,
             }
             if !matches!(handled, Outcome::NotWaiting { .. }) {
                 self.unverified.remove(&id);
