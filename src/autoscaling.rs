@@ -36,7 +36,8 @@ pub enum ActionResult {
     /// Let the termination (and the other hooks) proceed.
     #[serde(rename = "CONTINUE")]
     Continue,
-    /// End the remaining hooks; for a termination the instance still goes away.
+    /// End the remaining hooks; for a termination the instance goes away, unless the group's
+    /// instance lifecycle policy retains it (`TerminateHookAbandon = retain`).
     #[serde(rename = "ABANDON")]
     Abandon,
 }
@@ -419,6 +420,26 @@ impl AutoScaling {
     }
 }
 
+/// The hooks lastcall owns, by name, per transition, as configured (`[lifecycle] hook_name` and
+/// `launch_hook_name`); an unnamed one is the group's only hook for that transition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HookNames {
+    /// The terminating hook.
+    pub terminating: Option<String>,
+    /// The launching hook.
+    pub launching: Option<String>,
+}
+
+impl HookNames {
+    /// The configured name for `transition`.
+    pub fn get(&self, transition: &Transition) -> Option<&str> {
+        match transition {
+            Transition::Terminating => self.terminating.as_deref(),
+            Transition::Launching => self.launching.as_deref(),
+        }
+    }
+}
+
 /// Why no hook of a group can be lastcall's for a transition.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HookChoiceError {
@@ -433,7 +454,7 @@ pub enum HookChoiceError {
         transition: Transition,
     },
     /// No hook for the transition, and none configured.
-    #[error("group {group} has no {transition} lifecycle hook; there is nothing to complete (add one, or set [lifecycle] hook_name)")]
+    #[error("group {group} has no {transition} lifecycle hook; there is nothing to complete (add one, or set [lifecycle] {})", config_key(transition))]
     None {
         /// The group.
         group: String,
@@ -441,7 +462,7 @@ pub enum HookChoiceError {
         transition: Transition,
     },
     /// Several hooks for the transition, and none configured.
-    #[error("group {group} has several {transition} hooks ({}); set [lifecycle] hook_name to the one lastcall completes", names.join(", "))]
+    #[error("group {group} has several {transition} hooks ({}); set [lifecycle] {} to the one lastcall completes", names.join(", "), config_key(transition))]
     Several {
         /// The group.
         group: String,
@@ -450,6 +471,14 @@ pub enum HookChoiceError {
         /// The hooks' names.
         names: Vec<String>,
     },
+}
+
+/// The config key that names lastcall's hook for `transition`.
+pub fn config_key(transition: &Transition) -> &'static str {
+    match transition {
+        Transition::Terminating => "hook_name",
+        Transition::Launching => "launch_hook_name",
+    }
 }
 
 /// The hook lastcall completes for `transition` in `group`, out of the group's `hooks`: the

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use common::*;
+use lastcall::autoscaling::HookNames;
 use lastcall::event::{self, Notification};
 use lastcall::source::sqs::{route, Me, Route};
 
@@ -47,9 +48,10 @@ fn every_body_parses_to_what_its_name_says() {
         };
         let parsed = std::panic::catch_unwind(|| event::parse(&body))
             .unwrap_or_else(|_| panic!("{name}: the parser panicked"));
+        let hooks = HookNames::default();
         let me = Me {
             instance_id: OWNER,
-            hook: None,
+            hooks: &hooks,
             launch: true,
         };
         let routed = route(&body, None, now, me, Duration::from_secs(48 * 3600));

@@ -289,8 +289,16 @@ async fn launch_steps_run_and_continue_or_abandon() {
             if fail { 1 } else { 0 }
         )
     };
-    let mut good = Node::new(&ids[0], "", &imds_config("", &launch(false))).await;
-    let mut bad = Node::new(&ids[1], "", &imds_config("", &launch(true))).await;
+    // hook_name names the terminating hook; the launch is completed on the group's only
+    // launching hook. Before: one hook_name for both, and "hook … is not a launch hook".
+    let drain = format!("hook_name = \"{}\"\n", g.hook);
+    let mut good = Node::new(
+        &ids[0],
+        "",
+        &imds_config("", &(drain.clone() + &launch(false))),
+    )
+    .await;
+    let mut bad = Node::new(&ids[1], "", &imds_config("", &(drain + &launch(true)))).await;
     // `once` at boot, as a timer would run it.
     assert_eq!(good.once(&[]), 0, "{}", good.log());
     assert_eq!(bad.once(&[]), 4, "{}", bad.log());

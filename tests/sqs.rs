@@ -307,6 +307,50 @@ async fn a_state_directory_that_cannot_be_written_stops_nothing() {
     assert_eq!(completed(&actions(&victim).await).len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_steps_run_when_hook_name_names_the_terminating_hook() {
+    // The shipped example sets hook_name (its terminating hook) and has launch steps. Before:
+    // every launch notification was released as "a hook lastcall does not complete", so the
+    // launch steps never ran and each new instance waited out its launch hook.
+    let aws = aws().await;
+    let name = unique("launchq");
+    let (url, arn) = queue(&aws, &name).await;
+    let g = group_with_target(
+        &aws,
+        &name,
+        Some(&arn),
+        GroupSpec {
+            size: 0,
+            ..Default::default()
+        },
+    )
+    .await;
+    add_hook(
+        &aws,
+        &g.name,
+        &format!("{name}-boot"),
+        "autoscaling:EC2_INSTANCE_LAUNCHING",
+        Some(&arn),
+        &GroupSpec::default(),
+    )
+    .await;
+    set_desired(&aws, &g.name, 1).await;
+    let id = wait_for("a pending instance", LONG, || async {
+        instances(&aws, &g.name).await.into_iter().next()
+    })
+    .await;
+    let launch = "\n[[launch_step]]\nkind = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo \\\"$0\\\" >> {dir}/launched\", \"{instance_id}\"]\n";
+    let cfg = config(&format!("hook_name = \"{}\"", g.hook), launch);
+    let mut n = Node::new(&id, &url, &cfg).await;
+    n.start();
+    wait_for("the launch to complete", LONG, || async {
+        (state(&aws, &id).await.as_deref() == Some("InService")).then_some(())
+    })
+    .await;
+    assert_eq!(lines(&n.path("launched")), [id.clone()], "{}", n.log());
+    assert!(n.log().contains("launch handled"), "{}", n.log());
+}
+
 /// Puts a flat notification into another envelope.
 type Wrap = fn(&str) -> String;
 

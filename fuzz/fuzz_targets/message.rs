@@ -4,6 +4,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use lastcall::autoscaling::HookNames;
 use lastcall::event::{self, valid_group_name, valid_hook_name, valid_instance_id, Notification};
 use lastcall::source::sqs::{route, Me};
 use libfuzzer_sys::fuzz_target;
@@ -17,9 +18,13 @@ fuzz_target!(|data: &[u8]| {
         assert!(valid_group_name(&ev.group));
         assert!(valid_hook_name(&ev.hook_name));
     }
+    let hooks = HookNames {
+        terminating: Some("drain".into()),
+        launching: Some("boot".into()),
+    };
     let me = Me {
         instance_id: "i-0194708ef7e24dcc7",
-        hook: Some("drain"),
+        hooks: &hooks,
         launch: true,
     };
     let _ = route(

@@ -7,7 +7,9 @@ use std::time::Duration;
 use aws_sdk_sqs::types::QueueAttributeName;
 use aws_smithy_types::error::display::DisplayErrorContext;
 
-use crate::autoscaling::{choose_hook, ActionRef, AutoScaling, CallOutcome, Hook};
+use crate::autoscaling::{
+    choose_hook, config_key, ActionRef, AutoScaling, CallOutcome, Hook, HookNames,
+};
 use crate::cli::{Cli, Exit};
 use crate::config::{Config, SqsConfig, Step};
 use crate::event::Transition;
@@ -102,8 +104,12 @@ pub async fn online(cli: &Cli) -> Exit {
     lines.push(line);
     if let Some(ic) = config.imds.as_ref().filter(|i| i.lifecycle) {
         lines.push(target_state(&imds, ic.poll_interval).await);
-        if let Some(group) = &group {
-            lines.extend(terminating_hook(&asg, &config, &identity, group).await);
+    }
+    if let Some(group) = &group {
+        let hooks = config.lifecycle.hooks();
+        lines.extend(owned_hook(&asg, &hooks, &identity, group, Transition::Terminating).await);
+        if !config.launch_steps.is_empty() {
+            lines.extend(owned_hook(&asg, &hooks, &identity, group, Transition::Launching).await);
         }
     }
     if let (Some(group), Some(hook)) = (&group, &config.lifecycle.hook_name) {
@@ -147,11 +153,15 @@ fn print_summary(c: &Config) {
         );
     }
     println!(
-        "  lifecycle: hook {}, heartbeat {:?}, on failure {}, verify {}, state in {}",
+        "  lifecycle: hook {}, launch hook {}, heartbeat {:?}, on failure {}, verify {}, state in {}",
         c.lifecycle
             .hook_name
             .as_deref()
-            .unwrap_or("(from the event)"),
+            .unwrap_or("(the group's only terminating hook)"),
+        c.lifecycle
+            .launch_hook_name
+            .as_deref()
+            .unwrap_or("(the group's only launching hook)"),
         c.lifecycle.heartbeat,
         c.lifecycle.on_failure_result,
         c.lifecycle.verify,
@@ -213,45 +223,51 @@ async fn target_state(imds: &Imds, every: Duration) -> Line {
     }
 }
 
-/// Which terminating hook the metadata source would complete, and whether the heartbeat it
-/// needs is allowed.
-async fn terminating_hook(
+/// Which hook of `transition` lastcall would complete, and whether the heartbeat it needs is
+/// allowed. Several and none named, none, or a named one the group does not have: a failure
+/// that says what to set.
+async fn owned_hook(
     asg: &AutoScaling,
-    config: &Config,
+    names: &HookNames,
     identity: &Identity,
     group: &str,
+    transition: Transition,
 ) -> Vec<Line> {
-    const WHAT: &str = "terminating hook (DescribeLifecycleHooks)";
+    let what = match transition {
+        Transition::Terminating => "terminating hook (DescribeLifecycleHooks)",
+        Transition::Launching => "launching hook for [[launch_step]] (DescribeLifecycleHooks)",
+    };
     let hooks = match asg.hooks(group).await {
         Ok(h) => h,
-        Err(e) => return vec![Line::new(false, WHAT, e.to_string())],
+        Err(e) => return vec![Line::new(false, what, e.to_string())],
     };
-    let named = config.lifecycle.hook_name.as_deref();
+    let named = names.get(&transition);
     let listed = |h: &Hook| hooks.iter().any(|x| x.name == h.name);
-    let hook = match choose_hook(group, &hooks, named, &Transition::Terminating) {
+    let hook = match choose_hook(group, &hooks, named, &transition) {
         // A configured hook the group does not list is used by name at run time (the describe
         // may lag); here, where nothing is waiting, it is a mistake to report.
         Ok(h) if !listed(&h) => {
             let names: Vec<&str> = hooks
                 .iter()
-                .filter(|h| h.transition == Some(Transition::Terminating))
+                .filter(|h| h.transition.as_ref() == Some(&transition))
                 .map(|h| h.name.as_str())
                 .collect();
             return vec![Line::new(
                 false,
-                WHAT,
+                what,
                 format!(
-                    "group {group} has no terminating hook named {} (it has: {})",
+                    "group {group} has no {transition} hook named {} (it has: {}); fix [lifecycle] {}",
                     h.name,
-                    names.join(", ")
+                    names.join(", "),
+                    config_key(&transition)
                 ),
             )];
         }
         Ok(h) => h,
-        Err(e) => return vec![Line::new(false, WHAT, e.to_string())],
+        Err(e) => return vec![Line::new(false, what, e.to_string())],
     };
     vec![
-        Line::new(true, WHAT, format!("{} will be completed", hook.name)),
+        Line::new(true, what, format!("{} will be completed", hook.name)),
         heartbeat_permission(asg, identity, group, &hook.name).await,
     ]
 }

@@ -24,14 +24,13 @@ pub async fn plan(cli: &Cli) -> Exit {
         "" => Vec::new(),
         g => asg.hooks(g).await.unwrap_or_default(),
     };
-    let hook = choose_hook(
-        &group,
-        &hooks,
-        config.lifecycle.hook_name.as_deref(),
-        &Transition::Terminating,
-    )
-    .map(|h| h.name)
-    .unwrap_or_default();
+    let names = config.lifecycle.hooks();
+    let owned = |t: Transition| {
+        choose_hook(&group, &hooks, names.get(&t), &t)
+            .map(|h| h.name)
+            .map_err(|e| e.to_string())
+    };
+    let (hook, launch_hook) = (owned(Transition::Terminating), owned(Transition::Launching));
     println!(
         "lastcall plan for {} ({}, {}) in {}: {}",
         identity.instance_id,
@@ -58,12 +57,23 @@ pub async fn plan(cli: &Cli) -> Exit {
     }
     println!(
         "completes hook: {}",
-        if hook.is_empty() {
-            "the one named in each notification"
-        } else {
-            &hook
+        match &hook {
+            Ok(h) => h.clone(),
+            Err(e) if group.is_empty() => format!("none known ({e})"),
+            Err(e) => format!("none: {e}"),
         }
     );
+    if !config.launch_steps.is_empty() {
+        println!(
+            "completes launch hook: {}",
+            match &launch_hook {
+                Ok(h) => h.clone(),
+                Err(e) => format!("none: {e}"),
+            }
+        );
+    }
+    let hook = hook.unwrap_or_default();
+    let launch_hook = launch_hook.unwrap_or_default();
     let action = Action::new(
         &identity.instance_id,
         &group,
@@ -85,7 +95,7 @@ pub async fn plan(cli: &Cli) -> Exit {
         let launch = Action::new(
             &identity.instance_id,
             &group,
-            &hook,
+            &launch_hook,
             Transition::Launching,
             false,
         );

@@ -92,7 +92,7 @@ pub fn build(base: &Base, config: Arc<Config>, shutdown: &Shutdown) -> Result<Pa
             asg.clone(),
             c.clone(),
             identity.instance_id.clone(),
-            config.lifecycle.hook_name.clone(),
+            config.lifecycle.hooks(),
             launch,
         )
     });
@@ -108,7 +108,7 @@ pub fn build(base: &Base, config: Arc<Config>, shutdown: &Shutdown) -> Result<Pa
             crate::aws::sqs(sdk, &s.queue_url, s.wait_time),
             s.clone(),
             identity.instance_id.clone(),
-            config.lifecycle.hook_name.clone(),
+            config.lifecycle.hooks(),
             launch,
         )
     });

@@ -479,6 +479,7 @@ mod example_tests {
         assert!(imds.lifecycle && !imds.spot && !imds.rebalance);
         assert!(c.sqs.is_some());
         assert_eq!(c.lifecycle.hook_name.as_deref(), Some("drain"));
+        assert_eq!(c.lifecycle.launch_hook_name.as_deref(), Some("register"));
         let kinds: Vec<_> = c.steps.iter().map(|s| s.kind.kind_name()).collect();
         for k in crate::steps::KINDS {
             assert!(kinds.contains(k), "the example shows no {k} step");

@@ -51,8 +51,11 @@ pub struct SqsConfig {
 /// `[lifecycle]`.
 #[derive(Debug, Clone)]
 pub struct LifecycleConfig {
-    /// The hook to complete when the event does not name one (and the only one we complete).
+    /// The terminating hook lastcall completes (unset: the group's only terminating hook).
     pub hook_name: Option<String>,
+    /// The launching hook lastcall completes for `[[launch_step]]` (unset: the group's only
+    /// launching hook).
+    pub launch_hook_name: Option<String>,
     /// Heartbeat policy while steps run.
     pub heartbeat: Heartbeat,
     /// Result sent when a step failed.
@@ -61,6 +64,16 @@ pub struct LifecycleConfig {
     pub verify: bool,
     /// Journal and locks.
     pub state_dir: PathBuf,
+}
+
+impl LifecycleConfig {
+    /// The hooks lastcall owns, by name.
+    pub fn hooks(&self) -> crate::autoscaling::HookNames {
+        crate::autoscaling::HookNames {
+            terminating: self.hook_name.clone(),
+            launching: self.launch_hook_name.clone(),
+        }
+    }
 }
 
 /// `[lifecycle] heartbeat`.
@@ -158,14 +171,25 @@ pub(super) fn parse_imds(f: &mut Fields) -> ImdsConfig {
 }
 
 pub(super) fn parse_lifecycle(f: &mut Fields) -> LifecycleConfig {
-    let hook_name: Option<String> = f.opt("hook_name");
-    if let Some(h) = &hook_name {
-        if !crate::event::valid_hook_name(h) {
+    let mut hook = |key: &str| -> Option<String> {
+        let h: Option<String> = f.opt(key);
+        if h.as_deref()
+            .is_some_and(|h| !crate::event::valid_hook_name(h))
+        {
             f.problem(
-                "hook_name",
+                key,
                 "must be 1–255 characters of A–Z, a–z, 0–9, '-', '_' and '/'",
             );
         }
+        h
+    };
+    let hook_name = hook("hook_name");
+    let launch_hook_name = hook("launch_hook_name");
+    if hook_name.is_some() && hook_name == launch_hook_name {
+        f.problem(
+            "launch_hook_name",
+            "names the terminating hook: a group's hook names are unique, and a hook is for one transition",
+        );
     }
     let heartbeat = match f.opt::<String>("heartbeat").as_deref() {
         None | Some("auto") => Heartbeat::Auto,
@@ -205,6 +229,7 @@ pub(super) fn parse_lifecycle(f: &mut Fields) -> LifecycleConfig {
     }
     LifecycleConfig {
         hook_name,
+        launch_hook_name,
         heartbeat,
         on_failure_result,
         verify,

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use tracing::{debug, error, info, warn};
 
-use crate::autoscaling::{choose_hook, AutoScaling, Hook};
+use crate::autoscaling::{choose_hook, AutoScaling, Hook, HookNames};
 use crate::config::ImdsConfig;
 use crate::event::Transition;
 use crate::handler::{Action, Handler, Outcome};
@@ -43,7 +43,7 @@ pub struct MetadataSource {
     asg: AutoScaling,
     cfg: ImdsConfig,
     me: String,
-    hook: Option<String>,
+    hooks: HookNames,
     launch: bool,
     /// The last target state read.
     last: Option<String>,
@@ -52,7 +52,7 @@ pub struct MetadataSource {
     /// What was finished for the current target state (reset when it changes, but for spot).
     done: HashSet<Episode>,
     /// Hooks by group, read once.
-    hooks: HashMap<String, Vec<Hook>>,
+    described: HashMap<String, Vec<Hook>>,
     /// Errors already logged (to log each once, not every poll).
     logged: HashSet<String>,
 }
@@ -71,7 +71,7 @@ impl MetadataSource {
         asg: AutoScaling,
         cfg: ImdsConfig,
         me: String,
-        hook: Option<String>,
+        hooks: HookNames,
         launch: bool,
     ) -> Self {
         Self {
@@ -79,12 +79,12 @@ impl MetadataSource {
             asg,
             cfg,
             me,
-            hook,
+            hooks,
             launch,
             last: None,
             seen_in_service: false,
             done: HashSet::new(),
-            hooks: HashMap::new(),
+            described: HashMap::new(),
             logged: HashSet::new(),
         }
     }
@@ -188,7 +188,7 @@ impl MetadataSource {
         if self.done.contains(&episode) {
             return None;
         }
-        if let Some(hook) = &self.hook {
+        if let Some(hook) = self.hooks.get(&transition) {
             if handler.completed(&self.me, hook, &transition)
                 && !warm_pool
                 && transition == Transition::Terminating
@@ -263,12 +263,17 @@ impl MetadataSource {
 
     /// The hook to complete (see [`choose_hook`]); the group's hooks are described once.
     async fn resolve_hook(&mut self, group: &str, transition: &Transition) -> Result<Hook, String> {
-        if !self.hooks.contains_key(group) {
+        if !self.described.contains_key(group) {
             let hooks = self.asg.hooks(group).await.map_err(|e| e.to_string())?;
-            self.hooks.insert(group.to_string(), hooks);
+            self.described.insert(group.to_string(), hooks);
         }
-        choose_hook(group, &self.hooks[group], self.hook.as_deref(), transition)
-            .map_err(|e| e.to_string())
+        choose_hook(
+            group,
+            &self.described[group],
+            self.hooks.get(transition),
+            transition,
+        )
+        .map_err(|e| e.to_string())
     }
 
     async fn check_spot(&mut self, handler: &Handler) -> Option<Outcome> {

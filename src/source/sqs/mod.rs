@@ -35,6 +35,7 @@ use aws_sdk_sqs::types::{
 };
 use tracing::{debug, error, info, warn};
 
+use crate::autoscaling::HookNames;
 use crate::config::SqsConfig;
 use crate::handler::{Action, Handler, HandlerError, Outcome};
 use crate::imds::TARGET_STATE;
@@ -112,7 +113,7 @@ pub struct SqsSource {
     client: aws_sdk_sqs::Client,
     cfg: SqsConfig,
     me: String,
-    hook: Option<String>,
+    hooks: HookNames,
     launch: bool,
     /// Messages this instance released: when last, and how many times.
     seen: HashMap<String, (Instant, u32)>,
@@ -123,20 +124,20 @@ pub struct SqsSource {
 }
 
 impl SqsSource {
-    /// A source for `cfg.queue_url`, acting for instance `me`; only `hook` is completed when
-    /// set; launches are handled when `launch` (launch steps are configured).
+    /// A source for `cfg.queue_url`, acting for instance `me`; only the named `hooks` are
+    /// completed, when named; launches are handled when `launch` (launch steps are configured).
     pub fn new(
         client: aws_sdk_sqs::Client,
         cfg: SqsConfig,
         me: String,
-        hook: Option<String>,
+        hooks: HookNames,
         launch: bool,
     ) -> Self {
         Self {
             client,
             cfg,
             me,
-            hook,
+            hooks,
             launch,
             seen: HashMap::new(),
             launch_settled: !launch,
@@ -303,7 +304,7 @@ impl SqsSource {
             let body = m.body().unwrap_or_default();
             let me = Me {
                 instance_id: &self.me,
-                hook: self.hook.as_deref(),
+                hooks: &self.hooks,
                 launch: self.launch,
             };
             let route = route(body, sent, now, me, self.cfg.stale_after);

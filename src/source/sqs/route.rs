@@ -2,6 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::autoscaling::HookNames;
 use crate::event::{self, LifecycleEvent, Notification, ParseError, Transition};
 
 /// What to do with one message.
@@ -42,8 +43,8 @@ pub enum Route {
 pub struct Me<'a> {
     /// This instance.
     pub instance_id: &'a str,
-    /// The only hook we complete, when configured.
-    pub hook: Option<&'a str>,
+    /// The hooks we complete, when configured (per transition).
+    pub hooks: &'a HookNames,
     /// Launch steps are configured.
     pub launch: bool,
 }
@@ -73,7 +74,12 @@ pub fn route(
             instance_id: ev.instance_id,
         };
     }
-    if me.hook.is_some_and(|h| h != ev.hook_name) {
+    // A launch's hook is never the terminating hook: each transition has its own name.
+    if me
+        .hooks
+        .get(&ev.transition)
+        .is_some_and(|h| h != ev.hook_name)
+    {
         return Route::OtherHook { hook: ev.hook_name };
     }
     if ev.transition == Transition::Launching && !me.launch {
@@ -109,9 +115,13 @@ mod tests {
     fn routes() {
         let now = at("2026-01-02T00:00:00Z");
         let r = |b: &str, hook: Option<&str>| {
+            let hooks = HookNames {
+                terminating: hook.map(str::to_string),
+                launching: None,
+            };
             let me = Me {
                 instance_id: ME,
-                hook,
+                hooks: &hooks,
                 launch: false,
             };
             route(b, None, now, me, 2 * DAY)
@@ -167,9 +177,10 @@ mod tests {
         let b = body(ME, "drain", T, "").replace(",\"Time\":\"\"", "");
         let b = b.replace("\"Time\":\"\",", "");
         let old = Some(at("2026-01-01T00:00:00Z"));
+        let hooks = HookNames::default();
         let me = Me {
             instance_id: ME,
-            hook: None,
+            hooks: &hooks,
             launch: true,
         };
         assert!(matches!(
@@ -185,5 +196,40 @@ mod tests {
             route(&launch, Some(now), now, me, 2 * DAY),
             Route::Mine(_)
         ));
+    }
+
+    #[test]
+    fn a_launch_is_routed_by_its_own_hook_name() {
+        // Before: one hook_name for both transitions, so with hook_name = "drain" every launch
+        // notification was released as another hook's, and launch steps never ran.
+        let now = at("2026-01-10T00:00:00Z");
+        let launch = |hook: &str| body(ME, hook, "autoscaling:EC2_INSTANCE_LAUNCHING", "");
+        let only_drain = HookNames {
+            terminating: Some("drain".into()),
+            launching: None,
+        };
+        let both = HookNames {
+            terminating: Some("drain".into()),
+            launching: Some("boot".into()),
+        };
+        let me = |hooks| Me {
+            instance_id: ME,
+            hooks,
+            launch: true,
+        };
+        assert!(matches!(
+            route(&launch("boot"), Some(now), now, me(&only_drain), 2 * DAY),
+            Route::Mine(_)
+        ));
+        assert!(matches!(
+            route(&launch("boot"), Some(now), now, me(&both), 2 * DAY),
+            Route::Mine(_)
+        ));
+        assert_eq!(
+            route(&launch("other-tool"), Some(now), now, me(&both), 2 * DAY),
+            Route::OtherHook {
+                hook: "other-tool".into()
+            }
+        );
     }
 }
