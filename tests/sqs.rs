@@ -347,7 +347,7 @@ async fn launch_steps_run_when_hook_name_names_the_terminating_hook() {
         (state(&aws, &id).await.as_deref() == Some("InService")).then_some(())
     })
     .await;
-    assert_eq!(lines(&n.path("launched")), [id.clone()], "{}", n.log());
+    assert_eq!(lines(&n.path("launched")), [id], "{}", n.log());
     assert!(n.log().contains("launch handled"), "{}", n.log());
 }
 
