@@ -212,14 +212,22 @@ async fn several_terminating_hooks_need_a_configured_name() {
     n.start();
     n.wait_log("target lifecycle state target_state=InService", LONG)
         .await;
-    terminate(&aws, &me).await;
+    // Said at the daemon's start, naming both hooks and the fix.
     n.wait_log(
         "set [lifecycle] hook_name to the one lastcall completes",
         LONG,
     )
     .await;
     assert!(n.log().contains(&g.hook) && n.log().contains(&other));
-    assert!(lines(&n.path("ran")).is_empty());
+    // A termination that comes anyway runs the steps once and completes neither hook (design
+    // §2.1). Before: nothing ran at all, and the instance waited out its hooks.
+    terminate(&aws, &me).await;
+    n.wait_log("no hook completed", LONG).await;
+    assert_eq!(lines(&n.path("ran")).len(), 1);
+    assert!(
+        actions(&me).await.iter().all(|a| a["state"] == "pending"),
+        "no hook completed"
+    );
 
     // With the name configured, lastcall completes its own hook only; the other stays pending.
     let mut m = Node::new(

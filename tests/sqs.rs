@@ -351,6 +351,43 @@ async fn launch_steps_run_when_hook_name_names_the_terminating_hook() {
     assert!(n.log().contains("launch handled"), "{}", n.log());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_terminating_hooks_and_none_named_complete_nothing_and_run_once() {
+    // Two terminating hooks send to the queue (lastcall's and another tool's drain hook) and
+    // hook_name is unset. Before: lastcall completed both (the other tool's before it had
+    // drained) and ran its steps twice. Now: steps once, no hook completed, nothing deleted.
+    let aws = aws().await;
+    let g = group(&aws, "twohooksq", GroupSpec::default()).await;
+    let arn = format!("arn:aws:sqs:us-east-1:123456789012:{}", g.name);
+    let other = format!("{}-other", g.name);
+    add_hook(
+        &aws,
+        &g.name,
+        &other,
+        "autoscaling:EC2_INSTANCE_TERMINATING",
+        Some(&arn),
+        &GroupSpec::default(),
+    )
+    .await;
+    let victim = g.instances[0].clone();
+    let mut n = Node::new(&victim, &g.queue_url, &config("", &marker("mark", "ran"))).await;
+    n.start();
+    n.wait_log("set [lifecycle] hook_name", LONG).await;
+    terminate(&aws, &victim).await;
+    n.wait_log("no hook completed", LONG).await;
+    // Let the second hook's message come round too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(lines(&n.path("ran")).len(), 1, "{}", n.log());
+    let acts = actions(&victim).await;
+    assert_eq!(acts.len(), 2, "{acts:?}");
+    assert!(acts.iter().all(|a| a["state"] == "pending"), "{acts:?}");
+    let (visible, in_flight) = queue_counts(&aws, &g.queue_url).await;
+    assert!(
+        visible + in_flight >= 2,
+        "both notifications are kept for their owners"
+    );
+}
+
 /// Puts a flat notification into another envelope.
 type Wrap = fn(&str) -> String;
 

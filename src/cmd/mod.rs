@@ -103,7 +103,8 @@ fn exit_for(handled: &[Outcome]) -> Exit {
             Outcome::NotWaiting {
                 api_error: true, ..
             }
-            | Outcome::Failed { .. } => Exit::Failure,
+            | Outcome::Failed { .. }
+            | Outcome::Unowned { .. } => Exit::Failure,
             _ => Exit::Ok,
         };
         if rank(c) > rank(code) {

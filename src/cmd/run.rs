@@ -36,6 +36,7 @@ pub async fn run(cli: &Cli) -> Exit {
             Err(code) => return code,
         };
         if first {
+            parts.handler.report_hook_choice().await;
             // Failures are logged there; their notifications bring them back.
             parts.handler.resume_incomplete().await;
             first = false;

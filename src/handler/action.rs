@@ -36,6 +36,10 @@ pub struct Action {
     pub seen_waiting: bool,
     /// The hook's timeouts, when the source already read them (else the handler asks).
     pub timeouts: Option<HookTimeouts>,
+    /// The hook is lastcall's to heartbeat and complete. False when the group has several hooks
+    /// for the transition and none is named (design §2.1): the steps run once and no hook is
+    /// completed.
+    pub owned: bool,
 }
 
 impl Action {
@@ -61,6 +65,7 @@ impl Action {
             started: None,
             seen_waiting: false,
             timeouts: None,
+            owned: true,
         }
     }
 
@@ -108,6 +113,19 @@ impl Action {
         a.metadata = hook.metadata.clone();
         a.timeouts = hook.timeouts;
         a.seen_waiting = true;
+        a
+    }
+
+    /// This instance's action in `group` when it is not known which of the group's hooks is
+    /// lastcall's (several, none named): the steps run, nothing is completed.
+    pub fn unowned(
+        instance_id: &str,
+        group: &str,
+        transition: Transition,
+        warm_pool: bool,
+    ) -> Self {
+        let mut a = Self::new(instance_id, group, "", transition, warm_pool);
+        a.owned = false;
         a
     }
 

@@ -13,7 +13,9 @@ pub mod heartbeat;
 
 pub use action::{context, Action};
 
-use crate::autoscaling::{ActionResult, AutoScaling, CallOutcome, LifecycleError};
+use crate::autoscaling::{
+    choose_hook, ActionResult, AutoScaling, CallOutcome, Hook, HookChoiceError, LifecycleError,
+};
 use crate::config::{Config, Step};
 use crate::event::Transition;
 use crate::imds::{Identity, Imds};
@@ -68,6 +70,12 @@ pub enum Outcome {
     },
     /// Shutdown stopped the pipeline; the journal holds the progress.
     Interrupted,
+    /// The steps ran, and no hook was completed: several hooks for the transition and none named
+    /// (a config error the operator must fix; the hooks' owners complete them, or they time out).
+    Unowned {
+        /// What the steps did.
+        steps: Tally,
+    },
     /// Handling failed (logged); the action is tried again when it is seen again.
     Failed {
         /// Why.
@@ -112,6 +120,8 @@ pub struct Handler {
     asg: AutoScaling,
     journal: Journal,
     shutdown: Shutdown,
+    /// The groups' hooks, described once per group.
+    described: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<Hook>>>>,
 }
 
 impl Handler {
@@ -132,6 +142,7 @@ impl Handler {
             asg,
             journal,
             shutdown,
+            described: Arc::default(),
         }
     }
 
@@ -203,6 +214,12 @@ impl Handler {
         });
         let mut rec = match loaded {
             Some(r) if r.completion.is_some() && same_action(&r, action) => {
+                if !action.owned {
+                    // Its steps ran; the notification is still its hook's owner's.
+                    return Ok(Outcome::Unowned {
+                        steps: Tally::default(),
+                    });
+                }
                 info!(instance_id = %a.instance_id, hook = %a.hook, "action was already completed (journal)");
                 return Ok(Outcome::AlreadyCompleted);
             }
@@ -259,11 +276,15 @@ impl Handler {
         // Scaling refuses a token that is not (a forged or garbled message) while the group
         // still shows the instance waiting, and then nothing runs.
         let beaten = match &a.token {
-            Some(_) => self.first_heartbeat(action).await?,
-            None => false,
+            Some(_) if action.owned => self.first_heartbeat(action).await?,
+            _ => false,
         };
-        let heartbeat =
-            Heartbeats::start(&self.asg, action, self.config.lifecycle.heartbeat, !beaten).await;
+        let heartbeat = match action.owned {
+            true => {
+                Heartbeats::start(&self.asg, action, self.config.lifecycle.heartbeat, !beaten).await
+            }
+            false => None,
+        };
         self.journal.save(&rec).await;
 
         let started = Instant::now();
@@ -295,6 +316,18 @@ impl Handler {
             Transition::Launching if outcome.skipped_by_abort => ActionResult::Abandon,
             Transition::Launching => ActionResult::Continue,
         };
+        if !action.owned {
+            rec.completion = Some(Completion {
+                result,
+                at: journal::unix_now(),
+                accepted: false,
+            });
+            self.journal.save(&rec).await;
+            error!(instance_id = %a.instance_id, group = %a.group, steps_ok = outcome.ok, steps_failed = outcome.failed,
+                "{} handled, and no hook completed: the group has several {} hooks and none is named; set [lifecycle] {}",
+                action.what(), action.transition, crate::autoscaling::config_key(&action.transition));
+            return Ok(Outcome::Unowned { steps: outcome });
+        }
         let accepted = self.complete(action, result).await;
         drop(heartbeat);
         let accepted = accepted?;
@@ -449,6 +482,57 @@ impl Handler {
             steps: outcome,
             accepted: false,
         })
+    }
+
+    /// Which of `group`'s hooks is lastcall's for `transition` (see
+    /// [`crate::autoscaling::choose_hook`]); the group's hooks are described once per group.
+    /// `Err` when they cannot be described.
+    pub async fn owned_hook(
+        &self,
+        group: &str,
+        transition: &Transition,
+    ) -> Result<Result<Hook, HookChoiceError>, LifecycleError> {
+        let cached = self
+            .described
+            .lock()
+            .ok()
+            .and_then(|d| d.get(group).cloned());
+        let hooks = match cached {
+            Some(h) => h,
+            None => {
+                let h = self.asg.hooks(group).await?;
+                if let Ok(mut d) = self.described.lock() {
+                    d.insert(group.to_string(), h.clone());
+                }
+                h
+            }
+        };
+        let names = self.config.lifecycle.hooks();
+        Ok(choose_hook(
+            group,
+            &hooks,
+            names.get(transition),
+            transition,
+        ))
+    }
+
+    /// At the daemon's start: says (as an error) when this instance's group has several hooks
+    /// for a transition lastcall handles and none is named, naming them and the fix.
+    pub async fn report_hook_choice(&self) {
+        let Ok(Some(me)) = self.asg.instance(&self.identity.instance_id).await else {
+            return;
+        };
+        let mut transitions = vec![Transition::Terminating];
+        if !self.config.launch_steps.is_empty() {
+            transitions.push(Transition::Launching);
+        }
+        for t in transitions {
+            if let Ok(Err(e @ HookChoiceError::Several { .. })) =
+                self.owned_hook(&me.group, &t).await
+            {
+                error!(group = %me.group, "{e}; until then a termination runs the steps and completes no hook");
+            }
+        }
     }
 
     /// Sends the first heartbeat of an action that has a token; `Ok(true)` when it was sent, and

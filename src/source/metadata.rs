@@ -10,12 +10,12 @@
 //! - `InService` while the group shows `Pending:Wait`, with launch steps: a launch to handle.
 //! - 404: no transition recorded yet; nothing to do.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::SystemTime;
 
 use tracing::{debug, error, info, warn};
 
-use crate::autoscaling::{choose_hook, AutoScaling, Hook, HookNames};
+use crate::autoscaling::{AutoScaling, HookChoiceError, HookNames};
 use crate::config::ImdsConfig;
 use crate::event::Transition;
 use crate::handler::{Action, Handler, Outcome};
@@ -51,8 +51,6 @@ pub struct MetadataSource {
     seen_in_service: bool,
     /// What was finished for the current target state (reset when it changes, but for spot).
     done: HashSet<Episode>,
-    /// Hooks by group, read once.
-    described: HashMap<String, Vec<Hook>>,
     /// Errors already logged (to log each once, not every poll).
     logged: HashSet<String>,
 }
@@ -84,7 +82,6 @@ impl MetadataSource {
             last: None,
             seen_in_service: false,
             done: HashSet::new(),
-            described: HashMap::new(),
             logged: HashSet::new(),
         }
     }
@@ -233,21 +230,38 @@ impl MetadataSource {
             }
             return None;
         }
-        let hook = match self.resolve_hook(&state.group, &transition).await {
-            Ok(h) => h,
-            Err(msg) => {
+        let action = match handler.owned_hook(&state.group, &transition).await {
+            Ok(Ok(hook)) => {
+                Action::seen_waiting(&self.me, &state.group, &hook, transition.clone(), warm_pool)
+            }
+            // Several hooks and none named: the steps run once, no hook is completed.
+            Ok(Err(HookChoiceError::Several { .. })) => {
+                let mut a = Action::unowned(&self.me, &state.group, transition.clone(), warm_pool);
+                a.seen_waiting = true;
+                a
+            }
+            Ok(Err(e)) => {
+                let msg = e.to_string();
                 if self.logged.insert(msg.clone()) {
                     error!(group = %state.group, "{msg}");
                 }
                 return None;
             }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.logged.insert(msg.clone()) {
+                    error!(group = %state.group, "{msg}");
+                }
+                return Some(Outcome::Failed { error: msg });
+            }
         };
-        let action =
-            Action::seen_waiting(&self.me, &state.group, &hook, transition.clone(), warm_pool);
-        info!(instance_id = %self.me, group = %state.group, hook = %hook.name, transition = %transition, warm_pool, "lifecycle action for this instance (instance metadata)");
+        info!(instance_id = %self.me, group = %state.group, hook = %action.aref.hook, transition = %transition, warm_pool, "lifecycle action for this instance (instance metadata)");
         match handler.handle(&action, "imds").await {
             Ok(h) => {
-                if matches!(h, Outcome::Completed { .. } | Outcome::AlreadyCompleted) {
+                if matches!(
+                    h,
+                    Outcome::Completed { .. } | Outcome::AlreadyCompleted | Outcome::Unowned { .. }
+                ) {
                     self.done.insert(episode);
                 }
                 Some(h)
@@ -259,21 +273,6 @@ impl MetadataSource {
                 })
             }
         }
-    }
-
-    /// The hook to complete (see [`choose_hook`]); the group's hooks are described once.
-    async fn resolve_hook(&mut self, group: &str, transition: &Transition) -> Result<Hook, String> {
-        if !self.described.contains_key(group) {
-            let hooks = self.asg.hooks(group).await.map_err(|e| e.to_string())?;
-            self.described.insert(group.to_string(), hooks);
-        }
-        choose_hook(
-            group,
-            &self.described[group],
-            self.hooks.get(transition),
-            transition,
-        )
-        .map_err(|e| e.to_string())
     }
 
     async fn check_spot(&mut self, handler: &Handler) -> Option<Outcome> {

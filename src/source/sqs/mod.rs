@@ -35,8 +35,9 @@ use aws_sdk_sqs::types::{
 };
 use tracing::{debug, error, info, warn};
 
-use crate::autoscaling::HookNames;
+use crate::autoscaling::{HookChoiceError, HookNames};
 use crate::config::SqsConfig;
+use crate::event::LifecycleEvent;
 use crate::handler::{Action, Handler, HandlerError, Outcome};
 use crate::imds::TARGET_STATE;
 use crate::shutdown::Shutdown;
@@ -105,6 +106,16 @@ pub enum SqsError {
     /// Handling this instance's action failed.
     #[error(transparent)]
     Handler(#[from] HandlerError),
+}
+
+/// Whose hook a notification of this instance is.
+enum Ownership {
+    /// lastcall's.
+    Mine,
+    /// The group has several hooks for the transition and none is named: nobody's for sure.
+    Unowned,
+    /// Another hook is lastcall's (named here).
+    Other(String),
 }
 
 /// The shared-queue source.
@@ -370,8 +381,23 @@ impl SqsSource {
             let id = m.message_id().unwrap_or("-").to_string();
             info!(message_id = %id, instance_id = %ev.instance_id, group = %ev.group, hook = %ev.hook_name,
                 shape = ev.shape.as_str(), warm_pool = ev.to_warm_pool(), "lifecycle notification for this instance");
+            let action = match self.ownership(handler, &ev).await {
+                Ownership::Mine => Action::from_event(&ev),
+                Ownership::Unowned => Action::unowned(
+                    &ev.instance_id,
+                    &ev.group,
+                    ev.transition.clone(),
+                    ev.to_warm_pool(),
+                ),
+                Ownership::Other(owner) => {
+                    info!(message_id = %id, hook = %ev.hook_name, owner = %owner, "this instance's notification for a hook that is not lastcall's (the group's only one of that transition is); releasing it");
+                    report.released += self.release(&[(m, 0)]).await;
+                    report.not_ours += 1;
+                    continue;
+                }
+            };
             let keepalive = self.keep_invisible(&m);
-            let handled = handler.handle(&Action::from_event(&ev), "sqs").await;
+            let handled = handler.handle(&action, "sqs").await;
             keepalive.abort();
             let handled = match handled {
                 Ok(h) => h,
@@ -404,6 +430,12 @@ impl SqsSource {
                         report.left += 1;
                     }
                 }
+                // Not lastcall's to complete or delete: its hook's owner (or timeout) ends it.
+                Outcome::Unowned { .. } => {
+                    if self.release(&[(m, 0)]).await == 0 {
+                        report.left += 1;
+                    }
+                }
                 Outcome::Busy | Outcome::Interrupted | Outcome::Failed { .. } => report.left += 1,
             }
             if !matches!(handled, Outcome::NotWaiting { .. }) {
@@ -412,6 +444,26 @@ impl SqsSource {
             report.handled.push(handled);
         }
         Ok(report)
+    }
+
+    /// Whose this instance's notification is when its transition's hook is not named: the
+    /// group's only hook of that transition is lastcall's; with several, none is.
+    async fn ownership(&self, handler: &Handler, ev: &LifecycleEvent) -> Ownership {
+        if self.hooks.get(&ev.transition).is_some() {
+            return Ownership::Mine; // routing already kept only the named hook's
+        }
+        match handler.owned_hook(&ev.group, &ev.transition).await {
+            Ok(Ok(h)) if h.name == ev.hook_name => Ownership::Mine,
+            Ok(Ok(h)) => Ownership::Other(h.name),
+            Ok(Err(HookChoiceError::Several { .. })) => Ownership::Unowned,
+            // No such hook listed (a describe that lags behind a new hook) or no answer: the
+            // message's own hook, as before; verification and the first heartbeat check it.
+            Ok(Err(_)) => Ownership::Mine,
+            Err(e) => {
+                warn!(error = %e, "cannot describe the group's hooks; taking the notification's hook as lastcall's");
+                Ownership::Mine
+            }
+        }
     }
 
     /// Deletes a message by its receipt handle; false (and a log line) when that failed.
