@@ -109,6 +109,14 @@ pub enum LifecycleError {
         /// The error with its causes.
         message: String,
     },
+    /// `DescribeAutoScalingGroups` failed.
+    #[error("DescribeAutoScalingGroups for {group} failed: {message}")]
+    DescribeGroup {
+        /// The group.
+        group: String,
+        /// The error with its causes.
+        message: String,
+    },
     /// `DescribeLifecycleHooks` failed.
     #[error("DescribeLifecycleHooks for hook {hook} of group {group} failed: {message}")]
     DescribeHook {
@@ -391,7 +399,45 @@ fn timeouts(h: &aws_sdk_autoscaling::types::LifecycleHook) -> HookTimeouts {
     HookTimeouts { heartbeat, global }
 }
 
+/// What an ABANDON (lastcall's `on_failure_result`, or a hook's DefaultResult at its timeout)
+/// does to a terminating instance, by the group's instance lifecycle policy (Auto Scaling,
+/// November 2025: `InstanceLifecyclePolicy.RetentionTriggers.TerminateHookAbandon`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbandonDoes {
+    /// It is terminated (no policy, or `terminate`).
+    Terminate,
+    /// It stays in `Terminating:Retained` until someone acts (`retain`).
+    Retain,
+}
+
 impl AutoScaling {
+    /// What ABANDON does to `group`'s terminating instances (DescribeAutoScalingGroups).
+    pub async fn abandon_does(&self, group: &str) -> Result<AbandonDoes, LifecycleError> {
+        let out = self
+            .client
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(group)
+            .send()
+            .await
+            .map_err(|e| LifecycleError::DescribeGroup {
+                group: group.to_string(),
+                message: DisplayErrorContext(&e).to_string(),
+            })?;
+        let retain = out
+            .auto_scaling_groups()
+            .iter()
+            .find(|g| g.auto_scaling_group_name() == Some(group))
+            .and_then(|g| g.instance_lifecycle_policy())
+            .and_then(|p| p.retention_triggers())
+            .and_then(|t| t.terminate_hook_abandon())
+            .is_some_and(|a| a.as_str() == "retain");
+        Ok(if retain {
+            AbandonDoes::Retain
+        } else {
+            AbandonDoes::Terminate
+        })
+    }
+
     /// Every lifecycle hook of a group.
     pub async fn hooks(&self, group: &str) -> Result<Vec<Hook>, LifecycleError> {
         let out = self

@@ -47,6 +47,7 @@ enum Scope {
 const SDK_CALLS: &[(&str, &str, &str, Scope)] = &[
     ("autoscaling", "describe_auto_scaling_instances", "autoscaling:DescribeAutoScalingInstances", Scope::Any),
     ("autoscaling", "describe_lifecycle_hooks", "autoscaling:DescribeLifecycleHooks", Scope::Any),
+    ("autoscaling", "describe_auto_scaling_groups", "autoscaling:DescribeAutoScalingGroups", Scope::Any),
     ("autoscaling", "describe_tags", "autoscaling:DescribeTags", Scope::Any),
     ("autoscaling", "record_lifecycle_action_heartbeat", "autoscaling:RecordLifecycleActionHeartbeat", Scope::Group),
     ("autoscaling", "complete_lifecycle_action", "autoscaling:CompleteLifecycleAction", Scope::Group),

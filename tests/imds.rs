@@ -419,9 +419,61 @@ async fn check_reports_which_sources_will_work() {
         ),
         "[ ok ] permission autoscaling:RecordLifecycleActionHeartbeat: allowed",
         "[ ok ] queue (GetQueueAttributes)",
+        "[ ok ] instance lifecycle policy (DescribeAutoScalingGroups): ABANDON (on_failure_result, or a hook's DefaultResult at its timeout) terminates the instance",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
+    // Since November 2025 a group's instance lifecycle policy can keep an abandoned instance:
+    // check says what ABANDON will do, and warns when lastcall would send it.
+    aws.asg
+        .update_auto_scaling_group()
+        .auto_scaling_group_name(&g.name)
+        .instance_lifecycle_policy(
+            aws_sdk_autoscaling::types::InstanceLifecyclePolicy::builder()
+                .retention_triggers(
+                    aws_sdk_autoscaling::types::RetentionTriggers::builder()
+                        .terminate_hook_abandon(aws_sdk_autoscaling::types::RetentionAction::Retain)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("set the instance lifecycle policy");
+    let abandon = cfg.replace(
+        "[lifecycle]\n",
+        "[lifecycle]\non_failure_result = \"ABANDON\"\n",
+    );
+    std::fs::write(
+        n.path("lastcall.toml"),
+        abandon
+            .replace(
+                "{dir}",
+                n.path("").to_str().expect("utf8").trim_end_matches('/'),
+            )
+            .replace("{queue}", &g.queue_url),
+    )
+    .expect("config");
+    let out = n
+        .command(&["check"])
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("TerminateHookAbandon = retain: ABANDON")
+            && text.contains("[warn] on_failure_result = \"ABANDON\": an instance whose step failed stays in Terminating:Retained"),
+        "{text}"
+    );
+    std::fs::write(
+        n.path("lastcall.toml"),
+        cfg.replace(
+            "{dir}",
+            n.path("").to_str().expect("utf8").trim_end_matches('/'),
+        )
+        .replace("{queue}", &g.queue_url),
+    )
+    .expect("config");
     // A second terminating hook makes the choice ambiguous: check says so and fails.
     add_hook(
         &aws,

@@ -8,7 +8,8 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use aws_smithy_types::error::display::DisplayErrorContext;
 
 use crate::autoscaling::{
-    choose_hook, config_key, ActionRef, AutoScaling, CallOutcome, Hook, HookNames,
+    choose_hook, config_key, AbandonDoes, ActionRef, ActionResult, AutoScaling, CallOutcome, Hook,
+    HookNames,
 };
 use crate::cli::{Cli, Exit};
 use crate::config::{Config, SqsConfig, Step};
@@ -111,6 +112,9 @@ pub async fn online(cli: &Cli) -> Exit {
         if !config.launch_steps.is_empty() {
             lines.extend(owned_hook(&asg, &hooks, &identity, group, Transition::Launching).await);
         }
+    }
+    if let Some(group) = &group {
+        lines.extend(abandon(&asg, &config, group).await);
     }
     if let (Some(group), Some(hook)) = (&group, &config.lifecycle.hook_name) {
         lines.push(configured_hook(&asg, group, hook).await);
@@ -292,6 +296,35 @@ async fn heartbeat_permission(
     match asg.heartbeat(&a).await {
         Ok(CallOutcome::Done | CallOutcome::NoActiveAction) => Line::new(true, WHAT, "allowed"),
         Err(e) => Line::new(false, WHAT, e.to_string()),
+    }
+}
+
+/// What ABANDON does in this group (its instance lifecycle policy), and a warning when lastcall
+/// would send it on a failed step and the instance would then be retained.
+async fn abandon(asg: &AutoScaling, config: &Config, group: &str) -> Vec<Line> {
+    const WHAT: &str = "instance lifecycle policy (DescribeAutoScalingGroups)";
+    match asg.abandon_does(group).await {
+        Ok(AbandonDoes::Terminate) => vec![Line::new(
+            true,
+            WHAT,
+            "ABANDON (on_failure_result, or a hook's DefaultResult at its timeout) terminates the instance",
+        )],
+        Ok(AbandonDoes::Retain) => {
+            let mut v = vec![Line::new(
+                true,
+                WHAT,
+                "TerminateHookAbandon = retain: ABANDON (on_failure_result, or a hook's DefaultResult at its timeout) keeps the instance in Terminating:Retained until someone acts",
+            )];
+            if config.lifecycle.on_failure_result == ActionResult::Abandon {
+                v.push(Line {
+                    status: Status::Warn,
+                    what: String::new(),
+                    detail: "on_failure_result = \"ABANDON\": an instance whose step failed stays in Terminating:Retained (and keeps costing) until someone terminates it".into(),
+                });
+            }
+            v
+        }
+        Err(e) => vec![Line::new(false, WHAT, e.to_string())],
     }
 }
 

@@ -902,6 +902,25 @@ def install_patches() -> None:
     AutoScalingResponse.put_warm_pool = put_warm_pool
     AutoScalingResponse.describe_warm_pool = describe_warm_pool
     AutoScalingResponse.delete_warm_pool = delete_warm_pool
+    # InstanceLifecyclePolicy (November 2025): moto 5.2.5 ignores it. Kept on the group and
+    # shown by DescribeAutoScalingGroups (moto serialises the attribute as the API's shape).
+    # Only shown, not acted on: ABANDON still terminates here.
+    policy_key = "InstanceLifecyclePolicy.RetentionTriggers.TerminateHookAbandon"
+
+    def with_lifecycle_policy(orig: Any) -> Any:
+        def action(self: AutoScalingResponse) -> Any:
+            out = orig(self)
+            value = (self.querystring.get(policy_key) or [None])[0]
+            if value:
+                group = self.autoscaling_backend.autoscaling_groups.get(self._get_param("AutoScalingGroupName"))
+                if group is not None:
+                    group.instance_lifecycle_policy = {"RetentionTriggers": {"TerminateHookAbandon": value}}
+            return out
+
+        return action
+
+    AutoScalingResponse.create_auto_scaling_group = with_lifecycle_policy(AutoScalingResponse.create_auto_scaling_group)
+    AutoScalingResponse.update_auto_scaling_group = with_lifecycle_policy(AutoScalingResponse.update_auto_scaling_group)
     AutoScalingResponse.call_action = call_action
     AutoScalingResponse.put_lifecycle_hook = put_lifecycle_hook
     AutoScalingResponse.delete_lifecycle_hook = delete_lifecycle_hook
