@@ -388,6 +388,41 @@ async fn several_terminating_hooks_and_none_named_complete_nothing_and_run_once(
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_comes_from_the_hook_not_from_the_message() {
+    // {metadata} reaches command arguments and HTTP bodies. Before: it was taken from the
+    // message, which anyone allowed to send to the queue can write.
+    let aws = aws().await;
+    let name = unique("meta");
+    let (sink, sink_arn) = queue(&aws, &format!("{name}-sink")).await;
+    let (polled, _) = queue(&aws, &name).await;
+    let g = group_with_target(&aws, &name, Some(&sink_arn), GroupSpec::default()).await;
+    aws.asg
+        .put_lifecycle_hook()
+        .auto_scaling_group_name(&g.name)
+        .lifecycle_hook_name(&g.hook)
+        .notification_metadata("the-hooks-own")
+        .send()
+        .await
+        .expect("metadata");
+    let victim = g.instances[0].clone();
+    let step = "[[step]]\nkind = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"printf %s \\\"$0\\\" > {dir}/meta\", \"{metadata}\"]\n";
+    let mut n = Node::new(&victim, &polled, &config("", step)).await;
+    terminate(&aws, &victim).await;
+    let real = hook_message(&aws, &sink, &victim).await;
+    let forged = real.replace("the-hooks-own", "chosen-by-the-sender");
+    assert_ne!(real, forged);
+    send(&aws, &polled, &forged).await;
+    n.start();
+    wait_terminated(&aws, &victim, LONG).await;
+    assert_eq!(
+        std::fs::read_to_string(n.path("meta")).expect("ran"),
+        "the-hooks-own",
+        "{}",
+        n.log()
+    );
+}
+
 /// Puts a flat notification into another envelope.
 type Wrap = fn(&str) -> String;
 

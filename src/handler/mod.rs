@@ -270,6 +270,7 @@ impl Handler {
                 }
             }
         }
+        let action = &self.with_described_hook(action).await;
         // The hook's timer has run since the wait began (a late notification, a resume after a
         // restart): one heartbeat at once, then at the interval, until completion has returned.
         // With a token, that first heartbeat also proves the message is the action's: Auto
@@ -492,21 +493,7 @@ impl Handler {
         group: &str,
         transition: &Transition,
     ) -> Result<Result<Hook, HookChoiceError>, LifecycleError> {
-        let cached = self
-            .described
-            .lock()
-            .ok()
-            .and_then(|d| d.get(group).cloned());
-        let hooks = match cached {
-            Some(h) => h,
-            None => {
-                let h = self.asg.hooks(group).await?;
-                if let Ok(mut d) = self.described.lock() {
-                    d.insert(group.to_string(), h.clone());
-                }
-                h
-            }
-        };
+        let hooks = self.group_hooks(group).await?;
         let names = self.config.lifecycle.hooks();
         Ok(choose_hook(
             group,
@@ -514,6 +501,53 @@ impl Handler {
             names.get(transition),
             transition,
         ))
+    }
+
+    /// The group's hooks, described once per group (they change rarely; a describe per action
+    /// would spend the account's Auto Scaling budget in a large scale-in).
+    async fn group_hooks(&self, group: &str) -> Result<Vec<Hook>, LifecycleError> {
+        if let Some(h) = self
+            .described
+            .lock()
+            .ok()
+            .and_then(|d| d.get(group).cloned())
+        {
+            return Ok(h);
+        }
+        let h = self.asg.hooks(group).await?;
+        if let Ok(mut d) = self.described.lock() {
+            d.insert(group.to_string(), h.clone());
+        }
+        Ok(h)
+    }
+
+    /// The action with its hook's NotificationMetadata and timeouts as Auto Scaling describes
+    /// them: `{metadata}` reaches command arguments and HTTP bodies, so it is not taken from a
+    /// message anyone who may send to the queue could have written.
+    async fn with_described_hook(&self, action: &Action) -> Action {
+        let mut action = action.clone();
+        if action.seen_waiting || !action.owned {
+            return action; // the metadata source read the hook itself
+        }
+        let a = &action.aref;
+        match self.group_hooks(&a.group).await {
+            Ok(hooks) => match hooks.iter().find(|h| h.name == a.hook) {
+                Some(h) => {
+                    if action.metadata != h.metadata {
+                        warn!(instance_id = %a.instance_id, hook = %a.hook, "the notification's NotificationMetadata differs from the hook's; using the hook's");
+                    }
+                    action.metadata = h.metadata.clone();
+                    action.timeouts = h.timeouts;
+                }
+                None => {
+                    warn!(group = %a.group, hook = %a.hook, "the group's hooks do not list the notification's hook (yet); {{metadata}} is taken from the notification");
+                }
+            },
+            Err(e) => {
+                warn!(error = %e, "cannot describe the hook; {{metadata}} is taken from the notification");
+            }
+        }
+        action
     }
 
     /// At the daemon's start: says (as an error) when this instance's group has several hooks
