@@ -18,6 +18,8 @@ pub const PENDING_WAIT: &str = "Pending:Wait";
 /// The state an instance waits in on its way into the warm pool (launched into it, or returned
 /// to it on scale-in).
 pub const WARMED_PENDING_WAIT: &str = "Warmed:Pending:Wait";
+/// The state an instance of the warm pool waits in while it is terminated.
+pub const WARMED_TERMINATING_WAIT: &str = "Warmed:Terminating:Wait";
 /// The longest a lifecycle action can live: its `GlobalTimeout` is 100 × `HeartbeatTimeout` or
 /// 48 hours, whichever is smaller (Auto Scaling API reference, `LifecycleHook.GlobalTimeout`).
 pub const MAX_ACTION_LIFE: Duration = Duration::from_secs(48 * 3600);

@@ -129,6 +129,9 @@ pub struct Record {
     /// The destination is the warm pool.
     #[serde(default)]
     pub warm_pool: bool,
+    /// A termination of an instance in the warm pool.
+    #[serde(default)]
+    pub from_pool: bool,
     /// Unix time the record was created.
     pub created_at: u64,
     /// Steps that were started, in order.
@@ -158,6 +161,7 @@ impl Record {
             metadata: metadata.map(str::to_string),
             trigger: trigger.into(),
             warm_pool: false,
+            from_pool: false,
             created_at: unix_now(),
             steps: Vec::new(),
             completion: None,
@@ -466,6 +470,28 @@ impl Journal {
             matches!(p.as_slice(), [i, _, tr, at] if *i == inst && *tr == t
                 && at.parse::<u64>().is_ok_and(|at| at >= since))
         })
+    }
+
+    /// Records (in the state directory, so that it survives restarts) that this instance was
+    /// in service: a `Warmed:*` target state after that is a return to the warm pool, before it
+    /// a launch into the pool.
+    pub fn note_in_service(&self, instance_id: &str) {
+        if self.disk {
+            let path = self.path(&key(instance_id, "", "in-service"), "mark");
+            if !path.exists() {
+                if let Err(e) = File::create(&path) {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot note that this instance is in service");
+                }
+            }
+        }
+    }
+
+    /// True when [`Journal::note_in_service`] was called for this instance.
+    pub fn was_in_service(&self, instance_id: &str) -> bool {
+        self.disk
+            && self
+                .path(&key(instance_id, "", "in-service"), "mark")
+                .exists()
     }
 
     /// Every record of this instance that is not completed.

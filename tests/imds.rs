@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(40);
 
@@ -383,6 +384,118 @@ async fn a_warm_pool_return_runs_only_warm_pool_steps_and_keeps_monitoring() {
         assert_eq!(acts[0]["result"], "CONTINUE");
     }
     assert!(nb.log().contains("warm_pool=true"));
+}
+
+/// Auto Scaling calls the emulator counted for one access key.
+async fn autoscaling_calls(key: &str) -> u64 {
+    let v: Value = reqwest::get(format!("{}/calls", emulator().control))
+        .await
+        .expect("GET /calls")
+        .json()
+        .await
+        .expect("json");
+    v["keys"][key]["autoscaling"]
+        .as_object()
+        .map(|m| m.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_metadata_mode_makes_no_aws_calls_even_with_launch_steps_or_a_reload() {
+    // Before: with launch steps, an instance in service described itself every poll for its
+    // whole life (about 500 calls/s for 1,000 instances, the budget heartbeats and completions
+    // need), again after every restart or SIGHUP.
+    let aws = aws().await;
+    let g = group(&aws, "idle", GroupSpec::default()).await;
+    let me = g.instances[0].clone();
+    let launch = "\n[[launch_step]]\nkind = \"command\"\ncommand = [\"/bin/true\"]\n";
+    let mut n = Node::new(&me, "", &imds_config("", launch)).await;
+    let key = unique("IDLEKEY").replace('-', "");
+    let mut cmd = n.command(&["run"]);
+    cmd.env("AWS_ACCESS_KEY_ID", &key);
+    n.child = Some(cmd.spawn().expect("run"));
+    n.wait_log("target lifecycle state target_state=InService", LONG)
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settled = autoscaling_calls(&key).await;
+    assert!(
+        settled <= 4,
+        "start-up costs a few calls at most: {settled}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(autoscaling_calls(&key).await, settled, "idle: no AWS call");
+    n.signal(nix::sys::signal::Signal::SIGHUP);
+    n.wait_log("SIGHUP: config reloaded", LONG).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        autoscaling_calls(&key).await,
+        settled,
+        "a reload keeps what the source learned: {}",
+        n.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_termination_from_the_warm_pool_runs_the_whole_pipeline() {
+    // An instance of a Running warm pool is terminated from the pool (instance refresh, pool
+    // shrink): it waits in Warmed:Terminating:Wait. Before: the queue source called the
+    // notification suspicious and ran nothing; the metadata source ignored Warmed:Terminated.
+    let aws = aws().await;
+    let g = group(
+        &aws,
+        "warmterm",
+        GroupSpec {
+            size: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    aws.asg
+        .put_warm_pool()
+        .auto_scaling_group_name(&g.name)
+        .pool_state(aws_sdk_autoscaling::types::WarmPoolState::Running)
+        .instance_reuse_policy(
+            aws_sdk_autoscaling::types::InstanceReusePolicy::builder()
+                .reuse_on_scale_in(true)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("warm pool");
+    let steps = format!(
+        "{}{}",
+        marker("flush", "flushed", ""),
+        marker("retire-monitoring", "retired", "warm_pool = false")
+    );
+    let (a, b) = (g.instances[0].clone(), g.instances[1].clone());
+    let mut na = Node::new(&a, "", &imds_config("", &steps)).await;
+    let sqs_cfg = format!(
+        "[sqs]\nqueue_url = \"{{queue}}\"\nwait_time = \"1s\"\n[lifecycle]\nstate_dir = \"{{dir}}/state\"\n{steps}"
+    );
+    let mut nb = Node::new(&b, &g.queue_url, &sqs_cfg).await;
+    na.start();
+    nb.start();
+    na.wait_log("target lifecycle state target_state=InService", LONG)
+        .await;
+    for (i, n) in [(&a, &na), (&b, &nb)] {
+        // Into the pool (monitoring kept), then terminated from it (monitoring retired).
+        terminate(&aws, i).await;
+        n.wait_log("warm-pool return handled", LONG).await;
+        wait_for("the warmed state", LONG, || async {
+            (state(&aws, i).await.as_deref() == Some("Warmed:Running")).then_some(())
+        })
+        .await;
+        terminate(&aws, i).await;
+        n.wait_log("termination handled", LONG).await;
+        wait_terminated(&aws, i, LONG).await;
+        assert_eq!(lines(&n.path("flushed")).len(), 2, "{}", n.log());
+        assert_eq!(lines(&n.path("retired")).len(), 1, "{}", n.log());
+        let acts = actions(i).await;
+        let last = acts.last().expect("actions");
+        assert_eq!(last["origin"], "WarmPool");
+        assert_eq!(last["state"], "completed", "{acts:?}");
+        assert_eq!(last["result"], "CONTINUE");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

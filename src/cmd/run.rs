@@ -30,11 +30,16 @@ pub async fn run(cli: &Cli) -> Exit {
         Err(code) => return code,
     };
     let mut first = true;
+    // What the metadata source learned, carried over a reload.
+    let mut progress = None;
     loop {
-        let parts = match build(&base, config.clone(), &shutdown) {
+        let mut parts = match build(&base, config.clone(), &shutdown) {
             Ok(p) => p,
             Err(code) => return code,
         };
+        if let Some(p) = progress.take() {
+            parts.metadata = parts.metadata.take().map(|src| src.with_progress(p));
+        }
         if first {
             parts.handler.report_hook_choice().await;
             // Failures are logged there; their notifications bring them back.
@@ -52,8 +57,9 @@ pub async fn run(cli: &Cli) -> Exit {
             }
         };
         let metadata = async {
-            if let Some(src) = parts.metadata {
-                src.run(&parts.handler, sources_shutdown.clone()).await;
+            match parts.metadata {
+                Some(src) => Some(src.run(&parts.handler, sources_shutdown.clone()).await),
+                None => None,
             }
         };
         let mut watch = shutdown.clone();
@@ -65,7 +71,8 @@ pub async fn run(cli: &Cli) -> Exit {
             stop_sources.fire();
             reload
         };
-        let (_, _, reload) = tokio::join!(sqs, metadata, reload);
+        let (_, learned, reload) = tokio::join!(sqs, metadata, reload);
+        progress = learned;
         if !reload || shutdown.is_requested() {
             break;
         }

@@ -9,7 +9,8 @@ use std::time::SystemTime;
 use tracing::warn;
 
 use crate::autoscaling::{
-    ActionRef, AutoScaling, Hook, HookTimeouts, PENDING_WAIT, TERMINATING_WAIT, WARMED_PENDING_WAIT,
+    ActionRef, AutoScaling, Hook, HookTimeouts, PENDING_WAIT, TERMINATING_WAIT,
+    WARMED_PENDING_WAIT, WARMED_TERMINATING_WAIT,
 };
 use crate::config::Config;
 use crate::event::{LifecycleEvent, Transition};
@@ -29,6 +30,9 @@ pub struct Action {
     /// The destination is the warm pool: a termination that only stops the instance (it comes
     /// back), or a launch into the pool.
     pub warm_pool: bool,
+    /// A termination of an instance in the warm pool (it waits in `Warmed:Terminating:Wait`): a
+    /// real termination, monitoring included.
+    pub from_pool: bool,
     /// When Auto Scaling started it, if known.
     pub started: Option<SystemTime>,
     /// The source has just seen the group hold the instance in [`Action::wait_state`], so the
@@ -62,6 +66,7 @@ impl Action {
             transition,
             metadata: None,
             warm_pool,
+            from_pool: false,
             started: None,
             seen_waiting: false,
             timeouts: None,
@@ -81,6 +86,9 @@ impl Action {
         a.aref.token = ev.token.clone();
         a.metadata = ev.metadata.clone();
         a.started = ev.time;
+        a.from_pool = ev.transition == Transition::Terminating
+            && !a.warm_pool
+            && ev.origin.as_deref() == Some("WarmPool");
         a
     }
 
@@ -97,6 +105,7 @@ impl Action {
         );
         a.aref.token = rec.token.clone();
         a.metadata = rec.metadata.clone();
+        a.from_pool = rec.from_pool;
         Some(a)
     }
 
@@ -108,8 +117,10 @@ impl Action {
         hook: &Hook,
         transition: Transition,
         warm_pool: bool,
+        from_pool: bool,
     ) -> Self {
         let mut a = Self::new(instance_id, group, &hook.name, transition, warm_pool);
+        a.from_pool = from_pool;
         a.metadata = hook.metadata.clone();
         a.timeouts = hook.timeouts;
         a.seen_waiting = true;
@@ -129,19 +140,14 @@ impl Action {
         a
     }
 
-    /// The group state Auto Scaling holds the instance in while an action of this transition
-    /// waits.
-    pub fn wait_state_for(transition: &Transition, warm_pool: bool) -> &'static str {
-        match (transition, warm_pool) {
-            (_, true) => WARMED_PENDING_WAIT,
-            (Transition::Terminating, false) => TERMINATING_WAIT,
-            (Transition::Launching, false) => PENDING_WAIT,
-        }
-    }
-
     /// The group state Auto Scaling holds the instance in while this action waits.
     pub fn wait_state(&self) -> &'static str {
-        Self::wait_state_for(&self.transition, self.warm_pool)
+        match (&self.transition, self.warm_pool, self.from_pool) {
+            (_, true, _) => WARMED_PENDING_WAIT,
+            (Transition::Terminating, false, true) => WARMED_TERMINATING_WAIT,
+            (Transition::Terminating, false, false) => TERMINATING_WAIT,
+            (Transition::Launching, false, _) => PENDING_WAIT,
+        }
     }
 
     /// Launches and warm-pool returns can happen to the same instance again.

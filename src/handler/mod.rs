@@ -166,6 +166,16 @@ impl Handler {
         )
     }
 
+    /// Notes (across restarts) that this instance was in service.
+    pub fn note_in_service(&self) {
+        self.journal.note_in_service(&self.identity.instance_id);
+    }
+
+    /// True when this instance was in service before (by any process).
+    pub fn was_in_service(&self) -> bool {
+        self.journal.was_in_service(&self.identity.instance_id)
+    }
+
     /// Resumes every action of this instance that the journal shows unfinished (the process
     /// died or was stopped mid-pipeline). One that fails does not keep the others from being
     /// resumed: it is reported as [`Outcome::Failed`].
@@ -243,6 +253,7 @@ impl Handler {
                     trigger,
                 );
                 r.warm_pool = action.warm_pool;
+                r.from_pool = action.from_pool;
                 r
             }
         };

@@ -11,11 +11,14 @@
 //! - 404: no transition recorded yet; nothing to do.
 
 use std::collections::HashSet;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, error, info, warn};
 
-use crate::autoscaling::{AutoScaling, HookChoiceError, HookNames};
+use crate::autoscaling::{
+    AutoScaling, HookChoiceError, HookNames, PENDING_WAIT, TERMINATING_WAIT, WARMED_PENDING_WAIT,
+    WARMED_TERMINATING_WAIT,
+};
 use crate::config::ImdsConfig;
 use crate::event::Transition;
 use crate::handler::{Action, Handler, Outcome};
@@ -26,15 +29,83 @@ use crate::shutdown::Shutdown;
 /// stays the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Episode {
-    /// The termination `Terminated` points at.
-    Terminate,
-    /// The return to the warm pool a `Warmed:*` state points at.
-    Warm,
-    /// The launch `InService` points at.
-    Launch,
+    /// The lifecycle action the current target state points at.
+    Lifecycle(Case),
     /// The spot interruption (or rebalance recommendation); kept across target states.
     Spot,
 }
+
+/// Which lifecycle action a target lifecycle state points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Case {
+    /// `Terminated`: a termination (`Terminating:Wait`).
+    Terminate,
+    /// `Warmed:Terminated`: a termination from the warm pool (`Warmed:Terminating:Wait`).
+    TerminateFromPool,
+    /// `Warmed:*` after being in service: a return to the pool (`Warmed:Pending:Wait`).
+    WarmReturn,
+    /// `InService`, with launch steps: a launch (`Pending:Wait`).
+    Launch,
+    /// `Warmed:*` before ever being in service, with launch steps: a launch into the pool
+    /// (`Warmed:Pending:Wait`).
+    LaunchIntoPool,
+}
+
+impl Case {
+    fn episode(self) -> Episode {
+        Episode::Lifecycle(self)
+    }
+
+    fn transition(self) -> Transition {
+        match self {
+            Self::Terminate | Self::TerminateFromPool | Self::WarmReturn => Transition::Terminating,
+            Self::Launch | Self::LaunchIntoPool => Transition::Launching,
+        }
+    }
+
+    /// The destination is the warm pool.
+    fn to_pool(self) -> bool {
+        matches!(self, Self::WarmReturn | Self::LaunchIntoPool)
+    }
+
+    fn wait_state(self) -> &'static str {
+        match self {
+            Self::Terminate => TERMINATING_WAIT,
+            Self::TerminateFromPool => WARMED_TERMINATING_WAIT,
+            Self::WarmReturn | Self::LaunchIntoPool => WARMED_PENDING_WAIT,
+            Self::Launch => PENDING_WAIT,
+        }
+    }
+
+    /// True while Auto Scaling shows a state the action's wait state can still follow (the
+    /// metadata flips before the group does; a launch ABANDON leaves `Pending:*` before the
+    /// termination): keep looking. Anything else means no action of this case will wait.
+    fn on_the_way(self, state: &str) -> bool {
+        match self {
+            Self::Terminate => {
+                !matches!(
+                    state,
+                    "Terminating:Proceed" | "Terminated" | "Terminating:Retained"
+                ) && !state.starts_with("Warmed:")
+            }
+            Self::TerminateFromPool => {
+                state.starts_with("Warmed:")
+                    && !matches!(
+                        state,
+                        "Warmed:Terminating:Proceed"
+                            | "Warmed:Terminated"
+                            | "Warmed:Terminating:Retained"
+                    )
+            }
+            Self::WarmReturn => matches!(state, "InService" | "Terminating" | "Warmed:Pending"),
+            Self::Launch => state == "Pending",
+            Self::LaunchIntoPool => matches!(state, "Pending" | "Warmed:Pending"),
+        }
+    }
+}
+
+/// How long an action another process holds is left alone before this source looks again.
+const BUSY_PAUSE: Duration = Duration::from_secs(30);
 
 /// The metadata source of one instance.
 #[derive(Debug)]
@@ -45,14 +116,26 @@ pub struct MetadataSource {
     me: String,
     hooks: HookNames,
     launch: bool,
+    /// What it learned so far (kept across config reloads).
+    p: Progress,
+    /// Errors already logged (to log each once, not every poll).
+    logged: HashSet<String>,
+}
+
+/// What the metadata source learned: kept across config reloads (SIGHUP), so that a reload
+/// neither repeats finished work nor costs AWS calls.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
     /// The last target state read.
     last: Option<String>,
     /// The instance was seen InService (so `Warmed:*` means a return to the warm pool).
     seen_in_service: bool,
     /// What was finished for the current target state (reset when it changes, but for spot).
     done: HashSet<Episode>,
-    /// Errors already logged (to log each once, not every poll).
-    logged: HashSet<String>,
+    /// Another process holds the current action: not before this.
+    busy_until: Option<Instant>,
+    /// When the current target state was first read (Unix seconds).
+    target_since: u64,
 }
 
 /// One check of every enabled item.
@@ -79,15 +162,19 @@ impl MetadataSource {
             me,
             hooks,
             launch,
-            last: None,
-            seen_in_service: false,
-            done: HashSet::new(),
+            p: Progress::default(),
             logged: HashSet::new(),
         }
     }
 
-    /// Polls until shutdown.
-    pub async fn run(mut self, handler: &Handler, mut shutdown: Shutdown) {
+    /// Carries on from what an earlier source (before a reload) learned.
+    pub fn with_progress(mut self, p: Progress) -> Self {
+        self.p = p;
+        self
+    }
+
+    /// Polls until shutdown; returns what it learned, for the next source after a reload.
+    pub async fn run(mut self, handler: &Handler, mut shutdown: Shutdown) -> Progress {
         info!(
             lifecycle = self.cfg.lifecycle,
             spot = self.cfg.spot,
@@ -106,6 +193,7 @@ impl MetadataSource {
             }
         }
         info!("stopped polling instance metadata");
+        self.p
     }
 
     /// Reads every enabled item once and handles what it finds.
@@ -116,12 +204,12 @@ impl MetadataSource {
                 report.handled.push(h);
             }
         }
-        if self.cfg.spot && !self.done.contains(&Episode::Spot) {
+        if self.cfg.spot && !self.p.done.contains(&Episode::Spot) {
             if let Some(h) = self.check_spot(handler).await {
                 report.handled.push(h);
             }
         }
-        if self.cfg.rebalance && !self.done.contains(&Episode::Spot) {
+        if self.cfg.rebalance && !self.p.done.contains(&Episode::Spot) {
             if let Some(h) = self.check_rebalance(handler).await {
                 report.handled.push(h);
             }
@@ -146,62 +234,70 @@ impl MetadataSource {
 
     async fn check_lifecycle(&mut self, handler: &Handler) -> Option<Outcome> {
         let target = self.read(TARGET_STATE).await?;
-        if self.last.as_deref() != Some(target.as_str()) {
-            info!(target_state = %target, previous = self.last.as_deref().unwrap_or("-"), "target lifecycle state");
-            self.done.retain(|d| *d == Episode::Spot);
-            self.last = Some(target.clone());
+        if self.p.last.as_deref() != Some(target.as_str()) {
+            info!(target_state = %target, previous = self.p.last.as_deref().unwrap_or("-"), "target lifecycle state");
+            self.p.done.retain(|d| *d == Episode::Spot);
+            self.p.busy_until = None;
+            self.p.target_since = crate::journal::unix_now();
+            self.p.last = Some(target.clone());
         }
-        match target.as_str() {
-            "Terminated" => {
-                self.lifecycle(handler, Transition::Terminating, false, Episode::Terminate)
-                    .await
-            }
-            "Warmed:Terminated" => None,
-            s if s.starts_with("Warmed:") && self.seen_in_service => {
-                self.lifecycle(handler, Transition::Terminating, true, Episode::Warm)
-                    .await
-            }
-            "InService" => {
-                self.seen_in_service = true;
-                if self.launch {
-                    self.lifecycle(handler, Transition::Launching, false, Episode::Launch)
-                        .await
+        let case = match target.as_str() {
+            "Terminated" => Case::Terminate,
+            // A termination from the warm pool: a real one (design §2.1, warm pools).
+            "Warmed:Terminated" => Case::TerminateFromPool,
+            s if s.starts_with("Warmed:") => {
+                // In service before (noted in the state directory, across restarts): back to
+                // the pool; never: a launch into the pool.
+                if self.p.seen_in_service || handler.was_in_service() {
+                    Case::WarmReturn
+                } else if self.launch {
+                    Case::LaunchIntoPool
                 } else {
-                    None
+                    return None;
                 }
             }
-            _ => None,
-        }
+            "InService" => {
+                if !self.p.seen_in_service {
+                    self.p.seen_in_service = true;
+                    handler.note_in_service();
+                }
+                if !self.launch {
+                    return None;
+                }
+                Case::Launch
+            }
+            _ => return None,
+        };
+        self.lifecycle(handler, case).await
     }
 
-    /// Handles the lifecycle action the target state points at, once per target state.
-    async fn lifecycle(
-        &mut self,
-        handler: &Handler,
-        transition: Transition,
-        warm_pool: bool,
-        episode: Episode,
-    ) -> Option<Outcome> {
-        if self.done.contains(&episode) {
+    /// Handles the lifecycle action the target state points at, once per target state. Costs
+    /// no AWS call once it is done: idle, this source asks only instance metadata.
+    async fn lifecycle(&mut self, handler: &Handler, case: Case) -> Option<Outcome> {
+        let episode = case.episode();
+        if self.p.done.contains(&episode) || self.p.busy_until.is_some_and(|t| Instant::now() < t) {
             return None;
         }
+        let transition = case.transition();
         if let Some(hook) = self.hooks.get(&transition) {
-            if handler.completed(&self.me, hook, &transition)
-                && !warm_pool
-                && transition == Transition::Terminating
-            {
-                self.done.insert(episode);
+            if case == Case::Terminate && handler.completed(&self.me, hook, &transition) {
+                self.p.done.insert(episode);
                 return None;
             }
+        }
+        // A launch another process handled since this target state began: no describe needed.
+        if matches!(case, Case::Launch | Case::LaunchIntoPool)
+            && handler.launched_since(self.p.target_since)
+        {
+            self.p.done.insert(episode);
+            return None;
         }
         let state = match self.asg.instance(&self.me).await {
             Ok(Some(s)) => s,
             Ok(None) => {
                 // Gone from the group (terminated) or not in one at all.
                 debug!(instance_id = %self.me, "not in any Auto Scaling group");
-                if transition != Transition::Launching {
-                    self.done.insert(episode);
-                }
+                self.p.done.insert(episode);
                 return None;
             }
             Err(e) => {
@@ -211,32 +307,29 @@ impl MetadataSource {
                 });
             }
         };
-        let want = Action::wait_state_for(&transition, warm_pool);
-        if state.state != want {
-            let on_the_way = match &transition {
-                Transition::Terminating if warm_pool => {
-                    state.state.starts_with("Warmed:Pending") || state.state == "InService"
-                }
-                Transition::Terminating => {
-                    state.state == "Terminating" || state.state == "InService"
-                }
-                Transition::Launching => false,
-            };
-            if !on_the_way {
+        if state.state != case.wait_state() {
+            if case.on_the_way(&state.state) {
+                debug!(instance_id = %self.me, state = %state.state, "the lifecycle action is not waiting yet");
+            } else {
                 debug!(instance_id = %self.me, state = %state.state, "no lifecycle action waiting");
-                if transition != Transition::Launching {
-                    self.done.insert(episode);
-                }
+                self.p.done.insert(episode);
             }
             return None;
         }
+        let (warm_pool, from_pool) = (case.to_pool(), case == Case::TerminateFromPool);
         let action = match handler.owned_hook(&state.group, &transition).await {
-            Ok(Ok(hook)) => {
-                Action::seen_waiting(&self.me, &state.group, &hook, transition.clone(), warm_pool)
-            }
+            Ok(Ok(hook)) => Action::seen_waiting(
+                &self.me,
+                &state.group,
+                &hook,
+                transition.clone(),
+                warm_pool,
+                from_pool,
+            ),
             // Several hooks and none named: the steps run once, no hook is completed.
             Ok(Err(HookChoiceError::Several { .. })) => {
                 let mut a = Action::unowned(&self.me, &state.group, transition.clone(), warm_pool);
+                a.from_pool = from_pool;
                 a.seen_waiting = true;
                 a
             }
@@ -258,11 +351,15 @@ impl MetadataSource {
         info!(instance_id = %self.me, group = %state.group, hook = %action.aref.hook, transition = %transition, warm_pool, "lifecycle action for this instance (instance metadata)");
         match handler.handle(&action, "imds").await {
             Ok(h) => {
-                if matches!(
-                    h,
-                    Outcome::Completed { .. } | Outcome::AlreadyCompleted | Outcome::Unowned { .. }
-                ) {
-                    self.done.insert(episode);
+                match h {
+                    Outcome::Completed { .. }
+                    | Outcome::AlreadyCompleted
+                    | Outcome::Unowned { .. } => {
+                        self.p.done.insert(episode);
+                    }
+                    // Another process handles it: look again later, not every poll.
+                    Outcome::Busy => self.p.busy_until = Some(Instant::now() + BUSY_PAUSE),
+                    _ => {}
                 }
                 Some(h)
             }
@@ -325,7 +422,7 @@ impl MetadataSource {
         match handler.handle_spot(what, deadline, group).await {
             Ok(h) => {
                 if matches!(h, Outcome::Completed { .. } | Outcome::AlreadyCompleted) {
-                    self.done.insert(Episode::Spot);
+                    self.p.done.insert(Episode::Spot);
                 }
                 Some(h)
             }
