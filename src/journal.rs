@@ -22,6 +22,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::autoscaling::ActionResult;
 
+/// The transition under which spot interruption notices are journaled.
+pub const SPOT_TRANSITION: &str = "ec2:SPOT_INSTANCE_INTERRUPTION";
+/// The transition under which rebalance recommendations are journaled.
+pub const REBALANCE_TRANSITION: &str = "ec2:REBALANCE_RECOMMENDATION";
+/// A termination's transition, as records spell it.
+const TERMINATING: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
 /// Format version of a record.
 const VERSION: u32 = 1;
 
@@ -492,6 +498,39 @@ impl Journal {
             && self
                 .path(&key(instance_id, "", "in-service"), "mark")
                 .exists()
+    }
+
+    /// The names of the steps that succeeded for this instance's departure under any trigger (a
+    /// termination's hook, not a warm-pool return; a spot interruption notice that terminates),
+    /// so that another trigger of the same departure does not run them again.
+    pub fn done_for_departure(&self, instance_id: &str) -> std::collections::BTreeSet<String> {
+        let mut done = std::collections::BTreeSet::new();
+        if !self.disk {
+            return done;
+        }
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return done;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(key) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            let Ok(Some(r)) = self.load(key) else {
+                continue;
+            };
+            let departure = (r.transition == TERMINATING && !r.warm_pool)
+                || (r.transition == SPOT_TRANSITION && r.metadata.as_deref() == Some("terminate"));
+            if r.instance_id == instance_id && departure {
+                done.extend(
+                    r.steps
+                        .iter()
+                        .filter(|s| s.state == StepState::Ok)
+                        .map(|s| s.name.clone()),
+                );
+            }
+        }
+        done
     }
 
     /// Every record of this instance that is not completed.

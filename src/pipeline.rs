@@ -54,7 +54,11 @@ pub async fn run(
         // done (names are unique).
         let previous = rec.step_named(&step.name).map(|s| s.state);
         if let Some(state) = previous.filter(|s| s.is_final()) {
-            info!(step = %step.name, state = ?state, "step already done before a restart; not running it again");
+            let why = rec
+                .step_named(&step.name)
+                .and_then(|s| s.detail.clone())
+                .unwrap_or_default();
+            info!(step = %step.name, state = ?state, detail = %why, "step already done (before a restart, or for another trigger of this departure); not running it again");
             match state {
                 StepState::Ok => out.ok += 1,
                 StepState::Failed | StepState::TimedOut => {

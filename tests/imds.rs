@@ -180,6 +180,74 @@ async fn a_spot_notice_runs_the_spot_steps_before_its_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_notice_and_the_hook_share_one_departure_and_a_rebalance_retires_nothing() {
+    // Before: the spot notice and the termination hook of the same instance were journaled
+    // apart, so every step ran twice; a rebalance recommendation ran the on_spot steps (all, by
+    // default: monitoring retired while the instance ran on for hours) and then counted as the
+    // spot notice, so a real interruption later ran nothing.
+    let aws = aws().await;
+    let name = unique("departure");
+    let g = group_with_target(&aws, &name, None, GroupSpec::default()).await;
+    let me = g.instances[0].clone();
+    let steps = format!(
+        "{}{}{}",
+        marker("drain", "drained", "on_rebalance = true"),
+        marker("flush", "flushed", ""),
+        marker("retire-monitoring", "retired", "on_spot = false")
+    );
+    let mut n = Node::new(
+        &me,
+        "",
+        &imds_config("spot = true\nrebalance = true", &steps),
+    )
+    .await;
+    n.start();
+    n.wait_log("polling instance metadata", LONG).await;
+    // A rebalance recommendation: only the step marked for it.
+    imds_override(
+        &n.imds,
+        "/latest/meta-data/events/recommendations/rebalance",
+        200,
+        "{\"noticeTime\": \"2026-01-01T00:00:00Z\"}",
+    )
+    .await;
+    n.wait_log("rebalance recommendation handled", LONG).await;
+    assert_eq!(lines(&n.path("drained")).len(), 1);
+    assert!(lines(&n.path("flushed")).is_empty(), "{}", n.log());
+    assert!(lines(&n.path("retired")).is_empty());
+    // The interruption notice: the on_spot steps, monitoring not yet.
+    let deadline = std::time::SystemTime::now() + Duration::from_secs(120);
+    imds_override(
+        &n.imds,
+        "/latest/meta-data/spot/instance-action",
+        200,
+        &format!(
+            "{{\"action\": \"terminate\", \"time\": \"{}\"}}",
+            humantime::format_rfc3339_seconds(deadline)
+        ),
+    )
+    .await;
+    n.wait_log("spot interruption handled", LONG).await;
+    assert_eq!(
+        lines(&n.path("drained")).len(),
+        2,
+        "a departure step of its own"
+    );
+    assert_eq!(lines(&n.path("flushed")).len(), 1);
+    assert!(lines(&n.path("retired")).is_empty());
+    // Then the group terminates it through its hook: what the notice did is not done again.
+    terminate(&aws, &me).await;
+    n.wait_log("termination handled", LONG).await;
+    wait_terminated(&aws, &me, LONG).await;
+    assert_eq!(lines(&n.path("drained")).len(), 2, "{}", n.log());
+    assert_eq!(lines(&n.path("flushed")).len(), 1, "{}", n.log());
+    assert_eq!(lines(&n.path("retired")).len(), 1, "{}", n.log());
+    assert!(n
+        .log()
+        .contains("done already for another trigger of this departure"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_terminating_hooks_need_a_configured_name() {
     let aws = aws().await;
     let name = unique("twohooks");

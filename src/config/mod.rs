@@ -341,6 +341,10 @@ mod tests {
             url = \"https://zabbix.example.com/api_jsonrpc.php\"
             token_env = \"ZABBIX_TOKEN\"
             warm_pool = true
+            [[step]]
+            kind = \"mackerel\"
+            api_key_env = \"MACKEREL_APIKEY\"
+            on_rebalance = true
         "
         ))
         .expect_err("invalid");
@@ -357,6 +361,7 @@ mod tests {
         has("[[step]] #1 \"command\": key `timeout`: must be at most 48h");
         has("[[step]] #2 \"sleep\": key `duration`: must be at most 48h");
         has("[[step]] #3 \"zabbix\": key `warm_pool`: cannot be true for a monitoring step");
+        has("[[step]] #4 \"mackerel\": key `on_rebalance`: cannot be true for a monitoring step");
     }
 
     #[test]

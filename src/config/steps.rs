@@ -32,6 +32,8 @@ pub struct Step {
     pub warm_pool: bool,
     /// Run this step on a spot interruption notice.
     pub on_spot: bool,
+    /// Run this step on a rebalance recommendation (advisory: the instance may run for hours).
+    pub on_rebalance: bool,
     /// What the step does.
     pub kind: StepKind,
 }
@@ -120,8 +122,20 @@ pub(super) fn parse_steps(top: &mut Fields, list: &str) -> Vec<Step> {
             );
         }
         let on_spot: Option<bool> = f.opt("on_spot");
+        let on_rebalance: Option<bool> = f.opt("on_rebalance");
+        if on_rebalance == Some(true) && matches!(kind_str.as_deref(), Some("zabbix" | "mackerel"))
+        {
+            f.problem(
+                "on_rebalance",
+                "cannot be true for a monitoring step: a rebalance recommendation is advisory and the instance may run for hours, so its host must stay monitored until it really leaves",
+            );
+        }
         if launch {
-            for (key, v) in [("warm_pool", warm_pool), ("on_spot", on_spot)] {
+            for (key, v) in [
+                ("warm_pool", warm_pool),
+                ("on_spot", on_spot),
+                ("on_rebalance", on_rebalance),
+            ] {
                 if v.is_some() {
                     f.problem(
                         key,
@@ -157,6 +171,7 @@ pub(super) fn parse_steps(top: &mut Fields, list: &str) -> Vec<Step> {
                 on_failure,
                 warm_pool: warm_pool.unwrap_or_else(|| kind.default_warm_pool()),
                 on_spot: on_spot.unwrap_or(true),
+                on_rebalance: on_rebalance.unwrap_or(false),
                 kind,
             });
         }

@@ -40,8 +40,6 @@ const COMPLETE_DEADLINE: Duration = Duration::from_secs(300);
 /// while the group still shows the instance waiting: IMDS can report the target state before the
 /// action exists.
 const NOT_YET_ACTIVE_DEADLINE: Duration = Duration::from_secs(60);
-/// The pseudo-transition under which spot interruptions are journaled.
-pub const SPOT_TRANSITION: &str = "ec2:SPOT_INSTANCE_INTERRUPTION";
 
 /// How handling an action ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,6 +216,17 @@ impl Handler {
             info!(instance_id = %a.instance_id, hook = %a.hook, "another lastcall process is handling this action");
             return Ok(Outcome::Busy);
         };
+        let departure = action.transition == Transition::Terminating && !action.warm_pool;
+        let _departure = match departure {
+            true => match self.journal.try_lock(&departure_key(&a.instance_id)) {
+                Some(l) => Some(l),
+                None => {
+                    info!(instance_id = %a.instance_id, "another pipeline of this instance's departure runs (a spot interruption notice); this one waits its turn");
+                    return Ok(Outcome::Busy);
+                }
+            },
+            false => None,
+        };
         let loaded = self.journal.load(&key).unwrap_or_else(|e| {
             warn!(error = %e, "the journal record cannot be read; starting the action afresh");
             None
@@ -291,6 +300,9 @@ impl Handler {
             Some(_) if action.owned => self.first_heartbeat(action).await?,
             _ => false,
         };
+        if departure {
+            self.mark_done_for_departure(&mut rec);
+        }
         let heartbeat = match action.owned {
             true => {
                 Heartbeats::start(&self.asg, action, self.config.lifecycle.heartbeat, !beaten).await
@@ -423,37 +435,67 @@ impl Handler {
         matches!(self.journal.load(&key), Ok(Some(r)) if r.completion.is_some())
     }
 
-    /// Runs the `on_spot` steps before a spot interruption (or a rebalance recommendation).
-    /// There is no lifecycle action to complete; the journal still keeps finished steps from
-    /// running twice.
+    /// Runs the `on_spot` steps before a spot interruption (`what` is the notice's action,
+    /// `terminate` or `stop`; `notice` its time, which tells one notice from the next), or the
+    /// `on_rebalance` steps on a rebalance recommendation (`what` = `rebalance`: advisory, not a
+    /// departure). There is no lifecycle action to complete. A step that succeeded for the
+    /// instance's termination hook is not run again for a terminating notice, and the other way
+    /// round; one departure pipeline runs at a time.
     pub async fn handle_spot(
         &self,
         what: &str,
+        notice: Option<String>,
         deadline: Option<SystemTime>,
         group: Option<String>,
     ) -> Result<Outcome, HandlerError> {
         let me = &self.identity.instance_id;
-        let key = journal::key(me, "spot", SPOT_TRANSITION);
+        let rebalance = what == "rebalance";
+        let (hook, transition) = match rebalance {
+            true => ("rebalance", journal::REBALANCE_TRANSITION),
+            false => ("spot", journal::SPOT_TRANSITION),
+        };
+        let key = journal::key(me, hook, transition);
         let Some(_lock) = self.journal.try_lock(&key) else {
             return Ok(Outcome::Busy);
         };
-        let mut rec = match self.journal.load(&key).unwrap_or_default() {
-            Some(r) if r.completion.is_some() => return Ok(Outcome::AlreadyCompleted),
-            Some(r) => r,
-            None => Record::new(
-                me,
-                group.as_deref().unwrap_or(""),
-                "spot",
-                SPOT_TRANSITION,
-                None,
-                None,
-                "imds",
-            ),
+        let _departure = match what == "terminate" {
+            true => match self.journal.try_lock(&departure_key(me)) {
+                Some(l) => Some(l),
+                None => return Ok(Outcome::Busy),
+            },
+            false => None,
         };
+        let mut rec = match self.journal.load(&key).unwrap_or_default() {
+            Some(r) if r.token == notice && r.completion.is_some() => {
+                return Ok(Outcome::AlreadyCompleted)
+            }
+            Some(r) if r.token == notice => r,
+            old => {
+                if let Some(old) = old {
+                    self.journal.archive(&old).await; // an earlier notice's
+                }
+                Record::new(
+                    me,
+                    group.as_deref().unwrap_or(""),
+                    hook,
+                    transition,
+                    notice.as_deref(),
+                    Some(what),
+                    "imds",
+                )
+            }
+        };
+        if what == "terminate" {
+            self.mark_done_for_departure(&mut rec);
+        }
         self.journal.save(&rec).await;
         let started = Instant::now();
         let remaining = deadline.map(|d| d.duration_since(SystemTime::now()).unwrap_or_default());
-        warn!(instance_id = %me, notice = what, seconds_left = remaining.map(|r| r.as_secs()), "spot interruption: running the on_spot steps");
+        if rebalance {
+            info!(instance_id = %me, "rebalance recommendation: running the on_rebalance steps");
+        } else {
+            warn!(instance_id = %me, notice = what, seconds_left = remaining.map(|r| r.as_secs()), "spot interruption: running the on_spot steps");
+        }
         let action = Action::new(
             me,
             group.as_deref().unwrap_or_default(),
@@ -467,7 +509,8 @@ impl Handler {
             ctx.values.remove("asg_name");
         }
         ctx.values.remove("hook_name");
-        let applies = |s: &Step| s.on_spot;
+        ctx.values.remove("metadata");
+        let applies = move |s: &Step| if rebalance { s.on_rebalance } else { s.on_spot };
         let outcome = pipeline::run(
             &self.config.steps,
             &applies,
@@ -487,13 +530,27 @@ impl Handler {
             accepted: false,
         });
         self.journal.save(&rec).await;
-        info!(instance_id = %me, trigger = "spot", notice = what, steps_ok = outcome.ok, steps_failed = outcome.failed,
-            steps_skipped = outcome.skipped, elapsed_ms = started.elapsed().as_millis() as u64, "spot interruption handled (nothing to complete)");
+        info!(instance_id = %me, trigger = "imds", notice = what, steps_ok = outcome.ok, steps_failed = outcome.failed,
+            steps_skipped = outcome.skipped, elapsed_ms = started.elapsed().as_millis() as u64,
+            "{} handled (nothing to complete)", if rebalance { "rebalance recommendation" } else { "spot interruption" });
         Ok(Outcome::Completed {
             result: ActionResult::Continue,
             steps: outcome,
             accepted: false,
         })
+    }
+
+    /// Marks in `rec` the steps that already succeeded for another trigger of this instance's
+    /// departure, so that they are not run again.
+    fn mark_done_for_departure(&self, rec: &mut Record) {
+        let done = self.journal.done_for_departure(&self.identity.instance_id);
+        for step in &self.config.steps {
+            if done.contains(&step.name) && rec.step_named(&step.name).is_none() {
+                let r = rec.step_mut(step.index, &step.name);
+                r.state = journal::StepState::Ok;
+                r.detail = Some("done already for another trigger of this departure".into());
+            }
+        }
     }
 
     /// Which of `group`'s hooks is lastcall's for `transition` (see
@@ -642,6 +699,12 @@ impl Handler {
         )
         .await
     }
+}
+
+/// The lock that keeps two pipelines of one instance's departure (its termination hook and a spot
+/// interruption notice) from running at the same time.
+fn departure_key(instance_id: &str) -> String {
+    journal::key(instance_id, "", "departure")
 }
 
 /// True when `rec` is the record of `action`: the same token when both have one (queue mode),

@@ -31,8 +31,10 @@ use crate::shutdown::Shutdown;
 enum Episode {
     /// The lifecycle action the current target state points at.
     Lifecycle(Case),
-    /// The spot interruption (or rebalance recommendation); kept across target states.
+    /// The spot interruption notice; kept across target states.
     Spot,
+    /// The rebalance recommendation; kept across target states.
+    Rebalance,
 }
 
 /// Which lifecycle action a target lifecycle state points at.
@@ -136,6 +138,8 @@ pub struct Progress {
     busy_until: Option<Instant>,
     /// When the current target state was first read (Unix seconds).
     target_since: u64,
+    /// The spot and rebalance items as last read (a change is a new notice).
+    notices: std::collections::HashMap<Episode, String>,
 }
 
 /// One check of every enabled item.
@@ -204,12 +208,12 @@ impl MetadataSource {
                 report.handled.push(h);
             }
         }
-        if self.cfg.spot && !self.p.done.contains(&Episode::Spot) {
+        if self.cfg.spot {
             if let Some(h) = self.check_spot(handler).await {
                 report.handled.push(h);
             }
         }
-        if self.cfg.rebalance && !self.p.done.contains(&Episode::Spot) {
+        if self.cfg.rebalance {
             if let Some(h) = self.check_rebalance(handler).await {
                 report.handled.push(h);
             }
@@ -236,7 +240,9 @@ impl MetadataSource {
         let target = self.read(TARGET_STATE).await?;
         if self.p.last.as_deref() != Some(target.as_str()) {
             info!(target_state = %target, previous = self.p.last.as_deref().unwrap_or("-"), "target lifecycle state");
-            self.p.done.retain(|d| *d == Episode::Spot);
+            self.p
+                .done
+                .retain(|d| matches!(d, Episode::Spot | Episode::Rebalance));
             self.p.busy_until = None;
             self.p.target_since = crate::journal::unix_now();
             self.p.last = Some(target.clone());
@@ -372,8 +378,20 @@ impl MetadataSource {
         }
     }
 
+    /// True (and the episode's "done" forgotten) when an item's content changed: a new notice.
+    fn new_notice(&mut self, episode: Episode, body: &str) -> bool {
+        let last = self.p.notices.insert(episode, body.to_string());
+        if last.as_deref() != Some(body) {
+            self.p.done.remove(&episode);
+        }
+        !self.p.done.contains(&episode)
+    }
+
     async fn check_spot(&mut self, handler: &Handler) -> Option<Outcome> {
         let body = self.read(SPOT_ACTION).await?;
+        if !self.new_notice(Episode::Spot, &body) {
+            return None;
+        }
         let notice: serde_json::Value = match serde_json::from_str(&body) {
             Ok(v) => v,
             Err(e) => {
@@ -394,24 +412,39 @@ impl MetadataSource {
             }
             return None;
         }
-        let deadline = notice
+        let time = notice
             .get("time")
             .and_then(|t| t.as_str())
+            .map(str::to_string);
+        let deadline = time
+            .as_deref()
             .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
-        self.spot(handler, &action, deadline).await
+        self.spot(handler, &action, time, deadline).await
     }
 
     async fn check_rebalance(&mut self, handler: &Handler) -> Option<Outcome> {
-        self.read(REBALANCE).await?;
-        self.spot(handler, "rebalance", None).await
+        let body = self.read(REBALANCE).await?;
+        if !self.new_notice(Episode::Rebalance, &body) {
+            return None;
+        }
+        // {"noticeTime": "…"}: one recommendation from the next.
+        let time = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("noticeTime")?.as_str().map(str::to_string));
+        self.spot(handler, "rebalance", time, None).await
     }
 
     async fn spot(
         &mut self,
         handler: &Handler,
         what: &str,
+        notice: Option<String>,
         deadline: Option<SystemTime>,
     ) -> Option<Outcome> {
+        let episode = match what {
+            "rebalance" => Episode::Rebalance,
+            _ => Episode::Spot,
+        };
         let group = self
             .asg
             .instance(&self.me)
@@ -419,10 +452,10 @@ impl MetadataSource {
             .ok()
             .flatten()
             .map(|s| s.group);
-        match handler.handle_spot(what, deadline, group).await {
+        match handler.handle_spot(what, notice, deadline, group).await {
             Ok(h) => {
                 if matches!(h, Outcome::Completed { .. } | Outcome::AlreadyCompleted) {
-                    self.p.done.insert(Episode::Spot);
+                    self.p.done.insert(episode);
                 }
                 Some(h)
             }
