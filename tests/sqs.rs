@@ -423,6 +423,35 @@ async fn metadata_comes_from_the_hook_not_from_the_message() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_looks_through_a_queue_that_answers_in_samples() {
+    // A standard queue answers each receive with a sample, here one message at a time, and four
+    // other instances' messages are there too. Before: `once` made one receive, most likely got
+    // another's message, and left its own for the next timer run (a minute later, every time).
+    let aws = aws().await;
+    let g = group(&aws, "sample", GroupSpec::default()).await;
+    let queue_name = g.queue_url.rsplit('/').next().expect("name").to_string();
+    let victim = g.instances[0].clone();
+    let mut n = Node::new(&victim, &g.queue_url, &config("", &marker("mark", "ran"))).await;
+    let now = now_rfc3339();
+    for other in [
+        "i-0aaaaaaaaaaaaaaa1",
+        "i-0aaaaaaaaaaaaaaa2",
+        "i-0aaaaaaaaaaaaaaa3",
+        "i-0aaaaaaaaaaaaaaa4",
+    ] {
+        send(&aws, &g.queue_url, &flat_termination_at(&g, other, &now)).await;
+    }
+    realism_queue(&queue_name, json!({"receive_max": 1})).await;
+    terminate(&aws, &victim).await;
+    assert_eq!(n.once(&["--wait", "1s"]), 0, "{}", n.log());
+    assert_eq!(lines(&n.path("ran")).len(), 1, "{}", n.log());
+    wait_terminated(&aws, &victim, LONG).await;
+    // The others' messages are all still there, for their owners.
+    let (visible, in_flight) = queue_counts(&aws, &g.queue_url).await;
+    assert_eq!(visible + in_flight, 4);
+}
+
 /// Puts a flat notification into another envelope.
 type Wrap = fn(&str) -> String;
 

@@ -29,7 +29,7 @@ pub async fn once(cli: &Cli, wait: Option<Duration>) -> Exit {
             .or(parts.config.sqs.as_ref().map(|s| s.wait_time))
             .unwrap_or_default()
             .min(Duration::from_secs(20));
-        match src.poll(&parts.handler, wait).await {
+        match src.poll_all(&parts.handler, wait).await {
             Ok(report) => {
                 info!(
                     received = report.received,

@@ -395,6 +395,20 @@ pub async fn realism(group: &str, knobs: Value) {
     assert!(r.status().is_success(), "{:?}", r.text().await);
 }
 
+/// Turns on the emulator's realism knobs for one queue (by name), e.g.
+/// `json!({"receive_max": 1})`.
+pub async fn realism_queue(queue: &str, knobs: Value) {
+    let mut body = knobs;
+    body["queue"] = Value::from(queue);
+    let r = reqwest::Client::new()
+        .post(format!("{}/realism", emulator().control))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST /realism");
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+}
+
 /// Starts a fake IMDS for an instance and returns its endpoint.
 pub async fn imds(instance: &str) -> String {
     let v: Value = reqwest::Client::new()

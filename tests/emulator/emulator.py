@@ -152,6 +152,11 @@ DEPARTED: dict[str, str] = {}
 #     DescribeAutoScalingInstances still shows the instance's previous state.
 REALISM: dict[str, dict[str, float]] = {}
 REALISM_KNOBS = ("notification_delay", "describe_lag")
+# Per queue (by name):
+#   receive_max: a receive returns at most this many messages, however many are visible and
+#     however many were asked for (a standard queue samples a subset of its servers).
+QUEUE_REALISM: dict[str, dict[str, float]] = {}
+QUEUE_KNOBS = ("receive_max",)
 
 
 def knob(group_name: str, name: str) -> float:
@@ -160,6 +165,7 @@ def knob(group_name: str, name: str) -> float:
 
 def reset_state() -> None:
     REALISM.clear()
+    QUEUE_REALISM.clear()
     with COND:
         ACTIONS.clear()
         DEPARTED.clear()
@@ -983,6 +989,16 @@ def install_patches() -> None:
 
     Queue.messages = property(messages)
 
+    orig_receive = SQSBackend.receive_message
+
+    def receive_message(self: Any, queue_name: str, count: int, *args: Any, **kwargs: Any) -> list:
+        cap = QUEUE_REALISM.get(queue_name, {}).get("receive_max")
+        if cap:
+            count = max(1, min(count, int(cap)))
+        return orig_receive(self, queue_name, count, *args, **kwargs)
+
+    SQSBackend.receive_message = receive_message
+
 
 # ---------------------------------------------------------------------------
 # Live instance data for IMDS
@@ -1339,7 +1355,7 @@ class ControlHandler(BaseHTTPRequestHandler):
             return self._json(200, CALLS.to_json())
         if parts == ["realism"]:
             with LOCK:
-                return self._json(200, REALISM)
+                return self._json(200, {"groups": REALISM, "queues": QUEUE_REALISM})
         if parts == ["imds"]:
             with LOCK:
                 return self._json(200, [{"port": p, "instance_id": s.instance_id, "endpoint": f"http://{HOST}:{p}"} for p, s in IMDS_SERVERS.items()])
@@ -1354,6 +1370,17 @@ class ControlHandler(BaseHTTPRequestHandler):
         if parts == ["calls", "reset"]:
             CALLS.reset()
             return self._json(200, {"ok": True})
+        if parts == ["realism"] and isinstance(body, dict) and isinstance(body.get("queue"), str):
+            unknown = [k for k in body if k != "queue" and k not in QUEUE_KNOBS]
+            if unknown:
+                return self._json(400, {"error": f"unknown queue knobs {unknown}; known: {list(QUEUE_KNOBS)}"})
+            try:
+                knobs = {k: float(v) for k, v in body.items() if k != "queue"}
+            except (TypeError, ValueError):
+                return self._json(400, {"error": "knob values are numbers"})
+            with LOCK:
+                QUEUE_REALISM.setdefault(body["queue"], {}).update(knobs)
+                return self._json(200, QUEUE_REALISM[body["queue"]])
         if parts == ["realism"]:
             if not isinstance(body, dict) or not isinstance(body.get("group"), str):
                 return self._json(400, {"error": "expected {\"group\": NAME, KNOB: seconds, ...}"})

@@ -60,6 +60,8 @@ const FREE_RELEASES: u32 = 2;
 const HOLD_MIN_AGE: Duration = Duration::from_secs(60);
 /// The longest a message that is not ours is kept out of this instance's way.
 const HOLD_MAX: Duration = Duration::from_secs(60);
+/// The most receives one `lastcall once` makes.
+const ONCE_ROUNDS: usize = 10;
 /// When this instance's action was not seen waiting, its message comes back after this, doubled
 /// each time up to [`NOT_WAITING_MAX`].
 const NOT_WAITING_FIRST: Duration = Duration::from_secs(5);
@@ -132,6 +134,8 @@ pub struct SqsSource {
     launch_settled: bool,
     /// This instance's messages whose action was not (yet) seen waiting: how many times.
     unverified: HashMap<String, u32>,
+    /// Others' messages kept out of sight until `poll_all` ends (`once` only).
+    deferred: Option<Vec<(Message, i32)>>,
 }
 
 impl SqsSource {
@@ -153,6 +157,7 @@ impl SqsSource {
             seen: HashMap::new(),
             launch_settled: !launch,
             unverified: HashMap::new(),
+            deferred: None,
         }
     }
 
@@ -272,6 +277,50 @@ impl SqsSource {
         self.process(handler, messages).await
     }
 
+    /// For `once`: receives until the queue has nothing more for this instance, at most
+    /// [`ONCE_ROUNDS`] times. Real SQS returns a sample of a standard queue per receive, not
+    /// everything (SQS Developer Guide, "Short and long polling"): one receive can miss this
+    /// instance's message behind others'. Others' messages are kept out of sight until the end
+    /// (or until a pipeline of this instance's starts), so that each receive brings new ones.
+    pub async fn poll_all(
+        &mut self,
+        handler: &Handler,
+        wait: Duration,
+    ) -> Result<PollReport, SqsError> {
+        self.deferred = Some(Vec::new());
+        let mut total = PollReport::default();
+        let mut wait = wait;
+        let mut result = Ok(());
+        for _ in 0..ONCE_ROUNDS {
+            match self.poll(handler, wait).await {
+                Ok(r) => {
+                    let empty = r.received == 0;
+                    total.received += r.received;
+                    total.deleted += r.deleted;
+                    total.released += r.released;
+                    total.left += r.left;
+                    total.not_ours += r.not_ours;
+                    total.not_ours_new += r.not_ours_new;
+                    let interrupted = r.handled.contains(&Outcome::Interrupted);
+                    total.handled.extend(r.handled);
+                    if empty || interrupted {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            wait = wait.min(Duration::from_secs(1));
+        }
+        let deferred = self.deferred.take().unwrap_or_default();
+        let released = self.release(&deferred).await;
+        total.released += released;
+        total.left += deferred.len() - released;
+        result.map(|()| total)
+    }
+
     async fn receive(&self, wait: Duration) -> Result<Vec<Message>, SqsError> {
         let out = self
             .client
@@ -375,8 +424,18 @@ impl SqsSource {
                 Route::Mine(ev) => mine.push((m, ev)),
             }
         }
-        report.released = self.release(&release).await;
-        report.left += release.len() - report.released;
+        match &mut self.deferred {
+            // `once` keeps others' messages out of sight while it looks through the queue, so
+            // that each receive brings messages it has not seen; never while it runs a
+            // pipeline of its own, which can take minutes.
+            Some(d) if mine.is_empty() => d.extend(release),
+            deferred => {
+                let mut all = deferred.as_mut().map(std::mem::take).unwrap_or_default();
+                all.extend(release);
+                report.released = self.release(&all).await;
+                report.left += all.len() - report.released;
+            }
+        }
         for (m, ev) in mine {
             let id = m.message_id().unwrap_or("-").to_string();
             info!(message_id = %id, instance_id = %ev.instance_id, group = %ev.group, hook = %ev.hook_name,
