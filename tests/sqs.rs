@@ -985,6 +985,55 @@ async fn without_a_target_state_nobody_steps_aside() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_cannot_step_aside_does_not_spin_on_others_messages() {
+    // A leaving instance (or one that cannot tell, as here) whose receives bring only others'
+    // young messages. Before: receive, release, receive at round-trip speed (hundreds of
+    // receives a second on the emulator), each one counting towards the messages' dead-letter
+    // maxReceiveCount.
+    let aws = aws().await;
+    let g = group(&aws, "nospin", GroupSpec::default()).await;
+    let me = g.instances[0].clone();
+    let mut n = Node::new(&me, &g.queue_url, &config("", "")).await;
+    imds_override(
+        &n.imds,
+        "/latest/meta-data/autoscaling/target-lifecycle-state",
+        404,
+        "",
+    )
+    .await;
+    let key = unique("SPINKEY").replace('-', "");
+    let mut cmd = n.command(&["run"]);
+    cmd.env("AWS_ACCESS_KEY_ID", &key);
+    n.child = Some(cmd.spawn().expect("run"));
+    n.wait_log("polling the lifecycle queue", LONG).await;
+    for i in 1..=3 {
+        send(
+            &aws,
+            &g.queue_url,
+            &flat_termination(&g, &format!("i-0eeeeeeeeeeeeeee{i}")),
+        )
+        .await;
+    }
+    n.wait_log("message for another instance", LONG).await;
+    let receives = || async {
+        let v: Value = reqwest::get(format!("{}/calls", emulator().control))
+            .await
+            .expect("GET /calls")
+            .json()
+            .await
+            .expect("json");
+        v["keys"][key.as_str()]["sqs"]["ReceiveMessage"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = receives().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = receives().await - before;
+    assert!(during <= 12, "{during} receives in 4 s");
+    assert!(during >= 2, "it keeps polling: {during}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn step_aside_zero_turns_it_off() {
     let aws = aws().await;
     let g = group(

@@ -60,6 +60,11 @@ const FREE_RELEASES: u32 = 2;
 const HOLD_MIN_AGE: Duration = Duration::from_secs(60);
 /// The longest a message that is not ours is kept out of this instance's way.
 const HOLD_MAX: Duration = Duration::from_secs(60);
+/// The first pause after a receive that brought only others' messages (and no stepping aside);
+/// doubled each time in a row up to [`SPIN_MAX`].
+const SPIN_FIRST: Duration = Duration::from_millis(50);
+/// The longest such pause: short, since this instance's own message may be next.
+const SPIN_MAX: Duration = Duration::from_secs(1);
 /// The most receives one `lastcall once` makes.
 const ONCE_ROUNDS: usize = 10;
 /// When this instance's action was not seen waiting, its message comes back after this, doubled
@@ -108,6 +113,16 @@ pub enum SqsError {
     /// Handling this instance's action failed.
     #[error(transparent)]
     Handler(#[from] HandlerError),
+}
+
+/// How stepping aside went.
+enum Aside {
+    /// Shutdown was requested meanwhile.
+    Shutdown,
+    /// It stepped aside and is back.
+    Back,
+    /// It did not step aside (it is leaving, or cannot tell).
+    Stayed,
 }
 
 /// Whose hook a notification of this instance is.
@@ -167,6 +182,8 @@ impl SqsSource {
         info!(queue = %self.cfg.queue_url, instance_id = %self.me,
             step_aside_s = self.cfg.step_aside.as_secs(), "polling the lifecycle queue");
         let mut backoff = BACKOFF_FIRST;
+        // Receives in a row that brought nothing but others' messages.
+        let mut spin: u32 = 0;
         while !shutdown.is_requested() {
             let wait = self.cfg.wait_time;
             // Only the receive is cut short by shutdown: handling what was received is not,
@@ -185,14 +202,42 @@ impl SqsSource {
                     if report.handled.contains(&Outcome::Interrupted) {
                         break;
                     }
-                    if report.not_ours > 0
-                        && report.handled.is_empty()
-                        && !self.cfg.step_aside.is_zero()
-                        && self
-                            .step_aside(handler, started, report.not_ours_new > 0, &mut shutdown)
+                    let only_others = report.not_ours > 0
+                        && report.not_ours == report.received
+                        && report.handled.is_empty();
+                    let aside = match only_others && !self.cfg.step_aside.is_zero() {
+                        true => {
+                            self.step_aside(
+                                handler,
+                                started,
+                                report.not_ours_new > 0,
+                                &mut shutdown,
+                            )
                             .await
-                    {
-                        break;
+                        }
+                        false => Aside::Stayed,
+                    };
+                    match aside {
+                        Aside::Shutdown => break,
+                        // Nothing but others' messages, and this instance could not step aside
+                        // (it is leaving, or cannot tell): without a pause it would receive and
+                        // release them at round-trip speed, driving every message's receive
+                        // count towards a dead-letter maxReceiveCount.
+                        Aside::Stayed if only_others => {
+                            spin += 1;
+                            let pause = SPIN_FIRST
+                                .saturating_mul(1 << (spin - 1).min(8))
+                                .min(SPIN_MAX);
+                            debug!(
+                                pause_ms = pause.as_millis() as u64,
+                                "only others' messages; pausing before the next receive"
+                            );
+                            tokio::select! {
+                                _ = tokio::time::sleep(pause) => {}
+                                _ = shutdown.requested() => break,
+                            }
+                        }
+                        _ => spin = 0,
                     }
                 }
                 Err(e) => {
@@ -211,17 +256,16 @@ impl SqsSource {
     /// Stays out of the queue's way while instance metadata says this instance is staying
     /// (see the module's documentation). Logs at info when messages this instance had not
     /// seen before sent it aside (`news`), at debug for the same ones again (a dead instance's
-    /// message circulating for hours must not fill the log). Returns true when shutdown was
-    /// requested.
+    /// message circulating for hours must not fill the log).
     async fn step_aside(
         &mut self,
         handler: &Handler,
         started: u64,
         news: bool,
         shutdown: &mut Shutdown,
-    ) -> bool {
+    ) -> Aside {
         let Some(state) = self.staying(handler, started).await else {
-            return false;
+            return Aside::Stayed;
         };
         const WHY: &str = "others' lifecycle messages are in the queue and this instance is staying; stepping out of the queue's way so that the leaving instances get theirs";
         if news {
@@ -234,15 +278,15 @@ impl SqsSource {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 debug!("back to the queue after stepping aside");
-                return false;
+                return Aside::Back;
             }
             tokio::select! {
                 _ = tokio::time::sleep(STEP_ASIDE_WATCH.min(left)) => {}
-                _ = shutdown.requested() => return true,
+                _ = shutdown.requested() => return Aside::Shutdown,
             }
             if self.staying(handler, started).await.is_none() {
                 info!("instance metadata no longer says this instance is staying; back to the queue at once");
-                return false;
+                return Aside::Back;
             }
         }
     }
