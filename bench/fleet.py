@@ -183,6 +183,9 @@ def lastcall_fleet(lastcall: str, mode: str, n: int, rounds: int, idle: float, r
                     "foreign_receptions": foreign,
                     "foreign_per_termination": foreign / max(1, len(done)),
                     "stepped_aside": aside,
+                    # The highest ApproximateReceiveCount any message reached (the emulator's
+                    # count since the round began): what a dead-letter maxReceiveCount must exceed.
+                    "max_receive_count": (c.get("max_receive_count") or {}).get(name),
                     "wall_s": t_all - t0,
                     # CPU seconds used from the first terminate call until the last completion.
                     "emulator_cpu_s": cpu1[0] - cpu0[0],
@@ -192,7 +195,7 @@ def lastcall_fleet(lastcall: str, mode: str, n: int, rounds: int, idle: float, r
                 how = f"all completed in {max(lat):.2f} s" if complete else f"only {len(done)} of {m} completed within {round_cap:.0f} s"
                 log(f"fleet {mode} N={n} M={m} round {r + 1}: {how} (median {sorted(lat)[len(lat) // 2] if lat else float('nan'):.2f} s), "
                     f"{sqs_calls / m:.1f} SQS + {asg_calls / m:.1f} Auto Scaling calls per termination, {foreign / m:.1f} wrong receptions per termination, "
-                    f"{aside} instances stepped aside; "
+                    f"{aside} instances stepped aside, highest receive count of a message {rr['max_receive_count']}; "
                     f"CPU: emulator {rr['emulator_cpu_s']:.2f} s, lastcall {rr['lastcall_cpu_s']:.2f} s")
                 # Back to N: the victims' daemons stop (their instances are gone), new instances get theirs.
                 fleet.stop(victims)

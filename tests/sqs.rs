@@ -343,10 +343,15 @@ async fn launch_steps_run_when_hook_name_names_the_terminating_hook() {
     let cfg = config(&format!("hook_name = \"{}\"", g.hook), launch);
     let mut n = Node::new(&id, &url, &cfg).await;
     n.start();
-    wait_for("the launch to complete", LONG, || async {
-        (state(&aws, &id).await.as_deref() == Some("InService")).then_some(())
+    wait_for("the launch to be completed", LONG, || async {
+        actions(&id)
+            .await
+            .iter()
+            .any(|a| a["state"] == "completed" && a["result"] == "CONTINUE")
+            .then_some(())
     })
     .await;
+    assert_eq!(state(&aws, &id).await.as_deref(), Some("InService"));
     assert_eq!(lines(&n.path("launched")), [id], "{}", n.log());
     assert!(n.log().contains("launch handled"), "{}", n.log());
 }

@@ -995,7 +995,10 @@ def install_patches() -> None:
         cap = QUEUE_REALISM.get(queue_name, {}).get("receive_max")
         if cap:
             count = max(1, min(count, int(cap)))
-        return orig_receive(self, queue_name, count, *args, **kwargs)
+        got = orig_receive(self, queue_name, count, *args, **kwargs)
+        for m in got:
+            CALLS.receive_count(queue_name, int(getattr(m, "approximate_receive_count", 0) or 0))
+        return got
 
     SQSBackend.receive_message = receive_message
 
@@ -1077,6 +1080,13 @@ class CallCounter:
             self.clients: dict[str, dict[str, dict[str, int]]] = {}
             self.keys: dict[str, dict[str, dict[str, int]]] = {}
             self.imds: dict[str, int] = {}
+            # queue name -> the highest ApproximateReceiveCount a receive handed out
+            self.max_receive_count: dict[str, int] = {}
+
+    def receive_count(self, queue: str, n: int) -> None:
+        with self.lock:
+            if n > self.max_receive_count.get(queue, 0):
+                self.max_receive_count[queue] = n
 
     @staticmethod
     def _bump(table: dict[str, dict[str, int]], service: str, action: str) -> None:
@@ -1106,6 +1116,7 @@ class CallCounter:
                         "clients": self.clients,
                         "keys": self.keys,
                         "imds": self.imds,
+                        "max_receive_count": self.max_receive_count,
                     }
                 )
             )

@@ -202,9 +202,9 @@ impl SqsSource {
                     if report.handled.contains(&Outcome::Interrupted) {
                         break;
                     }
-                    let only_others = report.not_ours > 0
-                        && report.not_ours == report.received
-                        && report.handled.is_empty();
+                    // Others' messages and nothing of this instance's (unparseable ones stay
+                    // out of sight, so they cannot make it spin).
+                    let only_others = report.not_ours > 0 && report.handled.is_empty();
                     let aside = match only_others && !self.cfg.step_aside.is_zero() {
                         true => {
                             self.step_aside(
