@@ -4,18 +4,18 @@
 //! its placeholder values are in [`action`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
 pub mod action;
 pub mod heartbeat;
+mod hooks;
+mod spot;
 
 pub use action::{context, Action};
 
-use crate::autoscaling::{
-    choose_hook, ActionResult, AutoScaling, CallOutcome, Hook, HookChoiceError, LifecycleError,
-};
+use crate::autoscaling::{ActionResult, AutoScaling, CallOutcome, Hook, LifecycleError};
 use crate::config::{Config, Step};
 use crate::event::Transition;
 use crate::imds::{Identity, Imds};
@@ -218,7 +218,7 @@ impl Handler {
         };
         let departure = action.transition == Transition::Terminating && !action.warm_pool;
         let _departure = match departure {
-            true => match self.journal.try_lock(&departure_key(&a.instance_id)) {
+            true => match self.journal.try_lock(&spot::departure_key(&a.instance_id)) {
                 Some(l) => Some(l),
                 None => {
                     info!(instance_id = %a.instance_id, "another pipeline of this instance's departure runs (a spot interruption notice); this one waits its turn");
@@ -435,208 +435,6 @@ impl Handler {
         matches!(self.journal.load(&key), Ok(Some(r)) if r.completion.is_some())
     }
 
-    /// Runs the `on_spot` steps before a spot interruption (`what` is the notice's action,
-    /// `terminate` or `stop`; `notice` its time, which tells one notice from the next), or the
-    /// `on_rebalance` steps on a rebalance recommendation (`what` = `rebalance`: advisory, not a
-    /// departure). There is no lifecycle action to complete. A step that succeeded for the
-    /// instance's termination hook is not run again for a terminating notice, and the other way
-    /// round; one departure pipeline runs at a time.
-    pub async fn handle_spot(
-        &self,
-        what: &str,
-        notice: Option<String>,
-        deadline: Option<SystemTime>,
-        group: Option<String>,
-    ) -> Result<Outcome, HandlerError> {
-        let me = &self.identity.instance_id;
-        let rebalance = what == "rebalance";
-        let (hook, transition) = match rebalance {
-            true => ("rebalance", journal::REBALANCE_TRANSITION),
-            false => ("spot", journal::SPOT_TRANSITION),
-        };
-        let key = journal::key(me, hook, transition);
-        let Some(_lock) = self.journal.try_lock(&key) else {
-            return Ok(Outcome::Busy);
-        };
-        let _departure = match what == "terminate" {
-            true => match self.journal.try_lock(&departure_key(me)) {
-                Some(l) => Some(l),
-                None => return Ok(Outcome::Busy),
-            },
-            false => None,
-        };
-        let mut rec = match self.journal.load(&key).unwrap_or_default() {
-            Some(r) if r.token == notice && r.completion.is_some() => {
-                return Ok(Outcome::AlreadyCompleted)
-            }
-            Some(r) if r.token == notice => r,
-            old => {
-                if let Some(old) = old {
-                    self.journal.archive(&old).await; // an earlier notice's
-                }
-                Record::new(
-                    me,
-                    group.as_deref().unwrap_or(""),
-                    hook,
-                    transition,
-                    notice.as_deref(),
-                    Some(what),
-                    "imds",
-                )
-            }
-        };
-        if what == "terminate" {
-            self.mark_done_for_departure(&mut rec);
-        }
-        self.journal.save(&rec).await;
-        let started = Instant::now();
-        let remaining = deadline.map(|d| d.duration_since(SystemTime::now()).unwrap_or_default());
-        if rebalance {
-            info!(instance_id = %me, "rebalance recommendation: running the on_rebalance steps");
-        } else {
-            warn!(instance_id = %me, notice = what, seconds_left = remaining.map(|r| r.as_secs()), "spot interruption: running the on_spot steps");
-        }
-        let action = Action::new(
-            me,
-            group.as_deref().unwrap_or_default(),
-            "",
-            Transition::Terminating,
-            false,
-        );
-        let mut ctx = self.context(&action).await;
-        ctx.values.insert("transition", format!("spot:{what}"));
-        if action.aref.group.is_empty() {
-            ctx.values.remove("asg_name");
-        }
-        ctx.values.remove("hook_name");
-        ctx.values.remove("metadata");
-        let applies = move |s: &Step| if rebalance { s.on_rebalance } else { s.on_spot };
-        let outcome = pipeline::run(
-            &self.config.steps,
-            &applies,
-            remaining.map(|r| tokio::time::Instant::now() + r),
-            &ctx,
-            &self.journal,
-            &mut rec,
-            &self.shutdown,
-        )
-        .await;
-        if outcome.interrupted {
-            return Ok(Outcome::Interrupted);
-        }
-        rec.completion = Some(Completion {
-            result: ActionResult::Continue,
-            at: journal::unix_now(),
-            accepted: false,
-        });
-        self.journal.save(&rec).await;
-        info!(instance_id = %me, trigger = "imds", notice = what, steps_ok = outcome.ok, steps_failed = outcome.failed,
-            steps_skipped = outcome.skipped, elapsed_ms = started.elapsed().as_millis() as u64,
-            "{} handled (nothing to complete)", if rebalance { "rebalance recommendation" } else { "spot interruption" });
-        Ok(Outcome::Completed {
-            result: ActionResult::Continue,
-            steps: outcome,
-            accepted: false,
-        })
-    }
-
-    /// Marks in `rec` the steps that already succeeded for another trigger of this instance's
-    /// departure, so that they are not run again.
-    fn mark_done_for_departure(&self, rec: &mut Record) {
-        let done = self.journal.done_for_departure(&self.identity.instance_id);
-        for step in &self.config.steps {
-            if done.contains(&step.name) && rec.step_named(&step.name).is_none() {
-                let r = rec.step_mut(step.index, &step.name);
-                r.state = journal::StepState::Ok;
-                r.detail = Some("done already for another trigger of this departure".into());
-            }
-        }
-    }
-
-    /// Which of `group`'s hooks is lastcall's for `transition` (see
-    /// [`crate::autoscaling::choose_hook`]); the group's hooks are described once per group.
-    /// `Err` when they cannot be described.
-    pub async fn owned_hook(
-        &self,
-        group: &str,
-        transition: &Transition,
-    ) -> Result<Result<Hook, HookChoiceError>, LifecycleError> {
-        let hooks = self.group_hooks(group).await?;
-        let names = self.config.lifecycle.hooks();
-        Ok(choose_hook(
-            group,
-            &hooks,
-            names.get(transition),
-            transition,
-        ))
-    }
-
-    /// The group's hooks, described once per group (they change rarely; a describe per action
-    /// would spend the account's Auto Scaling budget in a large scale-in).
-    async fn group_hooks(&self, group: &str) -> Result<Vec<Hook>, LifecycleError> {
-        if let Some(h) = self
-            .described
-            .lock()
-            .ok()
-            .and_then(|d| d.get(group).cloned())
-        {
-            return Ok(h);
-        }
-        let h = self.asg.hooks(group).await?;
-        if let Ok(mut d) = self.described.lock() {
-            d.insert(group.to_string(), h.clone());
-        }
-        Ok(h)
-    }
-
-    /// The action with its hook's NotificationMetadata and timeouts as Auto Scaling describes
-    /// them: `{metadata}` reaches command arguments and HTTP bodies, so it is not taken from a
-    /// message anyone who may send to the queue could have written.
-    async fn with_described_hook(&self, action: &Action) -> Action {
-        let mut action = action.clone();
-        if action.seen_waiting || !action.owned {
-            return action; // the metadata source read the hook itself
-        }
-        let a = &action.aref;
-        match self.group_hooks(&a.group).await {
-            Ok(hooks) => match hooks.iter().find(|h| h.name == a.hook) {
-                Some(h) => {
-                    if action.metadata != h.metadata {
-                        warn!(instance_id = %a.instance_id, hook = %a.hook, "the notification's NotificationMetadata differs from the hook's; using the hook's");
-                    }
-                    action.metadata = h.metadata.clone();
-                    action.timeouts = h.timeouts;
-                }
-                None => {
-                    warn!(group = %a.group, hook = %a.hook, "the group's hooks do not list the notification's hook (yet); {{metadata}} is taken from the notification");
-                }
-            },
-            Err(e) => {
-                warn!(error = %e, "cannot describe the hook; {{metadata}} is taken from the notification");
-            }
-        }
-        action
-    }
-
-    /// At the daemon's start: says (as an error) when this instance's group has several hooks
-    /// for a transition lastcall handles and none is named, naming them and the fix.
-    pub async fn report_hook_choice(&self) {
-        let Ok(Some(me)) = self.asg.instance(&self.identity.instance_id).await else {
-            return;
-        };
-        let mut transitions = vec![Transition::Terminating];
-        if !self.config.launch_steps.is_empty() {
-            transitions.push(Transition::Launching);
-        }
-        for t in transitions {
-            if let Ok(Err(e @ HookChoiceError::Several { .. })) =
-                self.owned_hook(&me.group, &t).await
-            {
-                error!(group = %me.group, "{e}; until then a termination runs the steps and completes no hook");
-            }
-        }
-    }
-
     /// Sends the first heartbeat of an action that has a token; `Ok(true)` when it was sent, and
     /// [`HandlerError::NotTheAction`] when Auto Scaling refuses the token while the group still
     /// shows the instance waiting.
@@ -699,12 +497,6 @@ impl Handler {
         )
         .await
     }
-}
-
-/// The lock that keeps two pipelines of one instance's departure (its termination hook and a spot
-/// interruption notice) from running at the same time.
-fn departure_key(instance_id: &str) -> String {
-    journal::key(instance_id, "", "departure")
 }
 
 /// True when `rec` is the record of `action`: the same token when both have one (queue mode),

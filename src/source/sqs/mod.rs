@@ -30,19 +30,18 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_sqs::error::DisplayErrorContext;
-use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, Message, MessageSystemAttributeName,
-};
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use tracing::{debug, error, info, warn};
 
 use crate::autoscaling::{HookChoiceError, HookNames};
 use crate::config::SqsConfig;
 use crate::event::LifecycleEvent;
 use crate::handler::{Action, Handler, HandlerError, Outcome};
-use crate::imds::TARGET_STATE;
 use crate::shutdown::Shutdown;
 
+mod aside;
 mod route;
+mod visibility;
 
 pub use route::{route, Me, Route};
 
@@ -113,16 +112,6 @@ pub enum SqsError {
     /// Handling this instance's action failed.
     #[error(transparent)]
     Handler(#[from] HandlerError),
-}
-
-/// How stepping aside went.
-enum Aside {
-    /// Shutdown was requested meanwhile.
-    Shutdown,
-    /// It stepped aside and is back.
-    Back,
-    /// It did not step aside (it is leaving, or cannot tell).
-    Stayed,
 }
 
 /// Whose hook a notification of this instance is.
@@ -215,15 +204,15 @@ impl SqsSource {
                             )
                             .await
                         }
-                        false => Aside::Stayed,
+                        false => aside::Aside::Stayed,
                     };
                     match aside {
-                        Aside::Shutdown => break,
+                        aside::Aside::Shutdown => break,
                         // Nothing but others' messages, and this instance could not step aside
                         // (it is leaving, or cannot tell): without a pause it would receive and
                         // release them at round-trip speed, driving every message's receive
                         // count towards a dead-letter maxReceiveCount.
-                        Aside::Stayed if only_others => {
+                        aside::Aside::Stayed if only_others => {
                             spin += 1;
                             let pause = SPIN_FIRST
                                 .saturating_mul(1 << (spin - 1).min(8))
@@ -251,64 +240,6 @@ impl SqsSource {
             }
         }
         info!("stopped polling the lifecycle queue");
-    }
-
-    /// Stays out of the queue's way while instance metadata says this instance is staying
-    /// (see the module's documentation). Logs at info when messages this instance had not
-    /// seen before sent it aside (`news`), at debug for the same ones again (a dead instance's
-    /// message circulating for hours must not fill the log).
-    async fn step_aside(
-        &mut self,
-        handler: &Handler,
-        started: u64,
-        news: bool,
-        shutdown: &mut Shutdown,
-    ) -> Aside {
-        let Some(state) = self.staying(handler, started).await else {
-            return Aside::Stayed;
-        };
-        const WHY: &str = "others' lifecycle messages are in the queue and this instance is staying; stepping out of the queue's way so that the leaving instances get theirs";
-        if news {
-            info!(target_state = %state, for_s = self.cfg.step_aside.as_secs(), "{WHY}");
-        } else {
-            debug!(target_state = %state, for_s = self.cfg.step_aside.as_secs(), "{WHY}");
-        }
-        let until = Instant::now() + self.cfg.step_aside;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                debug!("back to the queue after stepping aside");
-                return Aside::Back;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(STEP_ASIDE_WATCH.min(left)) => {}
-                _ = shutdown.requested() => return Aside::Shutdown,
-            }
-            if self.staying(handler, started).await.is_none() {
-                info!("instance metadata no longer says this instance is staying; back to the queue at once");
-                return Aside::Back;
-            }
-        }
-    }
-
-    /// `Some(target state)` when this instance can step aside: its launch (if launch steps are
-    /// configured) was handled since `started`, and instance metadata says it is staying.
-    async fn staying(&mut self, handler: &Handler, started: u64) -> Option<String> {
-        if !self.launch_settled {
-            if !handler.launched_since(started) {
-                debug!("this instance's launch is not handled yet; not stepping aside");
-                return None;
-            }
-            self.launch_settled = true;
-        }
-        match handler.imds().get_opt(TARGET_STATE).await {
-            Ok(Some(s)) if STAYING.contains(&s.trim()) => Some(s.trim().to_string()),
-            Ok(_) => None,
-            Err(e) => {
-                debug!(error = %DisplayErrorContext(&e), "cannot read the target lifecycle state; not stepping aside");
-                None
-            }
-        }
     }
 
     /// One receive of up to ten messages, waiting up to `wait`, and everything that follows.
@@ -567,127 +498,6 @@ impl SqsSource {
                 Ownership::Mine
             }
         }
-    }
-
-    /// Deletes a message by its receipt handle; false (and a log line) when that failed.
-    async fn delete(&self, m: &Message) -> bool {
-        let id = m.message_id().unwrap_or("-");
-        let r = self
-            .client
-            .delete_message()
-            .queue_url(&self.cfg.queue_url)
-            .receipt_handle(m.receipt_handle().unwrap_or_default())
-            .send()
-            .await;
-        match r {
-            Ok(_) => true,
-            Err(e) => {
-                warn!(message_id = %id, error = %DisplayErrorContext(&e), "DeleteMessage failed; the message will be received again and recognised");
-                false
-            }
-        }
-    }
-
-    /// How long to keep a message that is not ours out of our way when releasing it: not at all
-    /// while it is younger than [`HOLD_MIN_AGE`], nor the first [`FREE_RELEASES`] times this
-    /// instance sees it (its owner, if alive, gets it
-    /// quickly), then 1, 2, 4… s up to [`HOLD_MAX`], so that a queue full of messages nobody
-    /// takes (dead instances', another group's) cannot keep this instance receiving the same
-    /// few while its own message waits behind them.
-    fn hold(&mut self, id: &str, sent: Option<SystemTime>, now: SystemTime) -> i32 {
-        let e = self
-            .seen
-            .entry(id.to_string())
-            .or_insert((Instant::now(), 0));
-        e.0 = Instant::now();
-        e.1 += 1;
-        // A fresh message passes through about as many instances as the fleet has before its
-        // owner gets it: holding it then only delays the owner. Only a message that has been
-        // circulating for a while (its owner is gone) is held.
-        let age = sent
-            .and_then(|t| now.duration_since(t).ok())
-            .unwrap_or_default();
-        if age < HOLD_MIN_AGE {
-            return 0;
-        }
-        let secs = match e.1.checked_sub(FREE_RELEASES + 1) {
-            None => 0,
-            Some(n) => 1u64 << n.min(6),
-        };
-        secs.min(HOLD_MAX.as_secs())
-            .min(self.cfg.visibility_timeout.as_secs()) as i32
-    }
-
-    /// Makes messages visible again (at once, or after their hold), in batches of ten; returns
-    /// how many succeeded.
-    async fn release(&self, msgs: &[(Message, i32)]) -> usize {
-        let mut ok = 0;
-        for chunk in msgs.chunks(10) {
-            let entries: Vec<_> = chunk
-                .iter()
-                .enumerate()
-                .filter_map(|(i, (m, hold))| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(m.receipt_handle().unwrap_or_default())
-                        .visibility_timeout(*hold)
-                        .build()
-                        .ok()
-                })
-                .collect();
-            let r = self
-                .client
-                .change_message_visibility_batch()
-                .queue_url(&self.cfg.queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await;
-            match r {
-                Ok(out) => {
-                    ok += out.successful().len();
-                    for f in out.failed() {
-                        let id = f
-                            .id()
-                            .parse::<usize>()
-                            .ok()
-                            .and_then(|i| chunk.get(i))
-                            .map(|(m, _)| m)
-                            .and_then(|m| m.message_id())
-                            .unwrap_or("-");
-                        warn!(message_id = %id, code = %f.code(), error = f.message().unwrap_or_default(), "could not release message; it reappears after its visibility timeout");
-                    }
-                }
-                Err(e) => {
-                    warn!(count = chunk.len(), error = %DisplayErrorContext(&e), "ChangeMessageVisibilityBatch failed; the messages reappear after their visibility timeout")
-                }
-            }
-        }
-        ok
-    }
-
-    /// Keeps a message invisible while its pipeline runs, so that no other instance takes it.
-    fn keep_invisible(&self, m: &Message) -> tokio::task::JoinHandle<()> {
-        let client = self.client.clone();
-        let queue = self.cfg.queue_url.clone();
-        let handle = m.receipt_handle().unwrap_or_default().to_string();
-        let id = m.message_id().unwrap_or("-").to_string();
-        let vt = self.cfg.visibility_timeout;
-        let every = (vt / 3).max(Duration::from_millis(500));
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let r = client
-                    .change_message_visibility()
-                    .queue_url(&queue)
-                    .receipt_handle(&handle)
-                    .visibility_timeout(vt.as_secs() as i32)
-                    .send()
-                    .await;
-                if let Err(e) = r {
-                    warn!(message_id = %id, error = %DisplayErrorContext(&e), "could not extend the message's visibility");
-                }
-            }
-        })
     }
 }
 

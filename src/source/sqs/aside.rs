@@ -1,0 +1,82 @@
+//! Stepping aside: a staying instance stays out of the queue's way while others' messages are
+//! in it (see the parent module's documentation).
+
+use std::time::Instant;
+
+use aws_sdk_sqs::error::DisplayErrorContext;
+use tracing::{debug, info};
+
+use super::{SqsSource, STAYING, STEP_ASIDE_WATCH};
+use crate::handler::Handler;
+use crate::imds::TARGET_STATE;
+use crate::shutdown::Shutdown;
+
+/// How stepping aside went.
+pub(super) enum Aside {
+    /// Shutdown was requested meanwhile.
+    Shutdown,
+    /// It stepped aside and is back.
+    Back,
+    /// It did not step aside (it is leaving, or cannot tell).
+    Stayed,
+}
+
+impl SqsSource {
+    /// Stays out of the queue's way while instance metadata says this instance is staying
+    /// (see the module's documentation). Logs at info when messages this instance had not
+    /// seen before sent it aside (`news`), at debug for the same ones again (a dead instance's
+    /// message circulating for hours must not fill the log).
+    pub(super) async fn step_aside(
+        &mut self,
+        handler: &Handler,
+        started: u64,
+        news: bool,
+        shutdown: &mut Shutdown,
+    ) -> Aside {
+        let Some(state) = self.staying(handler, started).await else {
+            return Aside::Stayed;
+        };
+        const WHY: &str = "others' lifecycle messages are in the queue and this instance is staying; stepping out of the queue's way so that the leaving instances get theirs";
+        if news {
+            info!(target_state = %state, for_s = self.cfg.step_aside.as_secs(), "{WHY}");
+        } else {
+            debug!(target_state = %state, for_s = self.cfg.step_aside.as_secs(), "{WHY}");
+        }
+        let until = Instant::now() + self.cfg.step_aside;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                debug!("back to the queue after stepping aside");
+                return Aside::Back;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(STEP_ASIDE_WATCH.min(left)) => {}
+                _ = shutdown.requested() => return Aside::Shutdown,
+            }
+            if self.staying(handler, started).await.is_none() {
+                info!("instance metadata no longer says this instance is staying; back to the queue at once");
+                return Aside::Back;
+            }
+        }
+    }
+
+    /// `Some(target state)` when this instance can step aside: its launch (if launch steps are
+    /// configured) was handled since `started`, and instance metadata says it is staying.
+    async fn staying(&mut self, handler: &Handler, started: u64) -> Option<String> {
+        if !self.launch_settled {
+            if !handler.launched_since(started) {
+                debug!("this instance's launch is not handled yet; not stepping aside");
+                return None;
+            }
+            self.launch_settled = true;
+        }
+        match handler.imds().get_opt(TARGET_STATE).await {
+            Ok(Some(s)) if STAYING.contains(&s.trim()) => Some(s.trim().to_string()),
+            Ok(_) => None,
+            Err(e) => {
+                debug!(error = %DisplayErrorContext(&e), "cannot read the target lifecycle state; not stepping aside");
+                None
+            }
+        }
+    }
+}
