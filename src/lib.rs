@@ -8,9 +8,11 @@
 //!   queue; [`event`] parses the five message shapes) or [`source::metadata`] (this instance's
 //!   own instance metadata, read through the IMDSv2 client [`imds`]).
 //! - [`handler`] handles one action: lock and [`journal`], verify with [`autoscaling`] (the Auto
-//!   Scaling client, which also chooses lastcall's hook), heartbeats ([`handler::heartbeat`]),
-//!   the [`pipeline`] of [`steps`], completion. Every [`handler::Action`] is built in
-//!   [`handler::action`].
+//!   Scaling client, with the one function that chooses lastcall's hook), heartbeats
+//!   ([`handler::heartbeat`]), the [`pipeline`] of [`steps`], completion; its private `hooks`
+//!   (which hook is lastcall's, described once per group) and `spot` (spot notices and
+//!   rebalance recommendations, one departure with the hook) parts are files of their own.
+//!   Every [`handler::Action`] is built in [`handler::action`].
 //! - Each step kind is a file in [`steps`]; the API steps share one retry loop
 //!   ([`steps::api`]) over one HTTP client ([`http_client`]), and the steps that run programs
 //!   share one runner ([`steps::process`]). Secrets come through [`secret`]; placeholders are
