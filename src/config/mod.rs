@@ -214,6 +214,16 @@ mod tests {
         })
     }
 
+    /// Fails unless some problem's text contains `needle`.
+    fn mentions(problems: &[Problem], needle: &str) {
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert!(
+            text.iter().any(|t| t.contains(needle)),
+            "no problem mentions {needle:?}; got:\n{}",
+            text.join("\n")
+        )
+    }
+
     const MINIMAL: &str = r#"
         [sqs]
         queue_url = "https://sqs.us-east-1.amazonaws.com/123456789012/q"
@@ -259,14 +269,7 @@ mod tests {
         "#,
         )
         .expect_err("invalid");
-        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-        let has = |needle: &str| {
-            assert!(
-                text.iter().any(|t| t.contains(needle)),
-                "no problem mentions {needle:?}; got:\n{}",
-                text.join("\n")
-            )
-        };
+        let has = |needle: &str| mentions(&problems, needle);
         has("key `colour`: unknown key at the top level");
         has("[sqs]: key `queue_url`: must be a queue URL");
         has("[sqs]: key `wait_time`: must be whole seconds from 0s to 20s");
@@ -278,7 +281,9 @@ mod tests {
         has("[[step]] #2 \"hello\": key `durration`: unknown key");
         has("[[step]] #2 \"hello\": key `duration`: is required");
         has("[[step]] #3 \"teleport\": key `kind`: unknown step kind \"teleport\"");
-        assert!(text.iter().all(|t| t.starts_with("error: test.toml: ")));
+        assert!(problems
+            .iter()
+            .all(|p| p.to_string().starts_with("error: test.toml: ")));
     }
 
     #[test]
@@ -348,14 +353,7 @@ mod tests {
         "
         ))
         .expect_err("invalid");
-        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-        let has = |needle: &str| {
-            assert!(
-                text.iter().any(|t| t.contains(needle)),
-                "no problem mentions {needle:?}; got:\n{}",
-                text.join("\n")
-            )
-        };
+        let has = |needle: &str| mentions(&problems, needle);
         has("[sqs]: key `stale_after`: must be at least 50m");
         has("[lifecycle]: key `heartbeat`");
         has("[[step]] #1 \"command\": key `timeout`: must be at most 48h");
@@ -385,14 +383,7 @@ mod tests {
         "
         ))
         .expect_err("invalid");
-        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-        let has = |needle: &str| {
-            assert!(
-                text.iter().any(|t| t.contains(needle)),
-                "no problem mentions {needle:?}; got:\n{}",
-                text.join("\n")
-            )
-        };
+        let has = |needle: &str| mentions(&problems, needle);
         has("key `headers.DD-API-KEY.file`: ");
         has("writable by group or others");
         has("key `headers.X-Other.file`: must be an absolute path");
