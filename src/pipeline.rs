@@ -171,3 +171,55 @@ pub async fn run(
 pub fn total_timeout(steps: &[Step]) -> Duration {
     steps.iter().map(|s| s.timeout).sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Step;
+    use crate::steps::{sleep::SleepStep, StepKind};
+
+    fn step(index: usize, name: &str) -> Step {
+        Step {
+            index,
+            name: name.into(),
+            timeout: Duration::from_secs(5),
+            on_failure: OnFailure::Continue,
+            warm_pool: true,
+            on_spot: true,
+            on_rebalance: false,
+            kind: StepKind::Sleep(SleepStep {
+                duration: Duration::ZERO,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resume_matches_steps_by_name_not_position() {
+        // Before: by index, so a config changed between the crash and the resume (a step added
+        // in front) made "flush" count as done and skipped it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Journal::open(dir.path()).expect("journal");
+        let mut rec = Record::new("i-0abc", "g", "h", "t", None, None, "sqs");
+        rec.step_mut(1, "stop-agent").state = StepState::Ok;
+        let steps = [step(1, "flush"), step(2, "stop-agent")];
+        let out = run(
+            &steps,
+            &|_: &Step| true,
+            None,
+            &Context::default(),
+            &journal,
+            &mut rec,
+            &Shutdown::never(),
+        )
+        .await;
+        assert_eq!(out.ok, 2);
+        let flush = rec.step_named("flush").expect("flush ran");
+        assert_eq!((flush.state, flush.attempts), (StepState::Ok, 1));
+        let stop = rec.step_named("stop-agent").expect("kept");
+        assert_eq!(
+            (stop.state, stop.attempts),
+            (StepState::Ok, 0),
+            "not run again"
+        );
+    }
+}
