@@ -143,6 +143,11 @@ def main() -> int:
                     raise SystemExit(f"bench: the {m} daemon exited: {p.log.read_text()[-2000:]}")
                 cpu = cpu_seconds(p.proc.pid) - cpu0[m]
                 key = f"idle-{m}-"
+                calls = count(c, key_prefix=key)
+                # The metadata daemon is the only one reading IMDS while idle (the queue one reads
+                # it only while stepping aside, which needs others' messages).
+                reads = sum(c["imds"].values()) if m == "imds" else 0
+                requests = calls + reads
                 res["idle"][m] = {
                     "seconds": span,
                     "rss_kib": summary(rss[m]),
@@ -150,12 +155,20 @@ def main() -> int:
                     "threads": proc_kib(p.proc.pid, "Threads"),
                     "cpu_s": cpu,
                     "cpu_s_per_hour": cpu * 3600 / span,
-                    "aws_calls": count(c, key_prefix=key),
+                    "aws_calls": calls,
+                    "imds_reads": reads,
+                    "cpu_ms_per_request": cpu * 1000 / requests if requests else None,
                     "by_action": by_action(c, key),
                 }
                 r = res["idle"][m]
-                log(f"footprint: idle {m}: RSS max {r['rss_kib']['max'] / 1024:.1f} MiB, VmHWM {r['vmhwm_kib'] / 1024:.1f} MiB, CPU {cpu:.2f} s in {span:.0f} s, "
-                    f"AWS calls {r['aws_calls']}")
+                per = f"{r['cpu_ms_per_request']:.2f} ms" if r["cpu_ms_per_request"] is not None else "-"
+                log(f"footprint: idle {m}: RSS max {r['rss_kib']['max'] / 1024:.1f} MiB, VmHWM {r['vmhwm_kib'] / 1024:.1f} MiB, CPU {cpu:.2f} s in {span:.0f} s "
+                    f"({r['cpu_s_per_hour']:.2f} s per hour, {per} per request), AWS calls {r['aws_calls']}, IMDS reads {reads}")
+            # Every AWS call of the idle window is the queue daemon's: a long poll on a kept
+            # connection needs no new one.
+            res["idle_connections_accepted"] = c.get("connections")
+            log(f"footprint: AWS endpoint connections accepted while idle: {c.get('connections')} "
+                f"(for {res['idle']['sqs']['aws_calls']} calls)")
             res["idle_imds_requests"] = c["imds"]
     finally:
         for p in procs.values():

@@ -30,14 +30,23 @@ pub async fn load(region: &str) -> SdkConfig {
 }
 
 /// An SQS client whose calls may outlast a long poll of `wait`.
+///
+/// Stalled-stream protection is off: a long poll is a stream that stalls on purpose for up to
+/// 20 s, and the protection checks its throughput every 100 ms meanwhile (aws-smithy-runtime's
+/// minimum-throughput body: `time_window / 10`), which woke the idle daemon ten times a second
+/// and was most of its idle CPU. The attempt and operation timeouts bound every call instead.
 pub fn sqs(conf: &SdkConfig, queue_url: &str, wait: Duration) -> aws_sdk_sqs::Client {
-    let mut b = aws_sdk_sqs::config::Builder::from(conf).timeout_config(
-        TimeoutConfig::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .operation_attempt_timeout(wait + ATTEMPT_TIMEOUT)
-            .operation_timeout(wait + OPERATION_TIMEOUT)
-            .build(),
-    );
+    let mut b = aws_sdk_sqs::config::Builder::from(conf)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(wait + ATTEMPT_TIMEOUT)
+                .operation_timeout(wait + OPERATION_TIMEOUT)
+                .build(),
+        )
+        .stalled_stream_protection(
+            aws_sdk_sqs::config::StalledStreamProtectionConfig::disabled(),
+        );
     // A queue in another region than the instance is addressed in its own region.
     if let Some(region) = queue_region(queue_url) {
         b = b.region(Region::new(region));

@@ -1082,6 +1082,12 @@ class CallCounter:
             self.imds: dict[str, int] = {}
             # queue name -> the highest ApproximateReceiveCount a receive handed out
             self.max_receive_count: dict[str, int] = {}
+            # TCP connections accepted by the AWS endpoint
+            self.connections = 0
+
+    def connection(self) -> None:
+        with self.lock:
+            self.connections += 1
 
     def receive_count(self, queue: str, n: int) -> None:
         with self.lock:
@@ -1117,12 +1123,22 @@ class CallCounter:
                         "keys": self.keys,
                         "imds": self.imds,
                         "max_receive_count": self.max_receive_count,
+                        "connections": self.connections,
                     }
                 )
             )
 
 
 CALLS = CallCounter()
+
+
+class CountingRequestHandler(MotoRequestHandler):
+    """Counts the TCP connections the AWS endpoint accepts (GET /calls: "connections"), so that
+    a benchmark can show whether clients reuse them (on AWS each new one is a TLS handshake)."""
+
+    def setup(self) -> None:
+        CALLS.connection()
+        super().setup()
 
 
 class CountingApp:
@@ -1498,7 +1514,7 @@ def main() -> None:
         args.port,
         CountingApp(DomainDispatcherApplication(create_backend_app)),
         threaded=True,
-        request_handler=MotoRequestHandler,
+        request_handler=CountingRequestHandler,
     )
     threading.Thread(target=moto_server.serve_forever, name="moto", daemon=True).start()
     control = ControlServer((args.host, args.control_port), ControlHandler)
