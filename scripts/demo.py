@@ -160,7 +160,7 @@ def main() -> int:
     procs.append(mackerel)
     fluentd_pids: list[Path] = []
     try:
-        say("starting a real Zabbix API (the first time installs it: about a minute)")
+        say("starting a real Zabbix API (the first time installs Zabbix and PostgreSQL from Debian: about 70 s)")
         z = json.loads(subprocess.run([str(ROOT / "tests/services/zabbix.sh"), "start"], check=True,
                                       stdout=subprocess.PIPE).stdout)
         ztoken = Path(z["token_file"]).read_text().strip()

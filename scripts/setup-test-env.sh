@@ -12,28 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=.venv
-req=tests/emulator/requirements.txt
-stamp=$venv/.requirements
 deploy_req=tests/requirements-deploy.txt
 deploy_stamp=$venv/.requirements-deploy
 
-# Installs Debian packages as root, running `apt-get update` at most once per run.
-apt_updated=
-apt_install() {
-  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-    echo "setup: cannot install $* (needs root and apt-get); install them and run this again" >&2
-    exit 1
-  fi
-  echo "setup: installing $*" >&2
-  local out
-  # apt's chatter (debconf notes and the like) is shown only when something fails.
-  if [ -z "$apt_updated" ]; then
-    out=$(apt-get update -qq 2>&1) || { printf '%s\n' "$out" >&2; exit 1; }
-    apt_updated=1
-  fi
-  out=$(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" 2>&1) ||
-    { printf '%s\n' "$out" >&2; exit 1; }
-}
+# shellcheck source=scripts/apt.sh
+. scripts/apt.sh
 
 # Tools the deployment tests run.
 missing=()
@@ -65,23 +48,8 @@ cargo_tool() {
 cargo_tool cargo-deb 3.8.0
 cargo_tool cargo-generate-rpm 0.21.1
 
-if ! { [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && cmp -s "$req" "$stamp"; }; then
-  python=${PYTHON:-python3}
-  if ! command -v "$python" >/dev/null; then
-    echo "setup: $python not found; install Python 3.9 or later" >&2
-    exit 1
-  fi
-  # Debian's system Python needs python3-venv for `-m venv`.
-  if ! "$python" -m venv --help >/dev/null 2>&1 || ! "$python" -c 'import ensurepip' 2>/dev/null; then
-    apt_install python3-venv
-  fi
-
-  echo "setup: creating $venv with the pinned emulator (moto)" >&2
-  rm -rf "$venv"
-  "$python" -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
-  cp "$req" "$stamp"
-fi
+# The emulator's virtualenv (what the demo needs too).
+scripts/setup-demo-env.sh
 
 if ! { [ -f "$deploy_stamp" ] && cmp -s "$deploy_req" "$deploy_stamp"; }; then
   echo "setup: installing the pinned cfn-lint into $venv" >&2

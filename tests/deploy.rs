@@ -392,9 +392,13 @@ fn cron_entry_runs_lastcall_once_every_minute_as_root() {
 fn shell_scripts_are_shellcheck_clean() {
     let out = run(Command::new(system_tool("shellcheck"))
         .current_dir(TOP)
+        .arg("-x")
         .args([
             "deploy/user-data/install.sh",
             "scripts/setup-test-env.sh",
+            "scripts/setup-demo-env.sh",
+            "scripts/apt.sh",
+            "scripts/demo.sh",
             "deploy/debian/postinst",
             "deploy/debian/prerm",
             "deploy/debian/postrm",
