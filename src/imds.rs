@@ -2,6 +2,8 @@
 //! honours `AWS_EC2_METADATA_SERVICE_ENDPOINT`): who this instance is (plus the OS hostname),
 //! its tags, and the items the metadata source and the queue source read.
 
+use std::time::Duration;
+
 use aws_config::imds::client::error::ImdsError;
 use aws_config::imds::Client;
 
@@ -49,6 +51,133 @@ pub enum IdentityError {
 #[derive(Debug, Clone)]
 pub struct Imds {
     client: Client,
+    poll: std::sync::Arc<Poller>,
+}
+
+/// How long a session token is asked for (the IMDSv2 maximum, 6 h).
+const TOKEN_TTL: Duration = Duration::from_secs(21_600);
+/// A token is renewed this long before it expires.
+const TOKEN_MARGIN: Duration = Duration::from_secs(60);
+/// One request to instance metadata (it answers in well under a millisecond on an instance).
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Where instance metadata is unless `AWS_EC2_METADATA_SERVICE_ENDPOINT` says otherwise.
+const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
+/// The same over IPv6 (`AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6`).
+const DEFAULT_ENDPOINT_IPV6: &str = "http://[fd00:ec2::254]";
+
+/// The items the sources poll (every 2 s for a whole instance life) are read with one plain
+/// HTTP client and a cached IMDSv2 session token: aws-config's IMDS client runs the SDK's whole
+/// request pipeline per read, which was most of the no-queue daemon's idle CPU. The rarely read
+/// items (identity, tags) still go through aws-config's client.
+#[derive(Debug)]
+struct Poller {
+    http: Option<reqwest::Client>,
+    endpoint: String,
+    token: tokio::sync::Mutex<Option<(String, std::time::Instant)>>,
+}
+
+/// Instance metadata could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("instance metadata {path}: {message}")]
+pub struct ReadError {
+    /// The item.
+    pub path: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl Poller {
+    fn new() -> Self {
+        let endpoint = match std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT") {
+            Ok(e) if !e.is_empty() => e.trim_end_matches('/').to_string(),
+            _ => match std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE") {
+                Ok(m) if m.eq_ignore_ascii_case("ipv6") => DEFAULT_ENDPOINT_IPV6.into(),
+                _ => DEFAULT_ENDPOINT.into(),
+            },
+        };
+        // reqwest takes the crypto provider the AWS SDK links (as http_client does), although
+        // instance metadata is plain HTTP.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(READ_TIMEOUT)
+            .timeout(READ_TIMEOUT)
+            // Instance metadata is never behind a proxy, and never redirects.
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .ok();
+        Self {
+            http,
+            endpoint,
+            token: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn error(path: &str, message: impl Into<String>) -> ReadError {
+        ReadError {
+            path: path.to_string(),
+            message: message.into(),
+        }
+    }
+
+    async fn token(&self, http: &reqwest::Client) -> Result<String, ReadError> {
+        let mut cached = self.token.lock().await;
+        if let Some((t, until)) = cached.as_ref() {
+            if std::time::Instant::now() < *until {
+                return Ok(t.clone());
+            }
+        }
+        const WHAT: &str = "/latest/api/token";
+        let resp = http
+            .put(format!("{}{WHAT}", self.endpoint))
+            .header("x-aws-ec2-metadata-token-ttl-seconds", TOKEN_TTL.as_secs())
+            .send()
+            .await
+            .map_err(|e| Self::error(WHAT, crate::http_client::describe(e)))?;
+        if !resp.status().is_success() {
+            return Err(Self::error(WHAT, format!("HTTP {}", resp.status())));
+        }
+        let t = resp
+            .text()
+            .await
+            .map_err(|e| Self::error(WHAT, crate::http_client::describe(e)))?;
+        *cached = Some((
+            t.clone(),
+            std::time::Instant::now() + TOKEN_TTL - TOKEN_MARGIN,
+        ));
+        Ok(t)
+    }
+
+    /// Reads an item; `Ok(None)` for 404. A 401 (the token expired early, or the service
+    /// restarted) gets one more try with a new token.
+    async fn get_opt(&self, path: &str) -> Result<Option<String>, ReadError> {
+        let http = self
+            .http
+            .as_ref()
+            .ok_or_else(|| Self::error(path, "cannot build the HTTP client"))?;
+        for attempt in 0..2 {
+            let token = self.token(http).await?;
+            let resp = http
+                .get(format!("{}{path}", self.endpoint))
+                .header("x-aws-ec2-metadata-token", token)
+                .send()
+                .await
+                .map_err(|e| Self::error(path, crate::http_client::describe(e)))?;
+            match resp.status().as_u16() {
+                200 => {
+                    return resp
+                        .text()
+                        .await
+                        .map(Some)
+                        .map_err(|e| Self::error(path, crate::http_client::describe(e)))
+                }
+                404 => return Ok(None),
+                401 if attempt == 0 => *self.token.lock().await = None,
+                s => return Err(Self::error(path, format!("HTTP {s}"))),
+            }
+        }
+        Err(Self::error(path, "the session token is refused"))
+    }
 }
 
 impl Default for Imds {
@@ -62,7 +191,13 @@ impl Imds {
     pub fn new() -> Self {
         Self {
             client: Client::builder().build(),
+            poll: std::sync::Arc::new(Poller::new()),
         }
+    }
+
+    /// Reads an item the sources poll (lean: see [`Poller`]); `Ok(None)` when IMDS says 404.
+    pub async fn poll(&self, path: &str) -> Result<Option<String>, ReadError> {
+        self.poll.get_opt(path).await
     }
 
     /// Reads an item; `Ok(None)` when IMDS says 404.

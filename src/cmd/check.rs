@@ -212,7 +212,7 @@ async fn group(asg: &AutoScaling, identity: &Identity) -> (Line, Option<String>)
 /// The target lifecycle state item the metadata source polls.
 async fn target_state(imds: &Imds, every: Duration) -> Line {
     const WHAT: &str = "source imds: target-lifecycle-state";
-    match imds.get_opt(TARGET_STATE).await {
+    match imds.poll(TARGET_STATE).await {
         Ok(Some(v)) => Line::new(
             true,
             WHAT,

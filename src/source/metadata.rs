@@ -222,7 +222,7 @@ impl MetadataSource {
     }
 
     async fn read(&mut self, path: &str) -> Option<String> {
-        match self.imds.get_opt(path).await {
+        match self.imds.poll(path).await {
             Ok(v) => {
                 self.logged.remove(path);
                 v.map(|s| s.trim().to_string())

@@ -70,7 +70,7 @@ impl SqsSource {
             }
             self.launch_settled = true;
         }
-        match handler.imds().get_opt(TARGET_STATE).await {
+        match handler.imds().poll(TARGET_STATE).await {
             Ok(Some(s)) if STAYING.contains(&s.trim()) => Some(s.trim().to_string()),
             Ok(_) => None,
             Err(e) => {
