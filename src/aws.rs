@@ -44,9 +44,7 @@ pub fn sqs(conf: &SdkConfig, queue_url: &str, wait: Duration) -> aws_sdk_sqs::Cl
                 .operation_timeout(wait + OPERATION_TIMEOUT)
                 .build(),
         )
-        .stalled_stream_protection(
-            aws_sdk_sqs::config::StalledStreamProtectionConfig::disabled(),
-        );
+        .stalled_stream_protection(aws_sdk_sqs::config::StalledStreamProtectionConfig::disabled());
     // A queue in another region than the instance is addressed in its own region.
     if let Some(region) = queue_region(queue_url) {
         b = b.region(Region::new(region));
