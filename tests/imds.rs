@@ -392,12 +392,18 @@ async fn launch_steps_run_and_continue_or_abandon() {
     assert_eq!(lines(&good.path("launched")).len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_warm_pool_return_runs_only_warm_pool_steps_and_keeps_monitoring() {
-    let aws = aws().await;
+/// A group of two with a warm pool that reuses instances on scale-in, and a running lastcall on
+/// each: the first sees its actions through instance metadata, the second through the queue.
+/// Their steps: "flush" (also on a return to the pool) and "retire-monitoring" (not: monitoring
+/// must survive a trip to the pool).
+async fn warm_pool_pair(
+    aws: &Aws,
+    prefix: &str,
+    state: aws_sdk_autoscaling::types::WarmPoolState,
+) -> (String, Node, String, Node) {
     let g = group(
-        &aws,
-        "warm",
+        aws,
+        prefix,
         GroupSpec {
             size: 2,
             ..Default::default()
@@ -407,7 +413,7 @@ async fn a_warm_pool_return_runs_only_warm_pool_steps_and_keeps_monitoring() {
     aws.asg
         .put_warm_pool()
         .auto_scaling_group_name(&g.name)
-        .pool_state(aws_sdk_autoscaling::types::WarmPoolState::Stopped)
+        .pool_state(state)
         .instance_reuse_policy(
             aws_sdk_autoscaling::types::InstanceReusePolicy::builder()
                 .reuse_on_scale_in(true)
@@ -416,13 +422,11 @@ async fn a_warm_pool_return_runs_only_warm_pool_steps_and_keeps_monitoring() {
         .send()
         .await
         .expect("warm pool");
-    // Monitoring must survive a trip to the warm pool: such steps say warm_pool = false.
     let steps = format!(
         "{}{}",
         marker("flush", "flushed", ""),
         marker("retire-monitoring", "retired", "warm_pool = false")
     );
-    // One instance sees it through instance metadata, the other through the queue.
     let (a, b) = (g.instances[0].clone(), g.instances[1].clone());
     let mut na = Node::new(&a, "", &imds_config("", &steps)).await;
     let sqs_cfg = format!(
@@ -434,6 +438,18 @@ async fn a_warm_pool_return_runs_only_warm_pool_steps_and_keeps_monitoring() {
     na.wait_log("target lifecycle state target_state=InService", LONG)
         .await;
     nb.wait_log("polling the lifecycle queue", LONG).await;
+    (a, na, b, nb)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pool_return_runs_only_warm_pool_steps_and_keeps_monitoring() {
+    let aws = aws().await;
+    let (a, na, b, nb) = warm_pool_pair(
+        &aws,
+        "warm",
+        aws_sdk_autoscaling::types::WarmPoolState::Stopped,
+    )
+    .await;
     for (i, n) in [(&a, &na), (&b, &nb)] {
         terminate(&aws, i).await;
         n.wait_log("warm-pool return handled", LONG).await;
@@ -478,10 +494,7 @@ async fn idle_metadata_mode_makes_no_aws_calls_even_with_launch_steps_or_a_reloa
     let me = g.instances[0].clone();
     let launch = "\n[[launch_step]]\nkind = \"command\"\ncommand = [\"/bin/true\"]\n";
     let mut n = Node::new(&me, "", &imds_config("", launch)).await;
-    let key = unique("IDLEKEY").replace('-', "");
-    let mut cmd = n.command(&["run"]);
-    cmd.env("AWS_ACCESS_KEY_ID", &key);
-    n.child = Some(cmd.spawn().expect("run"));
+    let key = n.start_with_key("IDLEKEY");
     n.wait_log("target lifecycle state target_state=InService", LONG)
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -509,42 +522,12 @@ async fn a_termination_from_the_warm_pool_runs_the_whole_pipeline() {
     // shrink): it waits in Warmed:Terminating:Wait. Before: the queue source called the
     // notification suspicious and ran nothing; the metadata source ignored Warmed:Terminated.
     let aws = aws().await;
-    let g = group(
+    let (a, na, b, nb) = warm_pool_pair(
         &aws,
         "warmterm",
-        GroupSpec {
-            size: 2,
-            ..Default::default()
-        },
+        aws_sdk_autoscaling::types::WarmPoolState::Running,
     )
     .await;
-    aws.asg
-        .put_warm_pool()
-        .auto_scaling_group_name(&g.name)
-        .pool_state(aws_sdk_autoscaling::types::WarmPoolState::Running)
-        .instance_reuse_policy(
-            aws_sdk_autoscaling::types::InstanceReusePolicy::builder()
-                .reuse_on_scale_in(true)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("warm pool");
-    let steps = format!(
-        "{}{}",
-        marker("flush", "flushed", ""),
-        marker("retire-monitoring", "retired", "warm_pool = false")
-    );
-    let (a, b) = (g.instances[0].clone(), g.instances[1].clone());
-    let mut na = Node::new(&a, "", &imds_config("", &steps)).await;
-    let sqs_cfg = format!(
-        "[sqs]\nqueue_url = \"{{queue}}\"\nwait_time = \"1s\"\n[lifecycle]\nstate_dir = \"{{dir}}/state\"\n{steps}"
-    );
-    let mut nb = Node::new(&b, &g.queue_url, &sqs_cfg).await;
-    na.start();
-    nb.start();
-    na.wait_log("target lifecycle state target_state=InService", LONG)
-        .await;
     for (i, n) in [(&a, &na), (&b, &nb)] {
         // Into the pool (monitoring kept), then terminated from it (monitoring retired).
         terminate(&aws, i).await;

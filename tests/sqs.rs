@@ -1006,10 +1006,7 @@ async fn an_instance_that_cannot_step_aside_does_not_spin_on_others_messages() {
         "",
     )
     .await;
-    let key = unique("SPINKEY").replace('-', "");
-    let mut cmd = n.command(&["run"]);
-    cmd.env("AWS_ACCESS_KEY_ID", &key);
-    n.child = Some(cmd.spawn().expect("run"));
+    let key = n.start_with_key("SPINKEY");
     n.wait_log("polling the lifecycle queue", LONG).await;
     for i in 1..=3 {
         send(

@@ -384,22 +384,18 @@ pub async fn actions(instance: &str) -> Vec<Value> {
 /// Turns on the emulator's realism knobs for one group (see tests/emulator/README.md),
 /// e.g. `json!({"notification_delay": 3, "describe_lag": 8})`.
 pub async fn realism(group: &str, knobs: Value) {
-    let mut body = knobs;
-    body["group"] = Value::from(group);
-    let r = reqwest::Client::new()
-        .post(format!("{}/realism", emulator().control))
-        .json(&body)
-        .send()
-        .await
-        .expect("POST /realism");
-    assert!(r.status().is_success(), "{:?}", r.text().await);
+    set_realism("group", group, knobs).await
 }
 
 /// Turns on the emulator's realism knobs for one queue (by name), e.g.
 /// `json!({"receive_max": 1})`.
 pub async fn realism_queue(queue: &str, knobs: Value) {
+    set_realism("queue", queue, knobs).await
+}
+
+async fn set_realism(scope: &str, name: &str, knobs: Value) {
     let mut body = knobs;
-    body["queue"] = Value::from(queue);
+    body[scope] = Value::from(name);
     let r = reqwest::Client::new()
         .post(format!("{}/realism", emulator().control))
         .json(&body)
@@ -528,6 +524,16 @@ impl Node {
     pub fn start(&mut self) {
         let child = self.command(&["run"]).spawn().expect("start lastcall run");
         self.child = Some(child);
+    }
+
+    /// Starts `lastcall run` with an access key id of its own (made from `prefix`), so that the
+    /// emulator's call counts (`GET /calls`, by key) are this node's alone; returns the key.
+    pub fn start_with_key(&mut self, prefix: &str) -> String {
+        let key = unique(prefix).replace('-', "");
+        let mut cmd = self.command(&["run"]);
+        cmd.env("AWS_ACCESS_KEY_ID", &key);
+        self.child = Some(cmd.spawn().expect("start lastcall run"));
+        key
     }
 
     /// Runs `lastcall once` to the end and returns its exit code.
