@@ -10,8 +10,9 @@ const EXIT_CODES: &str = "\
 Exit status:
   0  success: nothing to do, or this instance's termination was handled and every step succeeded
      (check: the config and every preflight check are fine)
-  1  runtime failure: instance metadata, AWS or the state directory could not be used, or the
-     lifecycle action could not be completed
+  1  runtime failure: instance metadata or AWS could not be used, or this instance's lifecycle
+     action could not be handled or completed (once: Auto Scaling did not answer the
+     verification; a notification's token was refused; several hooks and none named)
   2  usage error (unknown option or command)
   3  the config file is missing or invalid (every problem is printed, with file, section and key)
   4  once: this instance's termination was handled, but a step failed (the action was completed
