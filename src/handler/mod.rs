@@ -398,27 +398,20 @@ impl Handler {
                 Ok(CallOutcome::NoActiveAction)
                     if a.token.is_none() && start.elapsed() < NOT_YET_ACTIVE_DEADLINE =>
                 {
-                    match self.asg.instance(&a.instance_id).await {
-                        Ok(Some(s)) if s.state == action.wait_state() => {
-                            debug!(instance_id = %a.instance_id, "no active lifecycle action yet; retrying");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                        _ => return Ok(false),
+                    if !self.shows_waiting(action).await {
+                        return Ok(false);
                     }
+                    debug!(instance_id = %a.instance_id, "no active lifecycle action yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 // With a token, "No active Lifecycle Action" is final, unless the group still
                 // shows the instance waiting: then the token was not the action's (a forged or
                 // garbled message), and recording it done would leave the real action waiting.
                 Ok(CallOutcome::NoActiveAction) if a.token.is_some() => {
-                    match self.asg.instance(&a.instance_id).await {
-                        Ok(Some(s)) if s.state == action.wait_state() && s.group == a.group => {
-                            return Err(HandlerError::NotTheAction {
-                                instance_id: a.instance_id.clone(),
-                                hook: a.hook.clone(),
-                            })
-                        }
-                        _ => return Ok(false),
-                    }
+                    return match self.shows_waiting(action).await {
+                        true => Err(not_the_action(action)),
+                        false => Ok(false),
+                    };
                 }
                 Ok(CallOutcome::NoActiveAction) => return Ok(false),
                 Err(e) => {
@@ -442,23 +435,26 @@ impl Handler {
         let a = &action.aref;
         match self.asg.heartbeat(a).await {
             Ok(CallOutcome::Done) => Ok(true),
-            Ok(CallOutcome::NoActiveAction) => match self.asg.instance(&a.instance_id).await {
-                Ok(Some(s)) if s.state == action.wait_state() && s.group == a.group => {
-                    error!(instance_id = %a.instance_id, hook = %a.hook, "Auto Scaling refuses the message's token while the instance waits: the message is not the action's (forged or garbled); running nothing");
-                    Err(HandlerError::NotTheAction {
-                        instance_id: a.instance_id.clone(),
-                        hook: a.hook.clone(),
-                    })
-                }
-                // The action ended meanwhile (expired, or completed elsewhere): the instance is
-                // going away all the same, so the steps still run.
-                _ => Ok(false),
-            },
+            Ok(CallOutcome::NoActiveAction) if self.shows_waiting(action).await => {
+                error!(instance_id = %a.instance_id, hook = %a.hook, "Auto Scaling refuses the message's token while the instance waits: the message is not the action's (forged or garbled); running nothing");
+                Err(not_the_action(action))
+            }
+            // The action ended meanwhile (expired, or completed elsewhere): the instance is
+            // going away all the same, so the steps still run.
+            Ok(CallOutcome::NoActiveAction) => Ok(false),
             Err(e) => {
                 warn!(error = %e, "the first heartbeat failed; the heartbeat task tries again");
                 Ok(false)
             }
         }
+    }
+
+    /// True when the group shows the instance waiting for this action now (one describe; an
+    /// error counts as not waiting).
+    async fn shows_waiting(&self, action: &Action) -> bool {
+        let a = &action.aref;
+        matches!(self.asg.instance(&a.instance_id).await,
+            Ok(Some(s)) if s.state == action.wait_state() && s.group == a.group)
     }
 
     /// Whether the group shows the instance waiting for this action. Auto Scaling is eventually
@@ -496,6 +492,14 @@ impl Handler {
             action,
         )
         .await
+    }
+}
+
+/// The error for a message whose token Auto Scaling refuses while the instance waits.
+fn not_the_action(action: &Action) -> HandlerError {
+    HandlerError::NotTheAction {
+        instance_id: action.aref.instance_id.clone(),
+        hook: action.aref.hook.clone(),
     }
 }
 

@@ -132,6 +132,8 @@ pub struct Progress {
     last: Option<String>,
     /// The instance was seen InService (so `Warmed:*` means a return to the warm pool).
     seen_in_service: bool,
+    /// The state directory was asked whether it was in service before this process.
+    asked_journal: bool,
     /// What was finished for the current target state (reset when it changes, but for spot).
     done: HashSet<Episode>,
     /// Another process holds the current action: not before this.
@@ -253,8 +255,13 @@ impl MetadataSource {
             "Warmed:Terminated" => Case::TerminateFromPool,
             s if s.starts_with("Warmed:") => {
                 // In service before (noted in the state directory, across restarts): back to
-                // the pool; never: a launch into the pool.
-                if self.p.seen_in_service || handler.was_in_service() {
+                // the pool; never: a launch into the pool. The note is read once per process,
+                // not every poll of a pool instance's long stay there.
+                if !self.p.asked_journal {
+                    self.p.asked_journal = true;
+                    self.p.seen_in_service |= handler.was_in_service();
+                }
+                if self.p.seen_in_service {
                     Case::WarmReturn
                 } else if self.launch {
                     Case::LaunchIntoPool
