@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
+// The same types in every SDK crate (re-exported from the smithy runtime).
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 /// Connecting to an AWS endpoint.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,6 +57,26 @@ pub fn sqs(conf: &SdkConfig, queue_url: &str, wait: Duration) -> aws_sdk_sqs::Cl
 /// An Auto Scaling client.
 pub fn autoscaling(conf: &SdkConfig) -> aws_sdk_autoscaling::Client {
     aws_sdk_autoscaling::Client::new(conf)
+}
+
+/// An SDK error as one line: the service's code and message when it answered, else the
+/// error with its causes (timeouts, connection failures).
+pub fn error_text<E, R>(e: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match e {
+        SdkError::ServiceError(se) => {
+            let err = se.err();
+            format!(
+                "{}: {}",
+                err.code().unwrap_or("error"),
+                err.message().unwrap_or("(no message)")
+            )
+        }
+        other => DisplayErrorContext(other).to_string(),
+    }
 }
 
 /// The region in an AWS queue URL (`https://sqs.REGION.amazonaws.com/…`), if it is one.

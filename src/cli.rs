@@ -19,6 +19,7 @@ Exit status:
      with on_failure_result)
   5  once: a termination notification for this instance was not acted on, because Auto Scaling
      does not show the instance in Terminating:Wait (see the log)
+  1  sweep: an API failed (what depended on it was left alone), or max_delete refused the run
 
 Environment:
   AWS_REGION, AWS_PROFILE, AWS_ACCESS_KEY_ID, …   the standard AWS configuration
@@ -98,6 +99,23 @@ pub enum Command {
         /// Print the steps as they would run; run nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Retire (Mackerel) or delete (Zabbix) the monitoring hosts of instances that died without
+    /// running their steps: the hosts of [sweep]'s Mackerel service/role and Zabbix host group
+    /// whose EC2 instance is terminated, or unknown to EC2 for longer than min_age. Uses the
+    /// mackerel and zabbix steps' credentials. Fails closed: nothing that depends on a failed
+    /// API answer is removed, nothing at all when EC2 cannot be asked or does not show this
+    /// instance, and nothing when more than max_delete hosts would go. Run it from
+    /// lastcall-sweep.timer on every instance, or once from anywhere with --region.
+    Sweep {
+        /// Print each host, its instance, the instance's state and what would be done; change
+        /// nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The region to sweep when not on an EC2 instance (on one, its own region; then both
+        /// must agree).
+        #[arg(long, value_name = "REGION")]
+        region: Option<String>,
     },
 }
 

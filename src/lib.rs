@@ -18,6 +18,9 @@
 //!   share one runner ([`steps::process`]). Secrets come through [`secret`]; placeholders are
 //!   [`template`]s. [`aws`] builds the AWS clients; [`shutdown`] carries SIGTERM to every loop.
 //!
+//! - [`sweep`] is `lastcall sweep`: the monitoring hosts of instances that died without their
+//!   steps, matched to what EC2 says, removed with the steps' own API clients.
+//!
 //! Dependencies point one way, from `cmd` down to the sources, the handler, the pipeline, the
 //! steps, the clients and the config reader (`tests/layout.rs` keeps it so).
 
@@ -37,4 +40,5 @@ pub mod secret;
 pub mod shutdown;
 pub mod source;
 pub mod steps;
+pub mod sweep;
 pub mod template;

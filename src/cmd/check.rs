@@ -404,6 +404,8 @@ async fn step_service(step: &Step, ctx: &Context) -> Option<Line> {
         StepKind::Zabbix(z) => z.check(&env).await,
         StepKind::Mackerel(m) => m.check(&env).await,
         StepKind::Fluentd(f) => f.check(ctx).await,
+        StepKind::Ecs(e) => e.check(&env).await,
+        StepKind::Nomad(n) => n.check(&env).await,
         _ => return None,
     };
     let what = format!(

@@ -1,5 +1,5 @@
 //! The commands, one file each: [`run`] (the daemon), [`once`] (cron and timers), [`check`]
-//! (preflight), [`plan`] and [`simulate`]. [`wiring`] builds what `run` and `once` share: who
+//! (preflight), [`plan`], [`simulate`] and [`sweep`]. [`wiring`] builds what `run` and `once` share: who
 //! this instance is, the AWS clients, the handler and the sources.
 
 use tracing::{error, warn};
@@ -14,6 +14,7 @@ pub mod once;
 pub mod plan;
 pub mod run;
 pub mod simulate;
+pub mod sweep;
 pub mod wiring;
 
 /// Runs the command and returns the exit code.
@@ -24,6 +25,7 @@ pub async fn main(cli: Cli) -> Exit {
         Command::Run => run::run(&cli).await,
         Command::Once { wait } => once::once(&cli, *wait).await,
         Command::Plan => plan::plan(&cli).await,
+        Command::Sweep { dry_run, region } => sweep::sweep(&cli, *dry_run, region.as_deref()).await,
         Command::Simulate {
             message,
             group,

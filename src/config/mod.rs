@@ -3,7 +3,8 @@
 //! Parsing is done key by key through [`Fields`] rather than with one `#[derive(Deserialize)]`, so
 //! that `lastcall check` can report **every** problem at once, each naming the file, the section
 //! (for a step: its index and name) and the key. Each section's defaults are constants beside its
-//! parser: [`sections`] for `[sqs]`, `[imds]` and `[lifecycle]`, [`steps`] for the step lists.
+//! parser: [`sections`] for `[sqs]`, `[imds]` and `[lifecycle]`, [`steps`] for the step lists,
+//! [`sweep`] for `[sweep]`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ pub mod fields;
 pub mod permissions;
 pub mod sections;
 pub mod steps;
+pub mod sweep;
 
 pub use crate::steps::DEFAULT_STEP_TIMEOUT;
 pub use fields::{Fields, Problem, Severity};
@@ -21,6 +23,7 @@ pub use sections::{
     DEFAULT_STATE_DIR, DEFAULT_STEP_ASIDE, DEFAULT_VISIBILITY_TIMEOUT, DEFAULT_WAIT_TIME,
 };
 pub use steps::{OnFailure, Step};
+pub use sweep::{SweepConfig, ZabbixInstanceId};
 
 /// Where the config is read from unless `--config` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/lastcall/lastcall.toml";
@@ -38,6 +41,8 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     /// The steps, in order.
     pub steps: Vec<Step>,
+    /// Which monitoring hosts `lastcall sweep` looks after, when `[sweep]` is present.
+    pub sweep: Option<SweepConfig>,
     /// The steps run when this instance launches (`[[launch_step]]`); empty: launches are not
     /// handled.
     pub launch_steps: Vec<Step>,
@@ -180,6 +185,26 @@ fn parse(text: &str, path: &Path, problems: &mut Vec<Problem>) -> Option<Config>
     });
     let steps = steps::parse_steps(&mut top, "step");
     let launch_steps = steps::parse_steps(&mut top, "launch_step");
+    let sweep = top.table("sweep").and_then(|t| {
+        let mut f = Fields::new(&t, path, "[sweep]".into(), top.problems);
+        let sweep = sweep::parse_sweep(&mut f);
+        // The sweep uses the steps' own credentials and endpoints.
+        let has = |kind: &str| steps.iter().any(|s| s.kind.kind_name() == kind);
+        if sweep.as_ref().is_some_and(|s| s.mackerel_service.is_some()) && !has("mackerel") {
+            f.problem_here(
+                Some("mackerel_service"),
+                "needs a [[step]] of kind \"mackerel\": the sweep uses its API key and api_base",
+            );
+        }
+        if sweep.as_ref().is_some_and(|s| s.zabbix_group.is_some()) && !has("zabbix") {
+            f.problem_here(
+                Some("zabbix_group"),
+                "needs a [[step]] of kind \"zabbix\": the sweep uses its url and credentials",
+            );
+        }
+        f.finish();
+        sweep
+    });
     let imds_source = imds
         .as_ref()
         .is_some_and(|i| i.lifecycle || i.spot || i.rebalance);
@@ -197,6 +222,7 @@ fn parse(text: &str, path: &Path, problems: &mut Vec<Problem>) -> Option<Config>
         lifecycle,
         steps,
         launch_steps,
+        sweep,
     })
 }
 

@@ -19,6 +19,8 @@ pub const DEFAULT_API_BASE: &str = "https://api.mackerelio.com";
 pub const DEFAULT_HOST_ID_FILE: &str = "/var/lib/mackerel-agent/id";
 /// How mackerel-agent identifies an EC2 host.
 pub const DEFAULT_CUSTOM_IDENTIFIER: &str = "{instance_id}.ec2.amazonaws.com";
+/// `POST /api/v0/hosts/bulk-retire` takes at most this many ids.
+const BULK_RETIRE_MAX: usize = 30;
 
 /// `kind = "mackerel"`.
 #[derive(Debug, Clone)]
@@ -106,6 +108,7 @@ impl MackerelStep {
                         reqwest::Method::GET,
                         &base,
                         &["api", "v0", "hosts", &id],
+                        &[],
                         None,
                     )
                     .await?
@@ -130,7 +133,7 @@ impl MackerelStep {
         let host_id = match host_id {
             Some(id) => id,
             None => match self
-                .call(env, &key, reqwest::Method::GET, &base, &["api", "v0", "hosts-by-custom-identifier", &ci], None)
+                .call(env, &key, reqwest::Method::GET, &base, &["api", "v0", "hosts-by-custom-identifier", &ci], &[], None)
                 .await?
             {
                 Answer::NotFound => {
@@ -149,6 +152,7 @@ impl MackerelStep {
                 reqwest::Method::POST,
                 &base,
                 &["api", "v0", "hosts", &host_id, "retire"],
+                &[],
                 Some(serde_json::json!({})),
             )
             .await?
@@ -172,6 +176,7 @@ impl MackerelStep {
                 reqwest::Method::GET,
                 &base,
                 &["api", "v0", "org"],
+                &[],
                 None,
             )
             .await?
@@ -189,6 +194,121 @@ impl MackerelStep {
         }
     }
 
+    /// The hosts of a service (and role), whatever their status (for `lastcall sweep`).
+    pub async fn list_hosts(
+        &self,
+        env: &StepEnv<'_>,
+        service: &str,
+        role: Option<&str>,
+    ) -> Result<Vec<Value>, StepError> {
+        let key = self
+            .api_key
+            .load()
+            .map_err(|e| StepError::Failed(e.to_string()))?;
+        let base = self.api_base.render(env.ctx)?;
+        // Without `status` the API lists only working and standby hosts; a dead instance's host
+        // may have been put in maintenance or poweroff.
+        let mut query = vec![("service", service)];
+        if let Some(r) = role {
+            query.push(("role", r));
+        }
+        for s in ["working", "standby", "maintenance", "poweroff"] {
+            query.push(("status", s));
+        }
+        match self
+            .call(
+                env,
+                &key,
+                reqwest::Method::GET,
+                &base,
+                &["api", "v0", "hosts"],
+                &query,
+                None,
+            )
+            .await?
+        {
+            Answer::Ok(v) => match v["hosts"].as_array() {
+                Some(hosts) => Ok(hosts.clone()),
+                None => Err(StepError::Failed(
+                    "GET /api/v0/hosts answered without hosts".into(),
+                )),
+            },
+            Answer::NotFound => Err(StepError::Failed(format!(
+                "{} has no /api/v0/hosts: is api_base right?",
+                crate::http_client::redact(&base)
+            ))),
+        }
+    }
+
+    /// Retires hosts by id (for `lastcall sweep`): in bulk, 30 at a time (the API's limit), and
+    /// one by one when a bulk call refuses (it is all-or-nothing, and a host retired meanwhile by
+    /// another sweeper makes it 404). Returns each id with what happened.
+    pub async fn retire_hosts(
+        &self,
+        env: &StepEnv<'_>,
+        ids: &[String],
+    ) -> Vec<(String, Result<String, StepError>)> {
+        let key = match self.api_key.load() {
+            Ok(k) => k,
+            Err(e) => {
+                return ids
+                    .iter()
+                    .map(|i| (i.clone(), Err(StepError::Failed(e.to_string()))))
+                    .collect()
+            }
+        };
+        let base = match self.api_base.render(env.ctx) {
+            Ok(b) => b,
+            Err(e) => {
+                return ids
+                    .iter()
+                    .map(|i| (i.clone(), Err(StepError::Failed(e.to_string()))))
+                    .collect()
+            }
+        };
+        let mut out = Vec::new();
+        for chunk in ids.chunks(BULK_RETIRE_MAX) {
+            let bulk = self
+                .call(
+                    env,
+                    &key,
+                    reqwest::Method::POST,
+                    &base,
+                    &["api", "v0", "hosts", "bulk-retire"],
+                    &[],
+                    Some(serde_json::json!({ "ids": chunk })),
+                )
+                .await;
+            if let Ok(Answer::Ok(_)) = bulk {
+                out.extend(
+                    chunk
+                        .iter()
+                        .map(|i| (i.clone(), Ok(format!("retired Mackerel host {i}")))),
+                );
+                continue;
+            }
+            for id in chunk {
+                let one = self
+                    .call(
+                        env,
+                        &key,
+                        reqwest::Method::POST,
+                        &base,
+                        &["api", "v0", "hosts", id, "retire"],
+                        &[],
+                        Some(serde_json::json!({})),
+                    )
+                    .await
+                    .map(|a| match a {
+                        Answer::Ok(_) => format!("retired Mackerel host {id}"),
+                        Answer::NotFound => format!("Mackerel host {id} is retired already"),
+                    });
+                out.push((id.clone(), one));
+            }
+        }
+        out
+    }
+
     /// One API call, with retries for 5xx, 429 and network errors until the deadline.
     async fn call(
         &self,
@@ -197,6 +317,7 @@ impl MackerelStep {
         method: reqwest::Method,
         base: &str,
         segments: &[&str],
+        query: &[(&str, &str)],
         body: Option<Value>,
     ) -> Result<Answer, StepError> {
         let mut url = reqwest::Url::parse(base).map_err(|e| {
@@ -214,6 +335,9 @@ impl MackerelStep {
             })?
             .pop_if_empty()
             .extend(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
         let what = format!("{method} {}", url.path());
         let mut key = reqwest::header::HeaderValue::from_str(key.expose()).map_err(|_| {
             StepError::Failed(format!(

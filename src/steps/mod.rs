@@ -11,9 +11,11 @@ use crate::template::{Context, RenderError, Template};
 
 pub mod api;
 pub mod command;
+pub mod ecs;
 pub mod fluentd;
 pub mod http;
 pub mod mackerel;
+pub mod nomad;
 pub mod process;
 pub mod signal;
 pub mod sleep;
@@ -44,12 +46,21 @@ pub enum StepKind {
     Mackerel(mackerel::MackerelStep),
     /// One HTTP request.
     Http(http::HttpStep),
+    /// Drain this ECS container instance.
+    Ecs(ecs::EcsStep),
+    /// Drain this Nomad client node.
+    Nomad(nomad::NomadStep),
 }
 
 /// The names of the kinds, as written in `kind = "…"`.
 pub const KINDS: &[&str] = &[
-    "fluentd", "systemd", "zabbix", "mackerel", "command", "http", "signal", "sleep",
+    "ecs", "nomad", "fluentd", "systemd", "zabbix", "mackerel", "command", "http", "signal",
+    "sleep",
 ];
+
+/// The default timeout of an `ecs` step: a load balancer's deregistration delay is 300 s by
+/// default, and a service's tasks stop only after it.
+pub const DEFAULT_ECS_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What a step is given when it runs.
 #[derive(Debug)]
@@ -116,6 +127,8 @@ impl StepKind {
             "zabbix" => zabbix::ZabbixStep::parse(f).map(Self::Zabbix),
             "mackerel" => mackerel::MackerelStep::parse(f).map(Self::Mackerel),
             "http" => http::HttpStep::parse(f).map(Self::Http),
+            "ecs" => ecs::EcsStep::parse(f).map(Self::Ecs),
+            "nomad" => nomad::NomadStep::parse(f).map(Self::Nomad),
             other => {
                 f.problem(
                     "kind",
@@ -137,6 +150,8 @@ impl StepKind {
             Self::Zabbix(_) => "zabbix",
             Self::Mackerel(_) => "mackerel",
             Self::Http(_) => "http",
+            Self::Ecs(_) => "ecs",
+            Self::Nomad(_) => "nomad",
         }
     }
 
@@ -144,15 +159,23 @@ impl StepKind {
     pub fn default_timeout(&self) -> Duration {
         match self {
             Self::Sleep(s) => s.duration + Duration::from_secs(5),
+            Self::Ecs(_) => DEFAULT_ECS_TIMEOUT,
+            Self::Nomad(s) => s.default_timeout(),
             _ => DEFAULT_STEP_TIMEOUT,
         }
     }
 
     /// Whether the step runs, unless it says otherwise, when the instance only goes to the warm
-    /// pool. Monitoring identities must survive that (the instance comes back); everything else
-    /// (flushing logs, stopping agents before the instance stops) is wanted there too.
+    /// pool. Monitoring identities must survive that (the instance comes back); so must the
+    /// scheduler's view of the node: a drained ECS container instance stays DRAINING and a
+    /// drained Nomad node ineligible when the instance returns, and would get no work again.
+    /// Everything else (flushing logs, stopping agents before the instance stops) is wanted there
+    /// too.
     pub fn default_warm_pool(&self) -> bool {
-        !matches!(self, Self::Zabbix(_) | Self::Mackerel(_))
+        !matches!(
+            self,
+            Self::Zabbix(_) | Self::Mackerel(_) | Self::Ecs(_) | Self::Nomad(_)
+        )
     }
 
     /// A timeout shorter than this cannot succeed.
@@ -174,6 +197,8 @@ impl StepKind {
             Self::Zabbix(s) => s.templates(),
             Self::Mackerel(s) => s.templates(),
             Self::Http(s) => s.templates(),
+            Self::Ecs(s) => s.templates(),
+            Self::Nomad(s) => s.templates(),
         }
     }
 
@@ -188,6 +213,8 @@ impl StepKind {
             Self::Zabbix(s) => s.describe(ctx),
             Self::Mackerel(s) => s.describe(ctx),
             Self::Http(s) => s.describe(ctx),
+            Self::Ecs(s) => s.describe(ctx),
+            Self::Nomad(s) => s.describe(ctx),
         }
     }
 
@@ -202,6 +229,8 @@ impl StepKind {
             Self::Zabbix(s) => s.run(env).await,
             Self::Mackerel(s) => s.run(env).await,
             Self::Http(s) => s.run(env).await,
+            Self::Ecs(s) => s.run(env).await,
+            Self::Nomad(s) => s.run(env).await,
         }
     }
 }

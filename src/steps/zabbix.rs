@@ -413,6 +413,11 @@ impl ZabbixStep {
         };
         let id = host["hostid"].as_str().unwrap_or_default().to_string();
         let name = host["host"].as_str().unwrap_or_default().to_string();
+        self.remove(rpc, &id, &name).await
+    }
+
+    /// Deletes (or disables) one host; a host that is gone already is success.
+    async fn remove(&self, rpc: &mut Rpc<'_>, id: &str, name: &str) -> Result<String, StepError> {
         let (method, params, done) = if self.disable {
             (
                 "host.update",
@@ -430,6 +435,16 @@ impl ZabbixStep {
             Err(e) if e.is_absent() => Ok(format!("Zabbix host {name} (id {id}) is gone already")),
             Err(e) => Err(self.fail(method, e)),
         }
+    }
+
+    /// A logged-in session with this step's API and credentials (for `lastcall sweep`).
+    pub async fn session<'a>(&'a self, env: &'a StepEnv<'a>) -> Result<Session<'a>, StepError> {
+        let (rpc, logout) = self.connect(env).await?;
+        Ok(Session {
+            step: self,
+            rpc,
+            logout,
+        })
     }
 
     async fn get(
@@ -476,6 +491,44 @@ impl ZabbixStep {
                 crate::http_client::redact(&rpc.url)
             )
         })
+    }
+}
+
+/// A logged-in Zabbix API session of a step's API and credentials, for `lastcall sweep`.
+pub struct Session<'a> {
+    step: &'a ZabbixStep,
+    rpc: Rpc<'a>,
+    logout: bool,
+}
+
+impl Session<'_> {
+    /// A read call that answers a list (`host.get`, `hostgroup.get`).
+    pub async fn get(&mut self, method: &str, params: Value) -> Result<Vec<Value>, StepError> {
+        self.step.get(&mut self.rpc, method, params).await
+    }
+
+    /// Deletes (or, with the step's `action = "disable"`, disables) a host; gone already is
+    /// success.
+    pub async fn remove(&mut self, id: &str, name: &str) -> Result<String, StepError> {
+        self.step.remove(&mut self.rpc, id, name).await
+    }
+
+    /// What removing does: "delete" or "disable".
+    pub fn verb(&self) -> &'static str {
+        if self.step.disable {
+            "disable"
+        } else {
+            "delete"
+        }
+    }
+
+    /// Logs out a password session.
+    pub async fn close(mut self) {
+        if self.logout {
+            if let Err(e) = self.rpc.call("user.logout", json!([]), true).await {
+                tracing::warn!(error = %e, "Zabbix logout failed");
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Self-test of the test doubles in this directory: tests/doubles/fluentd and fake_mackerel.py.
+"""Self-test of the test doubles in this directory: tests/doubles/fluentd, fake_mackerel.py,
+fake_nomad.py and fake_ecs_agent.py.
 
     python3 tests/doubles/check_doubles.py [-k NAME]... [-v]
 
@@ -9,6 +10,7 @@ directory scans and HTTP calls. Scenarios run in parallel; exits 1 if any check 
 
 import argparse
 import concurrent.futures
+import http.client as httpclient
 import json
 import os
 import re
@@ -23,10 +25,13 @@ import time
 import traceback
 import urllib.error
 import urllib.request
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FLUENTD = os.path.join(HERE, "fluentd")
 MACKEREL = os.path.join(HERE, "fake_mackerel.py")
+NOMAD = os.path.join(HERE, "fake_nomad.py")
+ECS_AGENT = os.path.join(HERE, "fake_ecs_agent.py")
 CHUNK_RE = re.compile(r"^buffer\.([bq])([0-9a-f]{32})\.log$")
 OUTPUT_KEYS = [
     "plugin_id", "plugin_category", "type", "config", "output_plugin", "buffer_queue_length",
@@ -743,9 +748,509 @@ def mackerel():
             p.wait()
 
 
+# --------------------------------------------------------------------------------------------
+# fake Nomad and fake ECS agent
+
+class Double:
+    """A double started like the Rust tests start it: stdin piped, ready line on stdout."""
+
+    def __init__(self, script, *args):
+        self.p = subprocess.Popen([sys.executable, script, "--port", "0", *args],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        info = json.loads(self.p.stdout.readline())
+        self.base, self.ctl = info["url"], info["control"]
+        check(re.fullmatch(r"http://127\.0\.0\.1:\d+", self.base)
+              and self.ctl == self.base + "/_control", "ready line has url and control")
+
+    def get(self, path, headers=None, timeout=5):
+        return http("GET", self.base + path, headers=headers, timeout=timeout)
+
+    def control(self, method, path, body=None):
+        st, _, b = http(method, self.ctl + path, body)
+        check(st == 200, f"control {method} {path} → 200 (got {st}: {b})")
+        return b
+
+    def close(self):
+        if self.p.poll() is None:
+            self.p.stdin.close()
+            try:
+                self.p.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        return self.p.returncode
+
+
+NODE_KEYS = {"ID", "Name", "Datacenter", "Status", "SchedulingEligibility", "DrainStrategy",
+             "Drain", "LastDrain", "ModifyIndex", "CreateIndex", "Events", "Attributes"}
+ALLOC_KEYS = {"ID", "Name", "Namespace", "NodeID", "JobID", "TaskGroup", "DesiredStatus",
+              "DesiredDescription", "DesiredTransition", "ClientStatus", "CreateIndex",
+              "ModifyIndex", "Job"}
+RFC3339 = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z"
+
+
+def rfc3339_ns(s):
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z", s)
+    secs = time.mktime(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    return int(secs) * 10**9 + int((m.group(2) or "0").ljust(9, "0"))
+
+
+def nomad_node_id(d, headers=None):
+    st, _, b = d.get("/v1/agent/self", headers)
+    check(st == 200, f"agent/self → 200 (got {st})")
+    return b["stats"]["client"]["node_id"]
+
+
+def nomad_drain(d, node, spec, headers=None, method="POST", **extra):
+    body = {"DrainSpec": spec, **extra}
+    return http(method, f"{d.base}/v1/node/{node}/drain", body, headers)
+
+
+def nomad_node(d, node, headers=None):
+    st, h, b = d.get(f"/v1/node/{node}", headers)
+    check(st == 200, f"GET node → 200 (got {st})")
+    return b, int(h["X-Nomad-Index"])
+
+
+def nomad_allocs(d, node, headers=None):
+    st, h, b = d.get(f"/v1/node/{node}/allocations", headers)
+    check(st == 200 and isinstance(b, list), f"GET allocations → 200 array (got {st})")
+    return {a["JobID"]: a for a in b}
+
+
+def nomad_wait_drained(d, node, timeout):
+    """Polls until the node's DrainStrategy is null; returns the node."""
+    def drained():
+        n, _ = nomad_node(d, node)
+        return n if n["DrainStrategy"] is None else None
+    return wait_for(drained, timeout, "drain complete (DrainStrategy null)", step=0.02)
+
+
+def nomad_basic():
+    d = Double(NOMAD, "--instance-id", "i-0123456789abcdef0")
+    try:
+        st, h, me = d.get("/v1/agent/self")
+        check(st == 200 and {"config", "member", "stats"} <= set(me), "agent/self shape")
+        node = me["stats"]["client"]["node_id"]
+        check(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", node),
+              "stats.client.node_id is a UUID")
+        check("X-Nomad-Index" not in h, "agent/self is not a blocking endpoint (no index)")
+        n, idx = nomad_node(d, node)
+        check(NODE_KEYS <= set(n), f"node has the documented fields ({sorted(NODE_KEYS - set(n))})")
+        check(n["ID"] == node and n["Status"] == "ready" and n["SchedulingEligibility"] == "eligible"
+              and n["DrainStrategy"] is None and n["Drain"] is False and n["LastDrain"] is None,
+              "fresh node: ready, eligible, no drain")
+        check(idx == n["ModifyIndex"], "X-Nomad-Index is the node's ModifyIndex")
+        check(n["Attributes"]["unique.platform.aws.instance-id"] == "i-0123456789abcdef0",
+              "--instance-id shows as the env_aws attribute")
+        st, h, b = d.get("/v1/node/00000000-0000-0000-0000-000000000000")
+        check(st == 404 and b == "node not found" and "text/plain" in h["Content-Type"],
+              "unknown node → 404 'node not found' (plain text)")
+        st, _, b = d.get("/v1/node/00000000-0000-0000-0000-000000000000/allocations")
+        check(st == 200 and b == [], "allocations of an unknown node → []")
+        check(d.get(f"/v1/node/{node}/allocations")[2] == [], "no allocations yet")
+
+        # drain request validation
+        st, _, b = http("POST", f"{d.base}/v1/node/{node}/drain", b"")
+        check(st == 400 and b == "Request body is empty", "empty drain body → 400")
+        st, _, b = http("POST", f"{d.base}/v1/node/{node}/drain", b"{nope")
+        check(st == 400 and "invalid character" in b, f"malformed JSON → 400 ({b})")
+        st, _, b = nomad_drain(d, node, {"Deadline": "1h"})
+        check(st == 400 and "time.Duration" in b, "Deadline as a string → 400")
+        st, _, b = nomad_drain(d, "00000000-0000-0000-0000-000000000000", {"Deadline": -1})
+        check(st == 500 and b == "node not found", "drain of an unknown node → 500 'node not found'")
+        st, _, b = http("GET", f"{d.base}/v1/node/{node}/drain")
+        check(st == 405 and b == "Invalid method", "GET drain → 405")
+
+        # a drain with no allocations completes asynchronously
+        t0 = time.monotonic()
+        st, h, r = nomad_drain(d, node, {"Deadline": 3600 * 10**9, "IgnoreSystemJobs": False},
+                               Meta={"message": "lastcall"})
+        check(st == 200 and set(r) == {"EvalCreateIndex", "EvalIDs", "Index", "NodeModifyIndex"}
+              and r["Index"] == r["NodeModifyIndex"] == int(h["X-Nomad-Index"]),
+              f"drain answer shape ({r})")
+        n, idx = nomad_node(d, node)
+        ds = n["DrainStrategy"]
+        check(ds is not None and n["Drain"] is True and n["SchedulingEligibility"] == "ineligible",
+              "right after the call the node is draining and ineligible (not yet complete)")
+        check(set(ds) == {"Deadline", "IgnoreSystemJobs", "ForceDeadline", "StartedAt"}
+              and ds["Deadline"] == 3600 * 10**9 and re.fullmatch(RFC3339, ds["ForceDeadline"]),
+              f"DrainStrategy is rendered with DrainSpec inlined ({ds})")
+        fd = rfc3339_ns(ds["ForceDeadline"]) - rfc3339_ns(ds["StartedAt"])
+        check(abs(fd - 3600 * 10**9) < 10**9, "ForceDeadline = now + Deadline")
+        ld = n["LastDrain"]
+        check(ld["Status"] == "draining" and ld["Meta"] == {"message": "lastcall"}
+              and ld["AccessorID"] == "token:acls-disabled", f"LastDrain while draining ({ld})")
+        # blocking query on the node returns when the drain completes
+        st, h, n2 = d.get(f"/v1/node/{node}?index={idx}&wait=5s")
+        dt = time.monotonic() - t0
+        check(st == 200 and n2["DrainStrategy"] is None and int(h["X-Nomad-Index"]) > idx,
+              "blocking query returns on the change")
+        check(0.15 <= dt < 1.5, f"an empty drain completes after ~0.2 s ({dt:.2f}s)")
+        check(n2["LastDrain"]["Status"] == "complete" and n2["SchedulingEligibility"] == "ineligible"
+              and n2["Drain"] is False, "complete: DrainStrategy null, node stays ineligible")
+        check([e["Message"] for e in n2["Events"]][-2:] ==
+              ["Node drain strategy set", "Node drain complete"], "node events")
+
+        # service and batch allocations
+        web = d.control("POST", "/allocs", {"job": "web", "stop_seconds": 0.3})["id"]
+        d.control("POST", "/allocs", {"job": "report", "type": "batch", "stop_seconds": 0.2})
+        al = nomad_allocs(d, node)
+        check(ALLOC_KEYS <= set(al["web"]),
+              f"allocation fields ({sorted(ALLOC_KEYS - set(al['web']))})")
+        check(al["web"]["ID"] == web and al["web"]["Job"]["Type"] == "service"
+              and al["report"]["Job"]["Type"] == "batch" and "JobType" not in al["web"]
+              and al["web"]["Name"] == "web.web[0]" and al["web"]["NodeID"] == node,
+              "Job embedded with its Type; no JobType on a full allocation")
+        check(al["web"]["DesiredStatus"] == "run" and al["web"]["ClientStatus"] == "running",
+              "allocations run")
+        _, h, _ = d.get(f"/v1/node/{node}/allocations")
+        aidx = int(h["X-Nomad-Index"])
+        check(aidx == max(a["ModifyIndex"] for a in al.values()), "allocations index = max ModifyIndex")
+        t0 = time.monotonic()
+        st, _, _ = nomad_drain(d, node, {"Deadline": 60 * 10**9}, method="PUT")
+        check(st == 200, "PUT drain accepted too")
+        seen = []
+        while True:
+            st, h, b = d.get(f"/v1/node/{node}/allocations?index={aidx}&wait=2s")
+            aidx = int(h["X-Nomad-Index"])
+            al = {a["JobID"]: a for a in b}
+            seen.append((time.monotonic() - t0, al))
+            if all(a["ClientStatus"] == "complete" for a in al.values()):
+                break
+            check(time.monotonic() - t0 < 3, "allocations stop within 3 s")
+        # (the ~20 ms between DesiredTransition.Migrate and DesiredStatus stop is not asserted:
+        # a loaded machine can merge both into one blocking-query answer)
+        check(any(a["web"]["DesiredStatus"] == "stop" and a["web"]["ClientStatus"] == "running"
+                  for _, a in seen), "desired stop while still running")
+        check(al["web"]["DesiredTransition"]["Migrate"] is True, "service alloc was migrated")
+        web_done = next(t for t, a in seen if a["web"]["ClientStatus"] == "complete")
+        check(0.3 <= web_done < 1.5,
+              f"service alloc completes after its stop_seconds ({web_done:.2f}s)")
+        check(al["web"]["DesiredDescription"] == "alloc is being migrated", "DesiredDescription")
+        check(al["report"]["DesiredStatus"] == "run"
+              and al["report"]["DesiredTransition"]["Migrate"] is None,
+              "batch alloc is not migrated: it runs to completion")
+        n = nomad_wait_drained(d, node, 2)
+        check(n["LastDrain"]["Status"] == "complete", "LastDrain complete")
+        st_ = d.control("GET", "/state")
+        check(st_["drain_request_count"] == 6 and st_["drain_requests"][-1]["method"] == "PUT"
+              and st_["drain_requests"][-1]["json"] == {"DrainSpec": {"Deadline": 60 * 10**9}},
+              f"control state counts drain requests ({st_['drain_request_count']})")
+        reqs = d.control("GET", "/requests")
+        check(all(r["token_present"] is False for r in reqs) and
+              any(r["path"].endswith("/drain") and r["status"] == 400 for r in reqs),
+              "requests recorded with token_present and status")
+        # wait timeout and bad query parameters
+        _, h, _ = d.get(f"/v1/node/{node}")
+        t0 = time.monotonic()
+        st, h2, _ = d.get(f"/v1/node/{node}?index={h['X-Nomad-Index']}&wait=300ms")
+        dt = time.monotonic() - t0
+        check(st == 200 and h2["X-Nomad-Index"] == h["X-Nomad-Index"] and 0.25 <= dt < 1,
+              f"blocking query without change returns after wait ({dt:.2f}s)")
+        check(d.get(f"/v1/node/{node}?index=1&wait=5")[:3:2] == (400, "Invalid wait time"),
+              "wait without unit → 400 'Invalid wait time'")
+        check(d.get(f"/v1/node/{node}?index=x")[:3:2] == (400, "Invalid index"), "bad index → 400")
+        # reset
+        r = d.control("POST", "/reset")
+        check(r["node_id"] != node and nomad_node_id(d) == r["node_id"], "reset gives a new node id")
+        check(d.get(f"/v1/node/{node}")[0] == 404, "the old node is gone")
+        check(d.close() == 0, "exits 0 at stdin EOF")
+        q = subprocess.Popen([sys.executable, NOMAD, "--port", "0"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        q.stdout.readline()
+        q.send_signal(signal.SIGTERM)
+        check(q.wait(timeout=3) == 0, "exits 0 on SIGTERM")
+    finally:
+        d.close()
+
+
+def nomad_system_jobs(ignore=False):
+    """System allocations stop after the others; IgnoreSystemJobs leaves them running."""
+    d = Double(NOMAD)
+    try:
+        node = nomad_node_id(d)
+        d.control("POST", "/allocs", {"job": "web", "stop_seconds": 0.2})
+        d.control("POST", "/allocs", {"job": "logs", "type": "system", "stop_seconds": 0.6})
+        t0 = time.monotonic()
+        nomad_drain(d, node, {"Deadline": 30 * 10**9, "IgnoreSystemJobs": ignore})
+        al = wait_for(lambda: (lambda a: a if a["web"]["DesiredStatus"] == "stop" else None)(
+            nomad_allocs(d, node)), 1, "the service alloc is told to stop")
+        check(al["logs"]["DesiredStatus"] == "run" and al["logs"]["ClientStatus"] == "running",
+              "system alloc untouched while the others drain")
+        n = nomad_wait_drained(d, node, 3)
+        t_done = time.monotonic() - t0
+        al = nomad_allocs(d, node)
+        check(al["web"]["ClientStatus"] == "complete" and n["LastDrain"]["Status"] == "complete",
+              f"drain completes once the service alloc is done ({t_done:.2f}s)")
+        if ignore:
+            time.sleep(0.5)
+            al = nomad_allocs(d, node)
+            check(al["logs"]["ClientStatus"] == "running" and al["logs"]["DesiredStatus"] == "run"
+                  and al["logs"]["DesiredTransition"]["Migrate"] is None,
+                  "IgnoreSystemJobs: the system alloc keeps running after the drain")
+        else:
+            check(al["logs"]["ClientStatus"] == "running",
+                  "drain is complete while the system alloc is still stopping (as Nomad does)")
+            wait_for(lambda: nomad_allocs(d, node)["logs"]["ClientStatus"] == "complete", 2,
+                     "system alloc stops after the others")
+            al = nomad_allocs(d, node)
+            check(al["logs"]["DesiredStatus"] == "stop"
+                  and al["logs"]["DesiredTransition"]["Migrate"] is True, "system alloc drained")
+    finally:
+        d.close()
+
+
+def nomad_ignore_system_jobs():
+    nomad_system_jobs(ignore=True)
+
+
+def nomad_deadline():
+    d = Double(NOMAD)
+    try:
+        node = nomad_node_id(d)
+        d.control("POST", "/allocs", {"job": "web", "stop_seconds": 0.1})
+        d.control("POST", "/allocs", {"job": "db", "stuck": True, "stop_seconds": 0.1})
+        t0 = time.monotonic()
+        nomad_drain(d, node, {"Deadline": 10**9})
+        wait_for(lambda: nomad_allocs(d, node)["web"]["ClientStatus"] == "complete", 1,
+                 "the normal alloc stops")
+        time.sleep(0.3)
+        al = nomad_allocs(d, node)
+        n, idx = nomad_node(d, node)
+        check(al["db"]["ClientStatus"] == "running" and al["db"]["DesiredStatus"] == "run"
+              and n["DrainStrategy"] is not None, "stuck alloc runs, drain goes on before the deadline")
+        st, h, n = d.get(f"/v1/node/{node}?index={idx}&wait=3s")
+        dt = time.monotonic() - t0
+        check(n["DrainStrategy"] is None and 0.95 <= dt < 2,
+              f"drain ends at the ForceDeadline ({dt:.2f}s)")
+        check(n["LastDrain"]["Status"] == "complete" and
+              n["Events"][-1]["Details"] == {"deadline_reached": "true"}, "deadline_reached event")
+        wait_for(lambda: nomad_allocs(d, node)["db"]["ClientStatus"] == "complete", 1,
+                 "stuck alloc stopped at the deadline")
+        check(nomad_allocs(d, node)["db"]["DesiredStatus"] == "stop", "force-stopped")
+
+        # force (-1): everything stops at once, ForceDeadline is Go's zero time
+        d.control("POST", "/reset")
+        node = nomad_node_id(d)
+        d.control("POST", "/allocs", {"job": "db", "stuck": True, "stop_seconds": 0.1})
+        d.control("POST", "/allocs", {"job": "logs", "type": "system", "stop_seconds": 0.1})
+        t0 = time.monotonic()
+        nomad_drain(d, node, {"Deadline": -1})
+        n, _ = nomad_node(d, node)
+        check(n["DrainStrategy"]["ForceDeadline"] == "0001-01-01T00:00:00Z"
+              and n["DrainStrategy"]["Deadline"] == -1, "force drain: zero ForceDeadline")
+        wait_for(lambda: all(a["ClientStatus"] == "complete"
+                             for a in nomad_allocs(d, node).values())
+                 and nomad_node(d, node)[0]["DrainStrategy"] is None, 1.5, "force drain done")
+        check(time.monotonic() - t0 < 1, "force drain stops the stuck and system allocs at once")
+    finally:
+        d.close()
+
+
+def nomad_cancel_and_update():
+    d = Double(NOMAD)
+    try:
+        node = nomad_node_id(d)
+        d.control("POST", "/allocs", {"job": "db", "stuck": True})
+        nomad_drain(d, node, {"Deadline": 0}, Meta={"message": "first"})
+        n1, _ = nomad_node(d, node)
+        check(n1["DrainStrategy"]["ForceDeadline"] == "0001-01-01T00:00:00Z", "Deadline 0: no deadline")
+        time.sleep(0.3)
+        check(nomad_node(d, node)[0]["DrainStrategy"] is not None,
+              "no-deadline drain waits for the stuck alloc")
+        # draining again updates the strategy; StartedAt is kept
+        st, _, _ = nomad_drain(d, node, {"Deadline": 600 * 10**9, "IgnoreSystemJobs": True})
+        n2, _ = nomad_node(d, node)
+        check(st == 200 and n2["DrainStrategy"]["Deadline"] == 600 * 10**9
+              and n2["DrainStrategy"]["StartedAt"] == n1["DrainStrategy"]["StartedAt"]
+              and n2["DrainStrategy"]["ForceDeadline"] != "0001-01-01T00:00:00Z"
+              and n2["Events"][-1]["Message"] == "Node drain strategy updated"
+              and n2["LastDrain"]["Meta"] == {"message": "first"}, "re-drain updates the strategy")
+        # cancel
+        st, _, r = nomad_drain(d, node, None, MarkEligible=True, Meta={"message": "cancel"})
+        n3, _ = nomad_node(d, node)
+        check(st == 200 and n3["DrainStrategy"] is None and n3["LastDrain"]["Status"] == "canceled"
+              and n3["SchedulingEligibility"] == "eligible" and n3["LastDrain"]["Meta"] ==
+              {"message": "cancel"}, "null DrainSpec cancels; MarkEligible → eligible")
+        check(isinstance(r["EvalIDs"], list) and len(r["EvalIDs"]) == 1 and r["EvalCreateIndex"] > 0,
+              "marking eligible again creates evaluations")
+        check(n3["Events"][-1]["Message"] == "Node drain disabled", "event 'Node drain disabled'")
+        al = nomad_allocs(d, node)
+        check(al["db"]["ClientStatus"] == "running" and al["db"]["DesiredStatus"] == "run",
+              "the stuck alloc keeps running after the cancel")
+        # cancelling when not draining leaves LastDrain alone; without MarkEligible stays as is
+        nomad_drain(d, node, None)
+        check(nomad_node(d, node)[0]["LastDrain"]["Status"] == "canceled", "no-op cancel")
+        # an operator drain put in place through the control API
+        d.control("POST", "/allocs", {"job": "web", "stop_seconds": 0.1})
+        d.control("POST", "/node", {"drain": {"Deadline": 0}, "meta": {"by": "operator"}})
+        n4, _ = nomad_node(d, node)
+        check(n4["DrainStrategy"] is not None and n4["LastDrain"]["Meta"] == {"by": "operator"}
+              and n4["LastDrain"]["AccessorID"] == "client:" + node, "control drain")
+        check(d.control("GET", "/state")["drain_request_count"] == 4,
+              "control drains are not counted as drain requests")
+        d.control("POST", "/allocs/" + al["db"]["ID"], {"client_status": "failed"})
+        wait_for(lambda: nomad_node(d, node)[0]["DrainStrategy"] is None, 2,
+                 "drain completes once the stuck alloc failed and web stopped")
+    finally:
+        d.close()
+
+
+def nomad_acl():
+    d = Double(NOMAD)
+    try:
+        node = nomad_node_id(d)
+        d.control("POST", "/allocs", {"job": "web", "stop_seconds": 0.1})
+        ro, rw, full = (str(uuid.UUID(int=i * (2**128 // 17))) for i in (1, 2, 3))
+        r = d.control("POST", "/acl", {"enabled": True, "tokens": [
+            {"secret": ro, "policies": ["agent:read", "node:read"]},
+            {"secret": rw, "policies": ["agent:read", "node:write"]},
+            {"secret": full, "policies": ["agent:read", "node:write", "namespace:read-job"]}]})
+        check(ro not in json.dumps(r), "control answer does not echo secrets")
+        for hdrs, what in (({}, "no token"), ({"X-Nomad-Token": "nope"}, "unknown token")):
+            st, h, b = d.get("/v1/agent/self", hdrs)
+            check(st == 403 and b == "Permission denied" and "text/plain" in h["Content-Type"],
+                  f"{what}: agent/self → 403 'Permission denied'")
+            check(d.get(f"/v1/node/{node}", hdrs)[:3:2] == (403, "Permission denied"),
+                  f"{what}: GET node → 403")
+        check(nomad_node_id(d, {"X-Nomad-Token": ro}) == node, "agent:read token reads agent/self")
+        check(nomad_node(d, node, {"Authorization": "Bearer " + ro})[0]["ID"] == node,
+              "Authorization: Bearer works")
+        st, _, b = nomad_drain(d, node, {"Deadline": -1}, {"X-Nomad-Token": ro})
+        check(st == 403 and b == "Permission denied", "node:read cannot drain")
+        check(nomad_allocs(d, node, {"X-Nomad-Token": rw}) == {},
+              "without namespace:read-job the allocations are filtered out (not 403)")
+        check(list(nomad_allocs(d, node, {"X-Nomad-Token": full})) == ["web"],
+              "with namespace:read-job they are listed")
+        st, _, r = nomad_drain(d, node, {"Deadline": -1}, {"X-Nomad-Token": full})
+        check(st == 200, "node:write drains")
+        ld = nomad_node(d, node, {"X-Nomad-Token": rw})[0]["LastDrain"]
+        check(re.fullmatch(r"token:[0-9a-f-]{36}", ld["AccessorID"]),
+              "LastDrain.AccessorID = token:<accessor>")
+        reqs = d.control("GET", "/requests")
+        dump = json.dumps(reqs)
+        check(all(s not in dump for s in (ro, rw, full)), "secrets never recorded")
+        check(any(r["token_present"] and r["token_header"] == "Authorization" for r in reqs)
+              and any(not r["token_present"] for r in reqs), "token_present recorded")
+        # server-only agent: no stats.client
+        d.control("POST", "/node", {"client": False})
+        st, _, b = d.get("/v1/agent/self", {"X-Nomad-Token": ro})
+        check(st == 200 and "client" not in b["stats"] and b["member"]["Status"] == "alive"
+              and b["config"]["Client"]["Enabled"] is False, "server-only agent/self")
+    finally:
+        d.close()
+    d = Double(NOMAD, "--server-only")
+    try:
+        st, _, b = d.get("/v1/agent/self")
+        check(st == 200 and "client" not in b["stats"] and "nomad" in b["stats"],
+              "--server-only: no stats.client")
+    finally:
+        d.close()
+
+
+def nomad_faults():
+    d = Double(NOMAD)
+    try:
+        node = nomad_node_id(d)
+        d.control("POST", "/faults", {"path_prefix": "/v1/node/", "method": "POST", "status": 500,
+                                      "count": 2})
+        check(len(d.control("GET", "/faults")) == 1, "fault listed")
+        st, h, b = nomad_drain(d, node, {"Deadline": -1})
+        check(st == 500 and b == "No cluster leader" and "text/plain" in h["Content-Type"],
+              "injected 500 with a plain-text body")
+        check(d.get(f"/v1/node/{node}")[0] == 200, "GET not affected by a POST fault")
+        check(nomad_drain(d, node, {"Deadline": -1})[0] == 500, "second fault")
+        check(nomad_drain(d, node, {"Deadline": -1})[0] == 200, "then the drain goes through")
+        st_ = d.control("GET", "/state")
+        check(st_["drain_request_count"] == 3 and [r["status"] for r in st_["drain_requests"]] ==
+              [500, 500, 200], "drain requests with their statuses")
+        d.control("POST", "/faults", {"path_prefix": "/v1/agent/self", "delay_seconds": 0.3})
+        t0 = time.monotonic()
+        check(d.get("/v1/agent/self")[0] == 200 and time.monotonic() - t0 >= 0.3, "delay-only fault")
+        d.control("DELETE", "/requests")
+        check(d.control("GET", "/requests") == []
+              and d.control("GET", "/state")["drain_request_count"] == 0,
+              "DELETE requests clears the log and the drain requests")
+    finally:
+        d.close()
+
+
+def ecs_agent():
+    d = Double(ECS_AGENT)
+    try:
+        st, h, b = d.get("/v1/metadata")
+        check(st == 200 and h["Content-Type"] == "application/json", "metadata → 200 JSON")
+        check(list(b) == ["Cluster", "ContainerInstanceArn", "Version"] and b["Cluster"] == "default"
+              and b["ContainerInstanceArn"] is None
+              and re.fullmatch(r"Amazon ECS Agent - v\d+\.\d+\.\d+ \(\*?[0-9a-f]{8}\)",
+                               b["Version"]),
+              f"unregistered: ContainerInstanceArn null ({b})")
+        st, h, b = d.get("/v1/tasks")
+        check(st == 200 and b == {"Tasks": []}, "no tasks → {\"Tasks\": []}")
+        arn = ("arn:aws:ecs:us-east-1:123456789012:container-instance/prod/"
+               "0123456789abcdef0123456789abcdef")
+        r = d.control("POST", "/metadata", {"Cluster": "prod", "ContainerInstanceArn": arn})
+        check(r["ContainerInstanceArn"] == arn, "control sets the metadata")
+        check(d.get("/v1/metadata")[2] == {"Cluster": "prod", "ContainerInstanceArn": arn,
+                                             "Version": r["Version"]}, "metadata follows")
+        task = {"Arn": "arn:aws:ecs:us-east-1:123456789012:task/prod/abc", "Family": "web",
+                "Version": "3", "Containers": [{"DockerId": "9581a69a761a557fbfce1d0f6745e4af5b",
+                                                 "DockerName": "ecs-web-3-app", "Name": "app"}]}
+        d.control("POST", "/tasks", task)
+        st, _, b = d.get("/v1/tasks")
+        check(st == 200 and len(b["Tasks"]) == 1 and b["Tasks"][0]["KnownStatus"] == "RUNNING"
+              and b["Tasks"][0]["DesiredStatus"] == "RUNNING", "task listed")
+        check(d.get("/v1/tasks?taskarn=" + task["Arn"])[2]["Family"] == "web", "?taskarn=")
+        check(d.get("/v1/tasks?dockerid=9581a69a761a")[2]["Arn"] == task["Arn"], "?dockerid= short id")
+        st, _, b = d.get("/v1/tasks?taskarn=nope")
+        check(st == 404 and b["Arn"] == "" and b["Containers"] is None,
+              "unknown task → 404 with an empty task")
+        check(d.get("/v1/tasks?taskarn=x&dockerid=y")[0] == 400, "both parameters → 400")
+        st, _, b = d.get("/v2/whatever")
+        check(st == 200 and b == {"AvailableCommands": ["/v1/metadata", "/v1/tasks", "/license"]},
+              "unknown path → the agent's AvailableCommands (200), not 404")
+        check(http("POST", d.base + "/v1/metadata", {})[0] == 200, "any method is served")
+        # faults
+        d.control("POST", "/faults", {"path_prefix": "/v1/metadata", "status": 500})
+        st, _, b = d.get("/v1/metadata")
+        check(st == 500 and b == {"Cluster": "", "ContainerInstanceArn": None, "Version": ""},
+              "500 fault answers the agent's empty metadata")
+        check(d.get("/v1/metadata")[0] == 200, "fault used up")
+        d.control("POST", "/faults", {"path_prefix": "/v1/", "close": True, "delay_seconds": 0.01})
+        try:
+            st = d.get("/v1/metadata", timeout=2)[0]
+        except (OSError, httpclient.HTTPException) as e:
+            st = type(e).__name__
+        check(st != 200, f"close fault drops the connection ({st})")
+        reqs = d.control("GET", "/requests")
+        check([r["path"] for r in reqs][:2] == ["/v1/metadata", "/v1/tasks"]
+              and reqs[-1]["status"] == 0, "requests recorded (status 0 = dropped)")
+        d.control("POST", "/reset")
+        check(d.get("/v1/metadata")[2]["ContainerInstanceArn"] is None
+              and d.get("/v1/tasks")[2] == {"Tasks": []}, "reset restores the command line state")
+        check(d.close() == 0, "exits 0 at stdin EOF")
+    finally:
+        d.close()
+    d = Double(ECS_AGENT, "--cluster", "prod",
+               "--arn", "arn:aws:ecs:eu-west-1:111122223333:container-instance/prod/x")
+    try:
+        b = d.get("/v1/metadata")[2]
+        check(b["Cluster"] == "prod" and b["ContainerInstanceArn"].endswith("/prod/x"),
+              "--cluster/--arn")
+        d.control("POST", "/metadata", {"ContainerInstanceArn": None})
+        d.control("POST", "/reset")
+        check(d.get("/v1/metadata")[2]["ContainerInstanceArn"].endswith("/prod/x"),
+              "reset goes back to --arn")
+    finally:
+        d.close()
+
+
 SCENARIOS = [fluentd_basic, fluentd_sigterm_keeps_chunks_and_resume, fluentd_retry,
              fluentd_startup_race, fluentd_multi_worker, fluentd_multi_output, fluentd_no_orphans,
-             fluentd_rpc, fluentd_no_supervisor, mackerel]
+             fluentd_rpc, fluentd_no_supervisor, mackerel, nomad_basic, nomad_system_jobs,
+             nomad_ignore_system_jobs, nomad_deadline, nomad_cancel_and_update, nomad_acl,
+             nomad_faults, ecs_agent]
 
 
 def run_one(fn):

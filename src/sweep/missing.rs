@@ -1,0 +1,66 @@
+//! When the sweep first saw a host's instance missing from EC2, for hosts whose API gives no
+//! creation time (Zabbix): `<state_dir>/sweep-missing.json`, written atomically.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// The record's file name in the state directory.
+pub const FILE: &str = "sweep-missing.json";
+
+/// Host key (`service:id`) → first seen missing, in seconds since the epoch.
+pub struct Missing {
+    path: PathBuf,
+    since: BTreeMap<String, u64>,
+}
+
+impl Missing {
+    /// Reads the record; a missing or unreadable one starts empty (hosts then wait longer).
+    pub fn load(state_dir: &Path) -> Self {
+        let path = state_dir.join(FILE);
+        let since = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(file = %path.display(), error = %e, "the sweep's record is not readable; starting it again");
+                BTreeMap::new()
+            }),
+            Err(_) => BTreeMap::new(),
+        };
+        Self { path, since }
+    }
+
+    /// Notes `key` missing at `now`, unless it was noted before.
+    pub fn first_seen_missing(&mut self, key: &str, now: SystemTime) {
+        let secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.since.entry(key.to_string()).or_insert(secs);
+    }
+
+    /// When `key` was first seen missing.
+    pub fn get(&self, key: &str) -> Option<SystemTime> {
+        self.since
+            .get(key)
+            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(*s))
+    }
+
+    /// Forgets `key` (its instance is back, or its host was removed).
+    pub fn forget(&mut self, key: &str) {
+        self.since.remove(key);
+    }
+
+    /// Forgets every host not in `keys` (gone from the monitoring service).
+    pub fn keep_only(&mut self, keys: &[String]) {
+        self.since.retain(|k, _| keys.contains(k));
+    }
+
+    /// Writes the record (write, fsync, rename).
+    pub fn save(&self) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(&self.since).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
