@@ -11,8 +11,8 @@ trap 'rm -f "$log"' EXIT
 status=0
 cargo test --locked "$@" 2>&1 | tee "$log" || status=$?
 if [ "$#" -eq 0 ] && [ "$status" -eq 0 ]; then
-  echo "== the Zabbix step again, against Zabbix 7.0"
-  LASTCALL_ZABBIX_VERSION=7.0 cargo test --locked --test zabbix 2>&1 | tee -a "$log" || status=$?
+  echo "== the Zabbix step and the sweep again, against Zabbix 7.0"
+  LASTCALL_ZABBIX_VERSION=7.0 cargo test --locked --test zabbix --test sweep 2>&1 | tee -a "$log" || status=$?
 fi
 tests/services/zabbix.sh stop >/dev/null 2>&1 || true
 # One closing line for the whole run, summed over every test binary.

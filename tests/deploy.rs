@@ -17,10 +17,12 @@ use serde_json::Value;
 
 const TOP: &str = env!("CARGO_MANIFEST_DIR");
 const LASTCALL: &str = env!("CARGO_BIN_EXE_lastcall");
-const UNITS: [&str; 3] = [
+const UNITS: [&str; 5] = [
     "lastcall.service",
     "lastcall-once.service",
     "lastcall-once.timer",
+    "lastcall-sweep.service",
+    "lastcall-sweep.timer",
 ];
 const TEMPLATES: [&str; 3] = [
     "cloudformation/queue-mode.yaml",
@@ -39,24 +41,55 @@ enum Scope {
     Group,
     /// `"*"`: the action supports no resource-level permissions.
     Any,
+    /// The ECS cluster's container instances or tasks (`${EcsClusterName}`), by ARN, or `"*"`
+    /// with an `ecs:cluster` condition naming it.
+    Cluster,
 }
 
-/// Every AWS SDK call lastcall may make: (service, SDK method, IAM action, where it applies).
-/// A call in src/ that is missing here fails `instance_policies_grant_exactly_the_calls_in_src`.
+/// Which of a template's managed policies grants an action: the instance policy every instance
+/// needs, or an optional one for a feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Policy {
+    /// `InstancePolicy`: the sources, verification and completion.
+    Instance,
+    /// `EcsDrainPolicy` (when `EcsClusterName` is set): the `ecs` step.
+    EcsDrain,
+    /// `SweepPolicy` (when `EnableSweep` is true): `lastcall sweep`.
+    Sweep,
+}
+
+impl Policy {
+    fn resource(self) -> &'static str {
+        match self {
+            Self::Instance => "InstancePolicy",
+            Self::EcsDrain => "EcsDrainPolicy",
+            Self::Sweep => "SweepPolicy",
+        }
+    }
+}
+
+/// Every AWS SDK call lastcall may make: (service, SDK method, IAM action, where it applies,
+/// which policy grants it). A call in src/ that is missing here fails
+/// `instance_policies_grant_exactly_the_calls_in_src`.
 #[rustfmt::skip]
-const SDK_CALLS: &[(&str, &str, &str, Scope)] = &[
-    ("autoscaling", "describe_auto_scaling_instances", "autoscaling:DescribeAutoScalingInstances", Scope::Any),
-    ("autoscaling", "describe_lifecycle_hooks", "autoscaling:DescribeLifecycleHooks", Scope::Any),
-    ("autoscaling", "describe_auto_scaling_groups", "autoscaling:DescribeAutoScalingGroups", Scope::Any),
-    ("autoscaling", "describe_tags", "autoscaling:DescribeTags", Scope::Any),
-    ("autoscaling", "record_lifecycle_action_heartbeat", "autoscaling:RecordLifecycleActionHeartbeat", Scope::Group),
-    ("autoscaling", "complete_lifecycle_action", "autoscaling:CompleteLifecycleAction", Scope::Group),
-    ("sqs", "receive_message", "sqs:ReceiveMessage", Scope::Queue),
-    ("sqs", "delete_message", "sqs:DeleteMessage", Scope::Queue),
-    ("sqs", "delete_message_batch", "sqs:DeleteMessage", Scope::Queue),
-    ("sqs", "change_message_visibility", "sqs:ChangeMessageVisibility", Scope::Queue),
-    ("sqs", "change_message_visibility_batch", "sqs:ChangeMessageVisibility", Scope::Queue),
-    ("sqs", "get_queue_attributes", "sqs:GetQueueAttributes", Scope::Queue),
+const SDK_CALLS: &[(&str, &str, &str, Scope, Policy)] = &[
+    ("autoscaling", "describe_auto_scaling_instances", "autoscaling:DescribeAutoScalingInstances", Scope::Any, Policy::Instance),
+    ("autoscaling", "describe_lifecycle_hooks", "autoscaling:DescribeLifecycleHooks", Scope::Any, Policy::Instance),
+    ("autoscaling", "describe_auto_scaling_groups", "autoscaling:DescribeAutoScalingGroups", Scope::Any, Policy::Instance),
+    ("autoscaling", "describe_tags", "autoscaling:DescribeTags", Scope::Any, Policy::Instance),
+    ("autoscaling", "record_lifecycle_action_heartbeat", "autoscaling:RecordLifecycleActionHeartbeat", Scope::Group, Policy::Instance),
+    ("autoscaling", "complete_lifecycle_action", "autoscaling:CompleteLifecycleAction", Scope::Group, Policy::Instance),
+    ("sqs", "receive_message", "sqs:ReceiveMessage", Scope::Queue, Policy::Instance),
+    ("sqs", "delete_message", "sqs:DeleteMessage", Scope::Queue, Policy::Instance),
+    ("sqs", "delete_message_batch", "sqs:DeleteMessage", Scope::Queue, Policy::Instance),
+    ("sqs", "change_message_visibility", "sqs:ChangeMessageVisibility", Scope::Queue, Policy::Instance),
+    ("sqs", "change_message_visibility_batch", "sqs:ChangeMessageVisibility", Scope::Queue, Policy::Instance),
+    ("sqs", "get_queue_attributes", "sqs:GetQueueAttributes", Scope::Queue, Policy::Instance),
+    ("ecs", "describe_container_instances", "ecs:DescribeContainerInstances", Scope::Cluster, Policy::EcsDrain),
+    ("ecs", "update_container_instances_state", "ecs:UpdateContainerInstancesState", Scope::Cluster, Policy::EcsDrain),
+    ("ecs", "list_tasks", "ecs:ListTasks", Scope::Cluster, Policy::EcsDrain),
+    ("ecs", "describe_tasks", "ecs:DescribeTasks", Scope::Cluster, Policy::EcsDrain),
+    ("ec2", "describe_instances", "ec2:DescribeInstances", Scope::Any, Policy::Sweep),
 ];
 
 const GROUP_ARN_PREFIX: &str = "arn:${AWS::Partition}:autoscaling:${AWS::Region}:${AWS::AccountId}:autoScalingGroup:*:autoScalingGroupName/";
@@ -334,6 +367,24 @@ fn systemd_units_run_lastcall_as_documented() {
     let spread = humantime::parse_duration(&spread).expect("RandomizedDelaySec is a duration");
     assert!(spread > Duration::ZERO && spread < Duration::from_secs(30));
     assert_eq!(unit_value(&timer, "Install", "WantedBy"), "timers.target");
+
+    let sweep = read("deploy/systemd/lastcall-sweep.service");
+    assert_eq!(unit_value(&sweep, "Service", "Type"), "oneshot");
+    assert_eq!(
+        unit_value(&sweep, "Service", "ExecStart"),
+        "/usr/bin/lastcall sweep"
+    );
+    assert_eq!(unit_value(&sweep, "Service", "StateDirectory"), "lastcall");
+    let sweep_timer = read("deploy/systemd/lastcall-sweep.timer");
+    assert_eq!(unit_value(&sweep_timer, "Timer", "OnCalendar"), "hourly");
+    // The group's instances all sweep: spread them over the hour.
+    let spread = unit_value(&sweep_timer, "Timer", "RandomizedDelaySec");
+    let spread = humantime::parse_duration(&spread).expect("RandomizedDelaySec is a duration");
+    assert!(spread >= Duration::from_secs(600), "{spread:?}");
+    assert_eq!(
+        unit_value(&sweep_timer, "Install", "WantedBy"),
+        "timers.target"
+    );
 }
 
 // ---- cron
@@ -484,7 +535,42 @@ fn installer_installs_into_a_scratch_root() {
         !after.contains_key("etc/systemd/system/multi-user.target.wants/lastcall.service"),
         "the daemon is disabled in timer mode: {after:#?}"
     );
+    assert!(
+        !after.contains_key("etc/systemd/system/timers.target.wants/lastcall-sweep.timer"),
+        "the sweep is enabled only when asked: {after:#?}"
+    );
     assert_eq!(fs::read_to_string(&installed_config).unwrap(), config);
+
+    // With LASTCALL_SWEEP=1 the sweep's timer is enabled too; anything else is refused.
+    let out = install(
+        &root,
+        &[
+            ("LASTCALL_URL", &url),
+            ("LASTCALL_SHA256", lastcall_sha256()),
+            ("LASTCALL_SWEEP", "1"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "install.sh, sweep: {}",
+        described(&out)
+    );
+    assert_eq!(
+        tree(&root)
+            .get("etc/systemd/system/timers.target.wants/lastcall-sweep.timer")
+            .map(String::as_str),
+        Some("link /etc/systemd/system/lastcall-sweep.timer")
+    );
+    let out = install(
+        &root,
+        &[
+            ("LASTCALL_URL", &url),
+            ("LASTCALL_SHA256", lastcall_sha256()),
+            ("LASTCALL_SWEEP", "yes"),
+        ],
+    );
+    assert!(!out.status.success(), "{}", described(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LASTCALL_SWEEP must be 0 or 1"));
 }
 
 #[test]
@@ -620,7 +706,7 @@ fn source_code() -> String {
 
 /// The IAM actions lastcall needs, with where they apply: one per SDK call found in src/ (an SDK
 /// operation is called as `.operation_name()`).
-fn needed_actions() -> BTreeMap<&'static str, Scope> {
+fn needed_actions() -> BTreeMap<&'static str, (Scope, Policy)> {
     let code = source_code();
     // Every AWS SDK crate lastcall depends on, so that a new service is scanned too.
     let crates: Vec<String> = read("Cargo.toml")
@@ -645,16 +731,16 @@ fn needed_actions() -> BTreeMap<&'static str, Scope> {
             if !code.contains(&format!(".{op}()")) {
                 continue;
             }
-            let (_, _, action, scope) = SDK_CALLS
+            let (_, _, action, scope, policy) = SDK_CALLS
                 .iter()
-                .find(|(s, o, _, _)| s == service && *o == op)
+                .find(|(s, o, _, _, _)| s == service && *o == op)
                 .unwrap_or_else(|| {
                     panic!(
                         "src/ calls {service} .{op}(), which SDK_CALLS in tests/deploy.rs does not \
                          list: add its IAM action there and grant it in cloudformation/*.yaml"
                     )
                 });
-            needed.insert(*action, *scope);
+            needed.insert(*action, (*scope, *policy));
         }
     }
     assert!(
@@ -679,25 +765,49 @@ fn hook_group(t: &Value) -> String {
         .to_string()
 }
 
-/// The instance policy's grants: action -> scope, checking each resource's form on the way.
-fn granted_actions(path: &str) -> BTreeMap<String, Scope> {
+/// A managed policy's grants: action -> scope, checking each resource's form on the way. `None`
+/// when the template has no such policy.
+fn granted_actions(path: &str, policy: Policy) -> Option<BTreeMap<String, Scope>> {
     let t = template(path);
-    let policy = &t["Resources"]["InstancePolicy"];
-    assert_eq!(policy["Type"], "AWS::IAM::ManagedPolicy", "{path}");
+    let resource = &t["Resources"].get(policy.resource())?;
+    assert_eq!(resource["Type"], "AWS::IAM::ManagedPolicy", "{path}");
+    match policy {
+        Policy::Instance => assert!(resource.get("Condition").is_none(), "{path}"),
+        Policy::EcsDrain => assert_eq!(resource["Condition"], "EcsDrain", "{path}"),
+        Policy::Sweep => assert_eq!(resource["Condition"], "Sweep", "{path}"),
+    }
     let group = hook_group(t);
+    let cluster_arn = "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:";
     let mut granted = BTreeMap::new();
-    for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    for statement in resource["Properties"]["PolicyDocument"]["Statement"]
         .as_array()
         .expect("statements")
     {
         assert_eq!(statement["Effect"], "Allow", "{path}: {statement}");
-        assert!(statement.get("Condition").is_none() && statement.get("NotAction").is_none());
+        assert!(statement.get("NotAction").is_none());
         let resource = &statement["Resource"];
-        let scope = if resource == "*" {
+        let condition = statement.get("Condition");
+        let sub = resource["Fn::Sub"].as_str();
+        let scope = if resource == "*" && condition.is_none() {
             Scope::Any
+        } else if resource == "*" {
+            // Only the one condition that limits an ECS call to the cluster.
+            assert_eq!(
+                condition.and_then(|c| c["ArnEquals"]["ecs:cluster"]["Fn::Sub"].as_str()),
+                Some(format!("{cluster_arn}cluster/${{EcsClusterName}}").as_str()),
+                "{path}: {statement}"
+            );
+            Scope::Cluster
         } else if resource["Fn::GetAtt"] == serde_json::json!(["Queue", "Arn"]) {
             Scope::Queue
-        } else if let Some(sub) = resource["Fn::Sub"].as_str() {
+        } else if let Some(sub) = sub.filter(|s| s.starts_with(cluster_arn)) {
+            assert!(
+                sub == format!("{cluster_arn}container-instance/${{EcsClusterName}}/*")
+                    || sub == format!("{cluster_arn}task/${{EcsClusterName}}/*"),
+                "{path}: {sub}"
+            );
+            Scope::Cluster
+        } else if let Some(sub) = sub {
             assert_eq!(
                 sub.strip_prefix(GROUP_ARN_PREFIX),
                 Some(group.as_str()),
@@ -707,6 +817,10 @@ fn granted_actions(path: &str) -> BTreeMap<String, Scope> {
         } else {
             panic!("{path}: unexpected resource {resource}");
         };
+        assert!(
+            condition.is_none() || scope == Scope::Cluster,
+            "{path}: {statement}"
+        );
         let actions = match &statement["Action"] {
             Value::String(a) => vec![a.clone()],
             Value::Array(a) => a.iter().map(|a| a.as_str().unwrap().to_string()).collect(),
@@ -723,33 +837,54 @@ fn granted_actions(path: &str) -> BTreeMap<String, Scope> {
             );
         }
     }
-    granted
+    Some(granted)
 }
 
 #[test]
 fn instance_policies_grant_exactly_the_calls_in_src() {
     let needed = needed_actions();
-    let queue_mode: BTreeMap<String, Scope> =
-        needed.iter().map(|(a, s)| (a.to_string(), *s)).collect();
-    let imds_mode: BTreeMap<String, Scope> = queue_mode
-        .iter()
-        .filter(|(a, _)| a.starts_with("autoscaling:"))
-        .map(|(a, s)| (a.clone(), *s))
-        .collect();
+    let of = |policy: Policy, only: &dyn Fn(&str) -> bool| -> BTreeMap<String, Scope> {
+        needed
+            .iter()
+            .filter(|(a, (_, p))| *p == policy && only(a))
+            .map(|(a, (s, _))| (a.to_string(), *s))
+            .collect()
+    };
+    let all = |_: &str| true;
+    let autoscaling = |a: &str| a.starts_with("autoscaling:");
+    for (path, core) in [
+        ("cloudformation/queue-mode.yaml", of(Policy::Instance, &all)),
+        ("cloudformation/example.yaml", of(Policy::Instance, &all)),
+        (
+            "cloudformation/imds-mode.yaml",
+            of(Policy::Instance, &autoscaling),
+        ),
+    ] {
+        assert_eq!(
+            granted_actions(path, Policy::Instance),
+            Some(core),
+            "{path}'s InstancePolicy against the AWS calls in src/"
+        );
+        assert_eq!(
+            granted_actions(path, Policy::Sweep),
+            Some(of(Policy::Sweep, &all)),
+            "{path}'s SweepPolicy against the EC2 calls in src/"
+        );
+    }
+    // The ECS drain's policy, in the templates for an existing group (the example stack runs no ECS).
+    for path in [
+        "cloudformation/queue-mode.yaml",
+        "cloudformation/imds-mode.yaml",
+    ] {
+        assert_eq!(
+            granted_actions(path, Policy::EcsDrain),
+            Some(of(Policy::EcsDrain, &all)),
+            "{path}'s EcsDrainPolicy against the ECS calls in src/"
+        );
+    }
     assert_eq!(
-        granted_actions("cloudformation/queue-mode.yaml"),
-        queue_mode,
-        "queue-mode.yaml's InstancePolicy against the AWS calls in src/"
-    );
-    assert_eq!(
-        granted_actions("cloudformation/example.yaml"),
-        queue_mode,
-        "example.yaml's InstancePolicy against the AWS calls in src/"
-    );
-    assert_eq!(
-        granted_actions("cloudformation/imds-mode.yaml"),
-        imds_mode,
-        "imds-mode.yaml's InstancePolicy against the Auto Scaling calls in src/"
+        granted_actions("cloudformation/example.yaml", Policy::EcsDrain),
+        None
     );
 }
 
@@ -890,6 +1025,7 @@ fn example_user_data_carries_the_installer_and_installs_with_it() {
         ("LastcallUrl", binary_url()),
         ("LastcallSha256", lastcall_sha256().to_string()),
         ("LastcallMode", "timer".to_string()),
+        ("EnableSweep", "false".to_string()),
         (
             "Queue",
             "https://sqs.eu-west-1.amazonaws.com/123456789012/example-Queue-1".to_string(),
@@ -931,7 +1067,7 @@ fn example_user_data_carries_the_installer_and_installs_with_it() {
 
 /// The files both packages install (paths under the root), with their modes and their sources in
 /// the repository. The binary is the release build, stripped.
-const PACKAGED: [(&str, u32, &str); 7] = [
+const PACKAGED: [(&str, u32, &str); 9] = [
     ("usr/bin/lastcall", 0o755, "target/release/lastcall"),
     (
         "usr/lib/systemd/system/lastcall.service",
@@ -947,6 +1083,16 @@ const PACKAGED: [(&str, u32, &str); 7] = [
         "usr/lib/systemd/system/lastcall-once.timer",
         0o644,
         "deploy/systemd/lastcall-once.timer",
+    ),
+    (
+        "usr/lib/systemd/system/lastcall-sweep.service",
+        0o644,
+        "deploy/systemd/lastcall-sweep.service",
+    ),
+    (
+        "usr/lib/systemd/system/lastcall-sweep.timer",
+        0o644,
+        "deploy/systemd/lastcall-sweep.timer",
     ),
     (CONFFILE, 0o600, "deploy/lastcall.default.toml"),
     (

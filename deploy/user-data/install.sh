@@ -14,6 +14,9 @@
 #                        (neither: keep the config already there, e.g. baked into the image)
 #   LASTCALL_MODE        daemon (default): lastcall.service runs `lastcall run`; or
 #                        timer: lastcall-once.timer runs `lastcall once` every minute
+#   LASTCALL_SWEEP       1 or true: also enable lastcall-sweep.timer (`lastcall sweep` hourly: the
+#                        config needs a [sweep] table, the role ec2:DescribeInstances); 0 or false
+#                        (default): disable it
 #   LASTCALL_ROOT        install under this directory instead of / (default /), for tests and image
 #                        builds: every file is written under it, the unit is enabled with
 #                        `systemctl --root` and nothing is started or reached over the network
@@ -36,6 +39,7 @@ sha=$(printf '%s' "${LASTCALL_SHA256:-}" | tr 'A-F' 'a-f')
 config_text=${LASTCALL_CONFIG:-}
 config_ssm=${LASTCALL_CONFIG_SSM:-}
 mode=${LASTCALL_MODE:-daemon}
+sweep=${LASTCALL_SWEEP:-0}
 root=${LASTCALL_ROOT:-/}
 # lastcall itself reads LASTCALL_CONFIG as the config file's path: keep the text from reaching it.
 unset LASTCALL_CONFIG
@@ -49,6 +53,11 @@ case $mode in
   daemon) unit=lastcall.service other=lastcall-once.timer ;;
   timer) unit=lastcall-once.timer other=lastcall.service ;;
   *) die "LASTCALL_MODE must be daemon or timer, not '$mode'" ;;
+esac
+case $sweep in
+  1|true) sweep=1 ;;
+  0|false) sweep=0 ;;
+  *) die "LASTCALL_SWEEP must be 0 or 1 (or false or true), not '$sweep'" ;;
 esac
 case $root in
   /*) ;;
@@ -197,6 +206,43 @@ AccuracySec=1s
 [Install]
 WantedBy=timers.target
 UNIT_END
+cat >"$tmp/units/lastcall-sweep.service" <<'UNIT_END'
+# One sweep by lastcall (`lastcall sweep`): retire/delete the monitoring hosts of this group's
+# instances that died without running their steps (see [sweep] in the config). Started hourly by
+# lastcall-sweep.timer; enable the timer, not this unit: `systemctl enable --now
+# lastcall-sweep.timer`. Every instance of the group may run it: removing a removed host is success.
+[Unit]
+Description=lastcall: remove the monitoring hosts of instances that are gone
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/lastcall sweep
+# The sweep's own API calls end within 5 minutes (EC2 calls have their own timeouts).
+TimeoutStartSec=15min
+StateDirectory=lastcall
+StateDirectoryMode=0700
+# Only a sweep: it never competes with a termination's steps for the CPU.
+Nice=10
+UNIT_END
+cat >"$tmp/units/lastcall-sweep.timer" <<'UNIT_END'
+# Runs `lastcall sweep` (lastcall-sweep.service) every hour, at a random moment within it, so that
+# a whole group does not ask EC2, Mackerel and Zabbix in the same second. Enable with
+# `systemctl enable --now lastcall-sweep.timer` (the installer's LASTCALL_SWEEP=1 does).
+[Unit]
+Description=lastcall: remove the monitoring hosts of instances that are gone, hourly
+
+[Timer]
+OnCalendar=hourly
+RandomizedDelaySec=1h
+# The first sweep a while after boot, not at once: a new instance has other work then.
+OnBootSec=15min
+Persistent=false
+
+[Install]
+WantedBy=timers.target
+UNIT_END
 # --- END units ---
 
 # 4. Install: each file through a temporary name beside it and a rename, so that a running lastcall
@@ -213,12 +259,25 @@ umask 022
 mkdir -p "$prefix/usr/bin" "$unit_dir" "$conf_dir"
 put "$tmp/lastcall" "$bin" 0755
 put "$tmp/lastcall.toml" "$conf" 0600
-for u in lastcall.service lastcall-once.service lastcall-once.timer; do
+for u in lastcall.service lastcall-once.service lastcall-once.timer lastcall-sweep.service lastcall-sweep.timer; do
   put "$tmp/units/$u" "$unit_dir/$u" 0644
 done
 say "installed $bin, $conf and the units in $unit_dir"
 
 # 5. Enable (and on a real root start) the daemon or the timer, and disable the other one.
+if [ "$sweep" = 1 ]; then
+  if [ -n "$prefix" ]; then
+    systemctl --root="$prefix" enable lastcall-sweep.timer
+  else
+    systemctl daemon-reload
+    systemctl enable --now lastcall-sweep.timer
+  fi
+  say "enabled lastcall-sweep.timer"
+elif [ -n "$prefix" ]; then
+  systemctl --root="$prefix" disable lastcall-sweep.timer >/dev/null 2>&1 || true
+else
+  systemctl disable --now lastcall-sweep.timer >/dev/null 2>&1 || true
+fi
 if [ -n "$prefix" ]; then
   systemctl --root="$prefix" disable "$other" >/dev/null 2>&1 || true
   systemctl --root="$prefix" enable "$unit"

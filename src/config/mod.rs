@@ -495,7 +495,9 @@ mod example_tests {
             loaded.warnings
         );
         let c = loaded.config;
-        assert_eq!(c.steps.len(), 9);
+        assert_eq!(c.steps.len(), 11);
+        let sweep = c.sweep.expect("[sweep] shown");
+        assert_eq!(sweep.zabbix_group.as_deref(), Some("web servers"));
         assert_eq!(c.launch_steps.len(), 1);
         let imds = c.imds.expect("[imds] shown");
         assert!(imds.lifecycle && !imds.spot && !imds.rebalance);

@@ -160,6 +160,18 @@ pub(super) fn parse_steps(top: &mut Fields, list: &str) -> Vec<Step> {
                             );
                         }
                     }
+                    if let StepKind::Nomad(n) = &kind {
+                        if t <= n.deadline {
+                            f.warn(
+                                "timeout",
+                                format!(
+                                    "{} is not longer than the drain's deadline ({}): allocations that run until the deadline are not waited for",
+                                    humantime::format_duration(t),
+                                    humantime::format_duration(n.deadline)
+                                ),
+                            );
+                        }
+                    }
                     t
                 }
                 None => kind.default_timeout(),

@@ -114,7 +114,15 @@ impl NomadStep {
 
     async fn agent<'a>(&self, env: &'a StepEnv<'a>) -> Result<Agent<'a>, StepError> {
         let token = match &self.token {
-            Some(s) => Some(s.load().map_err(|e| StepError::Failed(e.to_string()))?),
+            Some(s) => {
+                let t = s.load().map_err(|e| StepError::Failed(e.to_string()))?;
+                if reqwest::header::HeaderValue::from_str(t.expose()).is_err() {
+                    return Err(StepError::Failed(format!(
+                        "the token from {s} cannot be sent in a header (a control character?)"
+                    )));
+                }
+                Some(t)
+            }
             None => None,
         };
         Ok(Agent {
@@ -166,7 +174,9 @@ impl NomadStep {
                     "the drain of node {node} was canceled before it completed (by an operator, or `nomad node drain -disable`)"
                 )));
             }
-            let wait = BLOCKING_WAIT.min(env.remaining());
+            // A blocking query must come back before the step's deadline, with room to report.
+            let budget = env.remaining().saturating_sub(Duration::from_millis(500));
+            let wait = BLOCKING_WAIT.min(budget);
             let (allocs, i) = agent
                 .get(&format!("/v1/node/{node}/allocations"), Some((index, wait)))
                 .await?;
@@ -188,7 +198,7 @@ impl NomadStep {
                 tracing::info!(step = env.name, node = %node, draining, allocations = left.len(), "waiting for the drain: {}", if names.is_empty() { "(Nomad has not marked it complete yet)".to_string() } else { names.join(", ") });
                 last = Some(left.clone());
             }
-            if env.remaining() < Duration::from_millis(200) {
+            if budget < Duration::from_millis(200) {
                 let names: Vec<String> = left.iter().map(Alloc::show).collect();
                 return Err(StepError::Failed(format!(
                     "node {node}: the drain had not completed at the step's timeout; {} allocation(s) still running: {}",
@@ -315,7 +325,11 @@ impl Agent<'_> {
             |c| {
                 let mut r = c.request(method.clone(), &url).query(query);
                 if let Some(t) = &self.token {
-                    r = r.header("X-Nomad-Token", t.expose());
+                    // Marked sensitive: never shown by the HTTP stack's debug output.
+                    if let Ok(mut v) = reqwest::header::HeaderValue::from_str(t.expose()) {
+                        v.set_sensitive(true);
+                        r = r.header("X-Nomad-Token", v);
+                    }
                 }
                 if let Some(b) = &body {
                     r = r.json(b);

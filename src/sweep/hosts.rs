@@ -164,6 +164,10 @@ pub async fn zabbix_hosts(
         "output": ["hostid", "host", "name"],
         "groupids": [gid],
     });
+    // With `action = "disable"`, a host disabled before is done: not listed again every hour.
+    if session.verb() == "disable" {
+        params["filter"] = json!({"status": "0"});
+    }
     match how {
         ZabbixInstanceId::Tag(_) => params["selectTags"] = json!(["tag", "value"]),
         ZabbixInstanceId::Inventory(field) => params["selectInventory"] = json!([field]),

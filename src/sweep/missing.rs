@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -57,6 +58,13 @@ impl Missing {
 
     /// Writes the record (write, fsync, rename).
     pub fn save(&self) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            // As the journal makes it: only root reads the state directory.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
         let tmp = self.path.with_extension("json.tmp");
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&serde_json::to_vec_pretty(&self.since).map_err(std::io::Error::other)?)?;

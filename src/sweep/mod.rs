@@ -19,8 +19,9 @@ use crate::template::Context;
 use ec2::{Ec2, Seen};
 use hosts::{Host, Key, Service, Skipped};
 
-/// The whole sweep's API calls must end within this.
-const SWEEP_TIMEOUT: Duration = Duration::from_secs(600);
+/// The whole sweep's Mackerel and Zabbix calls, retries included, end within this (an API that is
+/// down is not retried for longer).
+const SWEEP_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What to do with a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +63,7 @@ pub fn decide(
             let (missing_for, by) = match (host_age, first_missing) {
                 (Some(a), _) => (a, "the host's age"),
                 (None, Some(t)) => (age(t), "since the sweep first saw it missing"),
-                (None, None) => (Duration::ZERO, "first seen missing now"),
+                (None, None) => (Duration::ZERO, "not seen missing before"),
             };
             if missing_for >= min_age && (host_age.is_some() || first_missing.is_some()) {
                 Verdict::Remove(format!("unknown to EC2 ({by}: {})", fmt(missing_for)))

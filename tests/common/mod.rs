@@ -109,6 +109,10 @@ pub struct Aws {
     pub sqs: aws_sdk_sqs::Client,
     /// Auto Scaling.
     pub asg: aws_sdk_autoscaling::Client,
+    /// ECS (container instances and tasks for the `ecs` step).
+    pub ecs: aws_sdk_ecs::Client,
+    /// EC2 (instances for the sweep).
+    pub ec2: aws_sdk_ec2::Client,
 }
 
 /// Builds the clients.
@@ -125,6 +129,8 @@ pub async fn aws() -> Aws {
     Aws {
         sqs: aws_sdk_sqs::Client::new(&conf),
         asg: aws_sdk_autoscaling::Client::new(&conf),
+        ecs: aws_sdk_ecs::Client::new(&conf),
+        ec2: aws_sdk_ec2::Client::new(&conf),
     }
 }
 

@@ -154,6 +154,56 @@ pub fn free_port() -> u16 {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A double of its own (Nomad, the ECS agent): one process per test
+
+/// A double from `tests/doubles/`, started for one test.
+pub struct Double {
+    pub url: String,
+    pub control: String,
+    _proc: Ready,
+}
+
+impl Double {
+    /// Starts `tests/doubles/<script>` with `args` (and `--port 0`).
+    pub fn start(script: &str, args: &[&str]) -> Self {
+        let mut cmd = Command::new("python3");
+        cmd.arg(root().join("tests/doubles").join(script))
+            .args(["--port", "0"])
+            .args(args);
+        let proc = Ready::start(cmd, script);
+        Self {
+            url: proc.field("url"),
+            control: proc.field("control"),
+            _proc: proc,
+        }
+    }
+
+    /// `POST /_control/<path>` with `body`; the answer's JSON.
+    pub async fn post(&self, path: &str, body: Value) -> Value {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let r = reqwest::Client::new()
+            .post(format!("{}/{path}", self.control))
+            .json(&body)
+            .send()
+            .await
+            .expect("control");
+        assert!(r.status().is_success(), "control {path}: {}", r.status());
+        r.json().await.unwrap_or(Value::Null)
+    }
+
+    /// `GET /_control/<path>`.
+    pub async fn get(&self, path: &str) -> Value {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        reqwest::get(format!("{}/{path}", self.control))
+            .await
+            .expect("control")
+            .json()
+            .await
+            .expect("json")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Mackerel double
 
 pub struct Mackerel {

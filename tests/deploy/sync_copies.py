@@ -13,7 +13,13 @@ import pathlib
 import sys
 
 TOP = pathlib.Path(__file__).resolve().parents[2]
-UNITS = ["lastcall.service", "lastcall-once.service", "lastcall-once.timer"]
+UNITS = [
+    "lastcall.service",
+    "lastcall-once.service",
+    "lastcall-once.timer",
+    "lastcall-sweep.service",
+    "lastcall-sweep.timer",
+]
 INSTALL = TOP / "deploy/user-data/install.sh"
 EXAMPLE = TOP / "cloudformation/example.yaml"
 

@@ -165,8 +165,11 @@ class Handler(BaseHTTPRequestHandler):
                     return self._error(400, "name (string) required; status one of "
                                        + ", ".join(STATUSES))
                 hid = new_host_id()
+                created = body.get("createdAt", int(time.time()))
+                if not isinstance(created, int):
+                    return self._error(400, "createdAt must be epoch seconds")
                 h = {"id": hid, "name": name, "status": status, "isRetired": False,
-                     "createdAt": int(time.time())}
+                     "createdAt": created}
                 for k in ("displayName", "customIdentifier", "memo", "roles", "meta",
                           "interfaces", "size", "type"):
                     if k in body:

@@ -163,7 +163,20 @@ def knob(group_name: str, name: str) -> float:
     return float(REALISM.get(group_name, {}).get(name, 0) or 0)
 
 
+def keep_ecs_tasks_running() -> None:
+    """moto advances an ECS task one state per DescribeTasks by default (RUNNING, DEACTIVATING,
+    STOPPING, DEPROVISIONING, STOPPED): a task stops because it was looked at.  On AWS a task runs
+    until it is stopped (StopTask, its service's scheduler, or its own end).  A test stops it with
+    StopTask, as the scheduler would."""
+    from moto.moto_api import state_manager
+
+    state_manager.set_transition(
+        model_name="ecs::task", transition={"progression": "manual", "times": 10**12}
+    )
+
+
 def reset_state() -> None:
+    keep_ecs_tasks_running()
     REALISM.clear()
     QUEUE_REALISM.clear()
     with COND:
@@ -597,6 +610,7 @@ def target_instance_count(group: FakeAutoScalingGroup) -> int:
 
 
 def install_patches() -> None:
+    keep_ecs_tasks_running()
     orig_set_desired = FakeAutoScalingGroup.set_desired_capacity
     orig_replace = FakeAutoScalingGroup.replace_autoscaling_group_instances
     orig_terminate_instance = AutoScalingBackend.terminate_instance
