@@ -731,6 +731,17 @@ fn needed_actions() -> BTreeMap<&'static str, (Scope, Policy)> {
             if !code.contains(&format!(".{op}()")) {
                 continue;
             }
+            // An operation name several services share (`describe_tags`: Auto Scaling and EC2)
+            // is the listed service's call.
+            let listed_elsewhere = SDK_CALLS
+                .iter()
+                .any(|(s, o, _, _, _)| s != service && *o == op);
+            let listed_here = SDK_CALLS
+                .iter()
+                .any(|(s, o, _, _, _)| s == service && *o == op);
+            if listed_elsewhere && !listed_here {
+                continue;
+            }
             let (_, _, action, scope, policy) = SDK_CALLS
                 .iter()
                 .find(|(s, o, _, _, _)| s == service && *o == op)
@@ -973,7 +984,10 @@ fn example_launch_template_requires_imdsv2_and_attaches_the_policy() {
     );
     assert_eq!(
         r["InstanceRole"]["Properties"]["ManagedPolicyArns"],
-        serde_json::json!([{"Ref": "InstancePolicy"}])
+        serde_json::json!([
+            {"Ref": "InstancePolicy"},
+            {"Fn::If": ["Sweep", {"Ref": "SweepPolicy"}, {"Ref": "AWS::NoValue"}]}
+        ])
     );
 }
 

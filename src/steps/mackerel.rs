@@ -35,6 +35,13 @@ pub struct MackerelStep {
     pub custom_identifier: Template,
 }
 
+/// The API as one step run uses it: the key and the base URL, loaded once.
+struct Conn<'a> {
+    env: &'a StepEnv<'a>,
+    key: Secret,
+    base: String,
+}
+
 /// An API answer that ends the step.
 enum Answer {
     Ok(Value),
@@ -87,6 +94,7 @@ impl MackerelStep {
             .load()
             .map_err(|e| StepError::Failed(e.to_string()))?;
         let base = self.api_base.render(env.ctx)?;
+        let conn = Conn { env, key, base };
         let ci = self.custom_identifier.render(env.ctx)?;
         let id_file = self.host_id_file.render(env.ctx)?;
         let from_file = match std::fs::read_to_string(&id_file) {
@@ -103,10 +111,8 @@ impl MackerelStep {
             } else {
                 match self
                     .call(
-                        env,
-                        &key,
+                        &conn,
                         reqwest::Method::GET,
-                        &base,
                         &["api", "v0", "hosts", &id],
                         &[],
                         None,
@@ -133,7 +139,7 @@ impl MackerelStep {
         let host_id = match host_id {
             Some(id) => id,
             None => match self
-                .call(env, &key, reqwest::Method::GET, &base, &["api", "v0", "hosts-by-custom-identifier", &ci], &[], None)
+                .call(&conn, reqwest::Method::GET, &["api", "v0", "hosts-by-custom-identifier", &ci], &[], None)
                 .await?
             {
                 Answer::NotFound => {
@@ -147,10 +153,8 @@ impl MackerelStep {
         };
         match self
             .call(
-                env,
-                &key,
+                &conn,
                 reqwest::Method::POST,
-                &base,
                 &["api", "v0", "hosts", &host_id, "retire"],
                 &[],
                 Some(serde_json::json!({})),
@@ -169,12 +173,11 @@ impl MackerelStep {
             .load()
             .map_err(|e| StepError::Failed(e.to_string()))?;
         let base = self.api_base.render(env.ctx)?;
+        let conn = Conn { env, key, base };
         match self
             .call(
-                env,
-                &key,
+                &conn,
                 reqwest::Method::GET,
-                &base,
                 &["api", "v0", "org"],
                 &[],
                 None,
@@ -184,12 +187,12 @@ impl MackerelStep {
             Answer::Ok(v) => Ok(format!(
                 "key from {} accepted by {} (organization {})",
                 self.api_key,
-                crate::http_client::redact(&base),
+                crate::http_client::redact(&conn.base),
                 v["name"].as_str().unwrap_or("?")
             )),
             Answer::NotFound => Err(StepError::Failed(format!(
                 "{} has no /api/v0/org: is api_base right?",
-                crate::http_client::redact(&base)
+                crate::http_client::redact(&conn.base)
             ))),
         }
     }
@@ -206,6 +209,7 @@ impl MackerelStep {
             .load()
             .map_err(|e| StepError::Failed(e.to_string()))?;
         let base = self.api_base.render(env.ctx)?;
+        let conn = Conn { env, key, base };
         // Without `status` the API lists only working and standby hosts; a dead instance's host
         // may have been put in maintenance or poweroff.
         let mut query = vec![("service", service)];
@@ -217,10 +221,8 @@ impl MackerelStep {
         }
         match self
             .call(
-                env,
-                &key,
+                &conn,
                 reqwest::Method::GET,
-                &base,
                 &["api", "v0", "hosts"],
                 &query,
                 None,
@@ -235,7 +237,7 @@ impl MackerelStep {
             },
             Answer::NotFound => Err(StepError::Failed(format!(
                 "{} has no /api/v0/hosts: is api_base right?",
-                crate::http_client::redact(&base)
+                crate::http_client::redact(&conn.base)
             ))),
         }
     }
@@ -266,14 +268,13 @@ impl MackerelStep {
                     .collect()
             }
         };
+        let conn = Conn { env, key, base };
         let mut out = Vec::new();
         for chunk in ids.chunks(BULK_RETIRE_MAX) {
             let bulk = self
                 .call(
-                    env,
-                    &key,
+                    &conn,
                     reqwest::Method::POST,
-                    &base,
                     &["api", "v0", "hosts", "bulk-retire"],
                     &[],
                     Some(serde_json::json!({ "ids": chunk })),
@@ -290,10 +291,8 @@ impl MackerelStep {
             for id in chunk {
                 let one = self
                     .call(
-                        env,
-                        &key,
+                        &conn,
                         reqwest::Method::POST,
-                        &base,
                         &["api", "v0", "hosts", id, "retire"],
                         &[],
                         Some(serde_json::json!({})),
@@ -312,14 +311,13 @@ impl MackerelStep {
     /// One API call, with retries for 5xx, 429 and network errors until the deadline.
     async fn call(
         &self,
-        env: &StepEnv<'_>,
-        key: &Secret,
+        conn: &Conn<'_>,
         method: reqwest::Method,
-        base: &str,
         segments: &[&str],
         query: &[(&str, &str)],
         body: Option<Value>,
     ) -> Result<Answer, StepError> {
+        let (env, key, base) = (conn.env, &conn.key, conn.base.as_str());
         let mut url = reqwest::Url::parse(base).map_err(|e| {
             StepError::Failed(format!(
                 "api_base {}: {e}",
