@@ -18,6 +18,11 @@ One process runs:
   action, also per client and per access key id) and every IMDS request,
   read with GET /calls and zeroed with POST /calls/reset on the control
   server (see CallCounter).
+* realism knobs (POST /realism on the control server, all off by default):
+  per group notification_delay, describe_lag, imds_target_lag and
+  no_action_window; per queue receive_max, receive_sample, receive_order and
+  latency; global seed and autoscaling_throttle.  Transient faults are not a
+  knob: they come from tests/faults/proxy.py in front of the emulator.
 
 When both listen, exactly one JSON line is written to stdout:
     {"endpoint":"http://127.0.0.1:PORT","control":"http://127.0.0.1:PORT"}
@@ -35,6 +40,7 @@ import io
 import json
 import logging
 import os
+import random
 import secrets
 import signal
 import sys
@@ -110,6 +116,7 @@ class LifecycleAction:
     origin: str = ""  # EC2 | AutoScalingGroup | WarmPool (as in the message)
     destination: str = ""
     started_at: str = field(default_factory=iso_now)
+    began: float = field(default_factory=time.monotonic)  # start, for no_action_window
     state: str = "pending"  # pending | completed | timed-out | cancelled
     result: str | None = None
     finished_at: str | None = None
@@ -144,19 +151,93 @@ ACTIONS: dict[str, LifecycleAction] = {}
 DEPARTED: dict[str, str] = {}
 
 
-# Realism knobs, per group (so that tests sharing one emulator do not see each
-# other's), all off by default.  See README.md, "Realism knobs".
+# Realism knobs, all off by default.  See README.md, "Realism knobs".
+# Per group (so that tests sharing one emulator do not see each other's):
 #   notification_delay: seconds between the start of an action (its timer runs
 #     from there) and its notification;
 #   describe_lag: seconds after an action starts during which
-#     DescribeAutoScalingInstances still shows the instance's previous state.
+#     DescribeAutoScalingInstances still shows the instance's previous state;
+#   imds_target_lag: seconds after a transition starts during which IMDS
+#     autoscaling/target-lifecycle-state still gives the previous target state;
+#   no_action_window: seconds after an action starts during which Complete /
+#     Heartbeat answer "No active Lifecycle Action found ..." although it exists.
 REALISM: dict[str, dict[str, float]] = {}
-REALISM_KNOBS = ("notification_delay", "describe_lag")
+REALISM_KNOBS = ("notification_delay", "describe_lag", "imds_target_lag", "no_action_window")
+# Per instance (by id): imds_target_lag (overrides the group's).
+INSTANCE_REALISM: dict[str, dict[str, float]] = {}
+INSTANCE_KNOBS = ("imds_target_lag",)
 # Per queue (by name):
 #   receive_max: a receive returns at most this many messages, however many are visible and
-#     however many were asked for (a standard queue samples a subset of its servers).
-QUEUE_REALISM: dict[str, dict[str, float]] = {}
-QUEUE_KNOBS = ("receive_max",)
+#     however many were asked for (a standard queue samples a subset of its servers);
+#   receive_sample: probability that a visible message is included in one receive pass;
+#   receive_order: shuffle (default) | oldest_first | oldest_first_jitter;
+#   latency: extra seconds added to every SQS call on that queue (half before, half after).
+QUEUE_REALISM: dict[str, dict[str, Any]] = {}
+QUEUE_KNOBS = ("receive_max", "receive_sample", "receive_order", "latency")
+RECEIVE_ORDERS = ("shuffle", "oldest_first", "oldest_first_jitter")
+# oldest_first_jitter: a message at rank i sorts by i + uniform(0, ORDER_JITTER), so it can
+# come before at most the ORDER_JITTER - 1 messages sent just before it.
+ORDER_JITTER = 3.0
+# A long poll whose pass sampled nothing while messages are visible tries again after this.
+SAMPLE_RETRY = 0.05
+# Global: seed (of every random choice) and autoscaling_throttle (a Throttle, below).
+GLOBAL_KNOBS = ("seed", "autoscaling_throttle")
+THROTTLE_KEYS = ("rate", "burst", "keys", "shared")
+# instance id -> (time.monotonic() until which the lag lasts, the target state IMDS shows
+# meanwhile, or None for 404)
+IMDS_LAG: dict[str, tuple[float, str | None]] = {}
+
+# Random choices (receive sampling and order) come from one stream per use (e.g. one per
+# queue), so that a seeded run does not depend on what other queues do.  Seeded with
+# "SEED:STREAM" (deterministic, unlike hash()), or from the OS without a seed.
+SEED: int | None = None
+_RNGS: dict[str, random.Random] = {}
+_RNG_LOCK = threading.Lock()
+
+
+def rng(stream: str) -> random.Random:
+    with _RNG_LOCK:
+        r = _RNGS.get(stream)
+        if r is None:
+            r = _RNGS[stream] = random.Random(f"{SEED}:{stream}" if SEED is not None else None)
+        return r
+
+
+def set_seed(seed: int | None) -> None:
+    global SEED
+    with _RNG_LOCK:
+        SEED = seed
+        _RNGS.clear()
+
+
+class Throttle:
+    """Auto Scaling's request rate limit: a token bucket per access key id (the emulator cannot
+    see accounts), or one bucket shared by all throttled keys (shared=True, a fleet in one
+    account).  keys: only these access key ids are throttled (None: all).  The bucket starts
+    full (burst tokens) and refills at rate tokens/s; a refused call takes no token."""
+
+    def __init__(self, rate: float, burst: float, keys: list[str] | None, shared: bool) -> None:
+        self.rate, self.burst, self.keys, self.shared = rate, burst, keys, shared
+        self.lock = threading.Lock()
+        self.buckets: dict[str, tuple[float, float]] = {}  # bucket -> (tokens, at)
+
+    def allow(self, key: str) -> bool:
+        if self.keys is not None and key not in self.keys:
+            return True
+        bucket = "*" if self.shared else key
+        with self.lock:
+            now = time.monotonic()
+            tokens, at = self.buckets.get(bucket, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - at) * self.rate)
+            ok = tokens >= 1
+            self.buckets[bucket] = (tokens - 1 if ok else tokens, now)
+            return ok
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rate": self.rate, "burst": self.burst, "keys": self.keys, "shared": self.shared}
+
+
+THROTTLE: Throttle | None = None
 
 
 def knob(group_name: str, name: str) -> float:
@@ -176,12 +257,17 @@ def keep_ecs_tasks_running() -> None:
 
 
 def reset_state() -> None:
+    global THROTTLE
     keep_ecs_tasks_running()
     REALISM.clear()
+    INSTANCE_REALISM.clear()
     QUEUE_REALISM.clear()
+    THROTTLE = None
+    set_seed(None)
     with COND:
         ACTIONS.clear()
         DEPARTED.clear()
+        IMDS_LAG.clear()
         COND.notify_all()
 
 
@@ -308,6 +394,17 @@ def cancel_actions(instance_ids: list[str] | set[str]) -> None:
             a.state, a.finished_at = "cancelled", iso_now()
 
 
+def imds_lag_begin(group: FakeAutoScalingGroup, instance_id: str) -> None:
+    """Call just before an instance's target state changes: with imds_target_lag (the
+    instance's, else its group's), IMDS keeps giving the state it gives now for that long."""
+    lag = INSTANCE_REALISM.get(instance_id, {}).get("imds_target_lag")
+    if lag is None:
+        lag = knob(group.name, "imds_target_lag")
+    if lag and lag > 0:
+        shows = target_lifecycle_state(instance_id)  # what IMDS gives now (a running lag included)
+        IMDS_LAG[instance_id] = (time.monotonic() + lag, shows)
+
+
 def start_actions(
     group: FakeAutoScalingGroup, state: InstanceState, hooks: list[LifecycleHook], route: tuple[str, str] | None = None
 ) -> None:
@@ -340,7 +437,9 @@ def start_actions(
         if delay > 0:
             def later(hook=hook, token=token, origin=origin, destination=destination, instance_id=state.instance.id) -> None:
                 with LOCK:
-                    send_action_notification(backend, group.name, hook, instance_id, token, origin, destination, ACTIONS[token].started_at)
+                    action = ACTIONS.get(token)
+                    if action is not None:  # None: POST /moto-api/reset came first
+                        send_action_notification(backend, group.name, hook, instance_id, token, origin, destination, action.started_at)
 
             timer = threading.Timer(delay, later)
             timer.daemon = True
@@ -419,6 +518,7 @@ def take_from_warm_pool(group: FakeAutoScalingGroup, count: int, exclude: Collec
     ready = [s for s in warm_instances(group) if s.lifecycle_state in WARM_STEADY and s.instance.id not in exclude][:count]
     hooks = group_hooks(group, LAUNCHING)
     for state in ready:
+        imds_lag_begin(group, state.instance.id)
         warm_instances(group).remove(state)
         state.__dict__.pop("warm_target", None)
         try:
@@ -438,6 +538,7 @@ def begin_warm_termination(group: FakeAutoScalingGroup, state: InstanceState) ->
     """TerminateInstanceInAutoScalingGroup on a warmed instance: terminating
     hooks run (Warmed:Terminating:Wait, Origin WarmPool, Destination EC2),
     then it is terminated."""
+    imds_lag_begin(group, state.instance.id)
     state.warm_target = "Warmed:Terminated"
     hooks = group_hooks(group, TERMINATING)
     if not hooks:
@@ -462,6 +563,7 @@ def begin_termination(group: FakeAutoScalingGroup, state: InstanceState) -> None
     """Take a victim out of service: back to the warm pool if the group's
     warm pool has ReuseOnScaleIn, else Terminating:Wait if the group has
     terminating hooks, otherwise terminate it right away."""
+    imds_lag_begin(group, state.instance.id)
     cancel_actions({state.instance.id})  # e.g. a victim still in Pending:Wait
     if reuse_on_scale_in(group):
         return_to_warm_pool(group, state)
@@ -578,9 +680,21 @@ def lookup_action(backend: AutoScalingBackend, group_name: str, hook_name: str, 
                 return a
         elif a.instance_id == instance_id:
             return a
+    raise no_active_action(token, instance_id)
+
+
+def no_active_action(token: str | None, instance_id: str | None) -> ValidationError:
     if token:
-        raise ValidationError(f"No active Lifecycle Action found with token {token}")
-    raise ValidationError(f"No active Lifecycle Action found with instance ID {instance_id}")
+        return ValidationError(f"No active Lifecycle Action found with token {token}")
+    return ValidationError(f"No active Lifecycle Action found with instance ID {instance_id}")
+
+
+def check_no_action_window(action: LifecycleAction, token: str | None, instance_id: str | None) -> None:
+    """no_action_window: for this long after the action began, Auto Scaling does not know it
+    yet (eventual consistency), and Complete / Heartbeat answer as for a finished action."""
+    window = knob(action.group_name, "no_action_window")
+    if window > 0 and time.monotonic() - action.began < window:
+        raise no_active_action(token, instance_id)
 
 
 # ---------------------------------------------------------------------------
@@ -690,6 +804,7 @@ def install_patches() -> None:
                 return TerminateInstanceActivity(state.instance, group.desired_capacity)
             group, state = found
             if not group_hooks(group, TERMINATING) and not reuse_on_scale_in(group):
+                imds_lag_begin(group, state.instance.id)
                 activity = orig_terminate_instance(self, instance_id, should_decrement)
                 DEPARTED[instance_id] = "Terminated"  # moto detached it first
                 return activity
@@ -864,6 +979,7 @@ def install_patches() -> None:
             self._get_param("LifecycleActionToken"),
             self._get_param("InstanceId"),
         )
+        check_no_action_window(action, self._get_param("LifecycleActionToken"), self._get_param("InstanceId"))
         if result not in RESULTS:
             raise ValidationError(f"Invalid value for LifecycleActionResult: {result}. Valid values are CONTINUE and ABANDON.")
         finish_action(action, result, "completed")
@@ -879,6 +995,7 @@ def install_patches() -> None:
             self._get_param("LifecycleActionToken"),
             self._get_param("InstanceId"),
         )
+        check_no_action_window(action, self._get_param("LifecycleActionToken"), self._get_param("InstanceId"))
         hook = find_hook(self.autoscaling_backend, group_name, hook_name)
         timeout = int(hook.heartbeat_timeout) if hook else action.heartbeat_timeout
         # Restart the timer at the full timeout, capped by the global timeout.
@@ -987,29 +1104,66 @@ def install_patches() -> None:
     SQSBackend.change_message_visibility = change_message_visibility
 
     # moto hands out a standard queue's visible messages oldest first, every time. Real standard
-    # queues sample their servers and give no order at all, so a consumer that keeps releasing
-    # messages that are not its own still reaches the others. Keep FIFO queues ordered.
-    import random
-
+    # queues sample their servers and give only a best-effort order, so by default a receive pass
+    # here sees them shuffled: a consumer that keeps releasing messages that are not its own still
+    # reaches the others. The queue knobs receive_order and receive_sample change the order and
+    # drop messages from a pass (see README.md, "Realism knobs"). FIFO queues keep their order
+    # and are never sampled. The order and the sample are drawn only in a receive's own pass
+    # (receive_message below sets receiving.pass_), so other readers of Queue.messages (queue
+    # attributes, the long-poll wait) neither see them nor use up random numbers.
     from moto.sqs.models import Queue
 
     orig_messages = Queue.messages
+    orig_wait = Queue.wait_for_messages
+    receiving = threading.local()
 
     def messages(self: Any) -> list:
         visible = orig_messages.fget(self)
-        if not self.fifo_queue:
-            random.shuffle(visible)
+        current = getattr(receiving, "pass_", None)
+        if current is None or current[0] is not self:
+            return visible
+        _, knobs, r = current
+        order = knobs.get("receive_order", "shuffle")
+        if order == "shuffle":
+            r.shuffle(visible)
+        elif order == "oldest_first_jitter":
+            keys = [i + r.uniform(0, ORDER_JITTER) for i in range(len(visible))]
+            visible = [m for _, m in sorted(zip(keys, visible), key=lambda km: km[0])]
+        sample = knobs.get("receive_sample")
+        if sample is not None and sample < 1:
+            visible = [m for m in visible if r.random() < sample]
         return visible
 
+    def wait_for_messages(self: Any, timeout: float) -> None:
+        current = getattr(receiving, "pass_", None)
+        receiving.pass_ = None  # the wait looks at every visible message
+        try:
+            sampled = current is not None and current[0] is self and current[1].get("receive_sample", 1) < 1
+            if sampled and orig_messages.fget(self):
+                # A long poll whose pass sampled nothing while messages are visible: the next
+                # pass comes soon (a long poll queries all servers and answers once it has one).
+                time.sleep(SAMPLE_RETRY)
+                return
+            orig_wait(self, timeout)
+        finally:
+            receiving.pass_ = current
+
     Queue.messages = property(messages)
+    Queue.wait_for_messages = wait_for_messages
 
     orig_receive = SQSBackend.receive_message
 
     def receive_message(self: Any, queue_name: str, count: int, *args: Any, **kwargs: Any) -> list:
-        cap = QUEUE_REALISM.get(queue_name, {}).get("receive_max")
+        knobs = dict(QUEUE_REALISM.get(queue_name, {}))
+        cap = knobs.get("receive_max")
         if cap:
             count = max(1, min(count, int(cap)))
-        got = orig_receive(self, queue_name, count, *args, **kwargs)
+        queue = self.get_queue(queue_name)
+        receiving.pass_ = None if queue.fifo_queue else (queue, knobs, rng(f"sqs:{queue_name}"))
+        try:
+            got = orig_receive(self, queue_name, count, *args, **kwargs)
+        finally:
+            receiving.pass_ = None
         for m in got:
             CALLS.receive_count(queue_name, int(getattr(m, "approximate_receive_count", 0) or 0))
         return got
@@ -1051,7 +1205,17 @@ TARGET_STATE = {
 
 def target_lifecycle_state(instance_id: str) -> str | None:
     """The IMDS autoscaling/target-lifecycle-state value, or None (404) for an
-    instance that never belonged to a group."""
+    instance that never belonged to a group.  During an imds_target_lag, the
+    value from before the transition."""
+    lag = IMDS_LAG.get(instance_id)
+    if lag is not None:
+        if time.monotonic() < lag[0]:
+            return lag[1]
+        del IMDS_LAG[instance_id]
+    return live_target_state(instance_id)
+
+
+def live_target_state(instance_id: str) -> str | None:
     for _account, per_account in dict.items(autoscaling_backends):
         for _region, backend in dict.items(per_account):
             for group in backend.autoscaling_groups.values():
@@ -1093,6 +1257,8 @@ class CallCounter:
             self.calls: dict[str, dict[str, int]] = {}
             self.clients: dict[str, dict[str, dict[str, int]]] = {}
             self.keys: dict[str, dict[str, dict[str, int]]] = {}
+            # access key id -> service -> action -> calls answered Throttling (autoscaling_throttle)
+            self.throttled: dict[str, dict[str, dict[str, int]]] = {}
             self.imds: dict[str, int] = {}
             # queue name -> the highest ApproximateReceiveCount a receive handed out
             self.max_receive_count: dict[str, int] = {}
@@ -1120,6 +1286,10 @@ class CallCounter:
             self._bump(self.clients.setdefault(client, {}), service, action)
             self._bump(self.keys.setdefault(key, {}), service, action)
 
+    def throttle(self, service: str, action: str, key: str) -> None:
+        with self.lock:
+            self._bump(self.throttled.setdefault(key, {}), service, action)
+
     def imds_request(self, method: str, path: str) -> None:
         name = f"{method} {path}"
         with self.lock:
@@ -1135,6 +1305,7 @@ class CallCounter:
                         "calls": self.calls,
                         "clients": self.clients,
                         "keys": self.keys,
+                        "throttled": self.throttled,
                         "imds": self.imds,
                         "max_receive_count": self.max_receive_count,
                         "connections": self.connections,
@@ -1156,20 +1327,39 @@ class CountingRequestHandler(MotoRequestHandler):
 
 
 class CountingApp:
-    """WSGI middleware around moto's app that feeds CALLS."""
+    """WSGI middleware around moto's app that feeds CALLS and applies the global and per-queue
+    realism knobs that act on whole requests: autoscaling_throttle and an SQS queue's latency."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        service, action, key = "unknown", "", "-"
         try:
-            self.count(environ)
+            service, action, key = self.count(environ)
         except Exception:  # counting must never break a request
             log.exception("counting a request failed")
-        return self.app(environ, start_response)
+        throttle = THROTTLE
+        if service == "autoscaling" and throttle is not None and not throttle.allow(key):
+            CALLS.throttle(service, action, key)
+            request_body(environ)  # read it, as moto would have
+            return throttled(start_response)
+        latency = 0.0
+        if service == "sqs" and QUEUE_REALISM:
+            try:
+                latency = float(QUEUE_REALISM.get(sqs_queue_name(environ) or "", {}).get("latency", 0) or 0)
+            except Exception:
+                log.exception("reading the queue of an SQS request failed")
+        if latency <= 0:
+            return self.app(environ, start_response)
+        # Half on the way in, half on the way out (the answer is sent once this returns).
+        time.sleep(latency / 2)
+        out = self.app(environ, start_response)
+        time.sleep(latency / 2)
+        return out
 
     @staticmethod
-    def count(environ: dict[str, Any]) -> None:
+    def count(environ: dict[str, Any]) -> tuple[str, str, str]:
         from urllib.parse import parse_qs
 
         auth = environ.get("HTTP_AUTHORIZATION", "")
@@ -1186,9 +1376,7 @@ class CountingApp:
         if not action:
             action = (parse_qs(environ.get("QUERY_STRING", "")).get("Action") or [""])[0]
         if not action and environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            body = environ["wsgi.input"].read(length) if length else b""
-            environ["wsgi.input"] = io.BytesIO(body)  # give moto the body back
+            body = request_body(environ)
             action = (parse_qs(body.decode("utf-8", "replace")).get("Action") or [""])[0]
         if not action:
             action = f"{environ.get('REQUEST_METHOD', '?')} {environ.get('PATH_INFO', '')}"
@@ -1196,6 +1384,61 @@ class CountingApp:
             service = "moto-api"
         agent = environ.get("HTTP_USER_AGENT", "").split(" ", 1)[0].split("/", 1)[0] or "-"
         CALLS.aws(service, action, agent, key)
+        return service, action, key
+
+
+def request_body(environ: dict[str, Any]) -> bytes:
+    """Reads the request body and puts it back for moto."""
+    body = environ.get("emulator.body")
+    if body is None:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        if length:
+            body = environ["wsgi.input"].read(length)
+        elif environ.get("wsgi.input_terminated"):  # chunked: werkzeug ends the stream
+            body = environ["wsgi.input"].read()
+        else:
+            return b""
+        environ["emulator.body"] = body
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
+
+
+def sqs_queue_name(environ: dict[str, Any]) -> str | None:
+    """The queue an SQS request is about: QueueUrl's last part, or QueueName (JSON or query
+    protocol, body or query string)."""
+    from urllib.parse import parse_qs
+
+    body = request_body(environ)
+    params: dict[str, Any] = {}
+    if environ.get("HTTP_X_AMZ_TARGET"):
+        try:
+            doc = json.loads(body or b"{}")
+            params = doc if isinstance(doc, dict) else {}
+        except ValueError:
+            params = {}
+    else:
+        for raw in (environ.get("QUERY_STRING", ""), body.decode("utf-8", "replace")):
+            params.update({k: v[0] for k, v in parse_qs(raw).items()})
+    url = params.get("QueueUrl")
+    if isinstance(url, str) and url:
+        return url.rstrip("/").rsplit("/", 1)[-1]
+    name = params.get("QueueName")
+    return name if isinstance(name, str) else None
+
+
+def throttled(start_response: Any) -> list[bytes]:
+    """Auto Scaling's throttling answer: HTTP 400, query-protocol XML, Code Throttling, Message
+    Rate exceeded (rendered like moto's own Auto Scaling errors)."""
+    request_id = str(uuid.uuid4())
+    body = (
+        '<ErrorResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><Error><Type>Sender</Type>'
+        f"<Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>"
+    ).encode()
+    start_response(
+        "400 Bad Request",
+        [("Content-Type", "text/xml"), ("Content-Length", str(len(body))), ("x-amzn-RequestId", request_id)],
+    )
+    return [body]
 
 
 # ---------------------------------------------------------------------------
@@ -1361,6 +1604,106 @@ HOST = "127.0.0.1"
 VERBOSE = False
 
 
+FAULT_HINT = (
+    "transient faults (HTTP 500/503, connection resets) are not an emulator knob: put "
+    "tests/faults/proxy.py in front of the emulator (tests/emulator/README.md, \"Transient faults\")"
+)
+
+
+def realism_json() -> dict[str, Any]:
+    return {
+        "groups": REALISM,
+        "instances": INSTANCE_REALISM,
+        "queues": QUEUE_REALISM,
+        "seed": SEED,
+        "autoscaling_throttle": THROTTLE.to_json() if THROTTLE is not None else None,
+    }
+
+
+def _number(name: str, value: Any, lo: float = 0.0, hi: float | None = None) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number, got {value!r}") from None
+    if out != out or out < lo or (hi is not None and out > hi):
+        raise ValueError(f"{name}: {value!r} is out of range [{lo}, {'inf' if hi is None else hi}]")
+    return out
+
+
+def _throttle(value: Any) -> Throttle | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError('autoscaling_throttle: expected {"rate": calls/s, "burst": N} or null')
+    unknown = [k for k in value if k not in THROTTLE_KEYS]
+    if unknown:
+        raise ValueError(f"autoscaling_throttle: unknown keys {unknown}; known: {list(THROTTLE_KEYS)}")
+    if "rate" not in value or "burst" not in value:
+        raise ValueError("autoscaling_throttle: rate and burst are required")
+    keys = value.get("keys")
+    if keys is not None and not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+        raise ValueError("autoscaling_throttle.keys: expected a list of access key ids")
+    return Throttle(
+        _number("autoscaling_throttle.rate", value["rate"]),
+        _number("autoscaling_throttle.burst", value["burst"], lo=1),
+        keys,
+        bool(value.get("shared", False)),
+    )
+
+
+def set_realism(body: Any) -> dict[str, Any]:
+    """POST /realism.  The body names at most one scope (group, instance or queue) with that
+    scope's knobs, or none for the global knobs.  Everything is checked before anything is
+    set; raises ValueError (-> 400) on an unknown knob or a bad value."""
+    global THROTTLE
+    if not isinstance(body, dict):
+        raise ValueError("expected a JSON object")
+    scopes = [k for k in ("group", "instance", "queue") if k in body]
+    if len(scopes) > 1:
+        raise ValueError(f"give one of group, instance or queue, not {scopes}")
+    scope = scopes[0] if scopes else None
+    if scope is not None and not (isinstance(body[scope], str) and body[scope]):
+        raise ValueError(f"{scope}: expected a name")
+    known = {"group": REALISM_KNOBS, "instance": INSTANCE_KNOBS, "queue": QUEUE_KNOBS, None: GLOBAL_KNOBS}[scope]
+    knobs = {k: v for k, v in body.items() if k != scope}
+    unknown = [k for k in knobs if k not in known]
+    if unknown:
+        where = f"{scope} knobs" if scope else "global knobs (or give group, instance or queue)"
+        hint = f"; {FAULT_HINT}" if any(k in ("fault_rate", "reset_rate") for k in unknown) else ""
+        raise ValueError(f"unknown {where} {unknown}; known: {list(known)}{hint}")
+    if not knobs:
+        raise ValueError(f"no knobs given; known: {list(known)}")
+    parsed: dict[str, Any] = {}
+    for k, v in knobs.items():
+        if k == "receive_order":
+            if v not in RECEIVE_ORDERS:
+                raise ValueError(f"receive_order: expected one of {list(RECEIVE_ORDERS)}, got {v!r}")
+            parsed[k] = v
+        elif k == "receive_sample":
+            parsed[k] = _number(k, v, 0.0, 1.0)
+        elif k == "seed":
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ValueError(f"seed: expected an integer or null, got {v!r}")
+            parsed[k] = v
+        elif k == "autoscaling_throttle":
+            parsed[k] = _throttle(v)
+        else:
+            parsed[k] = _number(k, v)
+    with LOCK:
+        if scope is None:
+            if "seed" in parsed:
+                set_seed(parsed["seed"])
+            if "autoscaling_throttle" in parsed:
+                THROTTLE = parsed["autoscaling_throttle"]
+            out = realism_json()
+            return {"seed": out["seed"], "autoscaling_throttle": out["autoscaling_throttle"]}
+        table = {"group": REALISM, "instance": INSTANCE_REALISM, "queue": QUEUE_REALISM}[scope]
+        table.setdefault(body[scope], {}).update(parsed)
+        return dict(table[body[scope]])
+
+
 class ControlHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
@@ -1396,7 +1739,7 @@ class ControlHandler(BaseHTTPRequestHandler):
             return self._json(200, CALLS.to_json())
         if parts == ["realism"]:
             with LOCK:
-                return self._json(200, {"groups": REALISM, "queues": QUEUE_REALISM})
+                return self._json(200, realism_json())
         if parts == ["imds"]:
             with LOCK:
                 return self._json(200, [{"port": p, "instance_id": s.instance_id, "endpoint": f"http://{HOST}:{p}"} for p, s in IMDS_SERVERS.items()])
@@ -1411,30 +1754,11 @@ class ControlHandler(BaseHTTPRequestHandler):
         if parts == ["calls", "reset"]:
             CALLS.reset()
             return self._json(200, {"ok": True})
-        if parts == ["realism"] and isinstance(body, dict) and isinstance(body.get("queue"), str):
-            unknown = [k for k in body if k != "queue" and k not in QUEUE_KNOBS]
-            if unknown:
-                return self._json(400, {"error": f"unknown queue knobs {unknown}; known: {list(QUEUE_KNOBS)}"})
-            try:
-                knobs = {k: float(v) for k, v in body.items() if k != "queue"}
-            except (TypeError, ValueError):
-                return self._json(400, {"error": "knob values are numbers"})
-            with LOCK:
-                QUEUE_REALISM.setdefault(body["queue"], {}).update(knobs)
-                return self._json(200, QUEUE_REALISM[body["queue"]])
         if parts == ["realism"]:
-            if not isinstance(body, dict) or not isinstance(body.get("group"), str):
-                return self._json(400, {"error": "expected {\"group\": NAME, KNOB: seconds, ...}"})
-            unknown = [k for k in body if k != "group" and k not in REALISM_KNOBS]
-            if unknown:
-                return self._json(400, {"error": f"unknown knobs {unknown}; known: {list(REALISM_KNOBS)}"})
             try:
-                knobs = {k: float(v) for k, v in body.items() if k != "group"}
-            except (TypeError, ValueError):
-                return self._json(400, {"error": "knob values are seconds (numbers)"})
-            with LOCK:
-                REALISM.setdefault(body["group"], {}).update(knobs)
-                return self._json(200, REALISM[body["group"]])
+                return self._json(200, set_realism(body))
+            except ValueError as exc:
+                return self._json(400, {"error": str(exc)})
         if parts == ["imds"]:
             instance_id = body.get("instance_id") if isinstance(body, dict) else None
             if not instance_id:
