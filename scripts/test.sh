@@ -9,6 +9,11 @@ scripts/setup-test-env.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
+if [ "$#" -eq 0 ]; then
+  echo "== self-tests of the emulator's realism knobs and of the test doubles"
+  .venv/bin/python tests/emulator/check_knobs.py || status=$?
+  python3 tests/doubles/check_doubles.py || status=$?
+fi
 cargo test --locked "$@" 2>&1 | tee "$log" || status=$?
 if [ "$#" -eq 0 ] && [ "$status" -eq 0 ]; then
   echo "== the Zabbix step and the sweep again, against Zabbix 7.0"
