@@ -136,6 +136,11 @@ class Emulator:
     def reset_calls(self) -> None:
         post_json(f"{self.control}/calls/reset")
 
+    def realism(self, body: dict) -> dict:
+        """POST /realism: one scope's knobs ({"group": …}, {"queue": …}) or the global ones
+        (tests/emulator/README.md, "Realism knobs")."""
+        return post_json(f"{self.control}/realism", body)
+
     def imds(self, instance_id: str) -> str:
         return post_json(f"{self.control}/imds", {"instance_id": instance_id})["endpoint"]
 

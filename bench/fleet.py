@@ -17,8 +17,17 @@ instance" and, at debug, "another instance's message again"; the baseline's "not
 AWS calls and IMDS requests while the fleet is idle. After each round the group is scaled back to
 N and the new instances get their own lastcall, so every round starts from N.
 
+Mass departure (issue 14): `--fraction 0.5` or `--fraction 1.0` terminates half or all of the group
+at once (an instance refresh, a mass scale-in: too few staying instances, or none, to step out of
+the queue's way). `--realistic` turns on the emulator's realism knobs (REALISTIC_GROUP and
+REALISTIC_QUEUE below; tests/emulator/README.md, "Realism knobs") for each group and queue; each
+termination is then also timed from the moment its state became visible: the action's
+`started_at` (GET /actions, the instant the emulator began it) plus the group's describe_lag,
+when DescribeAutoScalingInstances starts to show Terminating:Wait. `--name` names the JSON file.
+
 Usage: fleet.py PATH_TO_LASTCALL [--sizes 10,50,100] [--rounds 3] [--idle 60] [--modes sqs,imds,baseline]
-                [--baseline-n 10] [--baseline-fleets 3] [--baseline-cap 600] [--json]
+                [--baseline-n 10] [--baseline-fleets 3] [--baseline-cap 600] [--fraction 0.1]
+                [--realistic] [--name fleet] [--json]
 """
 
 from __future__ import annotations
@@ -31,13 +40,36 @@ import random
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     FOREIGN_AGAIN, FOREIGN_FIRST, STEPPED_ASIDE, Baseline, Emulator, Lastcall, aws_env, by_action, cleanup, count, cpu_seconds,
-    imds_requests, lastcall_config, log, summary, wait_for, workdir, write_result,
+    imds_requests, lastcall_config, log, parse_iso, summary, wait_for, workdir, write_result,
 )
+
+# The knobs' realistic settings (--realistic), per group; AWS documents none of these figures
+# (tests/emulator/README.md, "Realism knobs", cites what it does say). All four are 1 s, so the
+# notification arrives, DescribeAutoScalingInstances shows Terminating:Wait, IMDS says Terminated
+# and CompleteLifecycleAction starts to work at the same moment, 1 s after the action began.
+REALISTIC_GROUP = {
+    # Auto Scaling sends the notification "while the instance is in a wait state", no promise of
+    # when; an SNS/EventBridge-free hook straight to SQS: about a second.
+    "notification_delay": 1.0,
+    # Eventual consistency of the Auto Scaling API; no window documented.
+    "describe_lag": 1.0,
+    # IMDS target-lifecycle-state: no delay documented; AWS's own tutorial polls every 5 s.
+    "imds_target_lag": 1.0,
+    # "No active Lifecycle Action found" right after the wait began (PrairieLearn PR #15586:
+    # retrying every 5 s fixed it, so the window is shorter than that).
+    "no_action_window": 1.0,
+}
+# Per queue: a long poll may return a subset of the visible messages, standard queues are
+# best-effort oldest first, and every call is a network round trip (tens of ms; 20 ms is the
+# low end, in-region). receive_max stays off: the API's own 10 per receive applies.
+REALISTIC_QUEUE = {"receive_sample": 0.5, "receive_order": "oldest_first_jitter", "latency": 0.02}
+REALISTIC_SEED = 14
 
 
 def terminate_at_once(emu: Emulator, victims: list[str]) -> float:
@@ -111,10 +143,16 @@ class Fleet:
 
 
 def lastcall_fleet(lastcall: str, mode: str, n: int, rounds: int, idle: float, rnd: random.Random, fraction: float = 0.1,
-                   round_cap: float = 120.0) -> dict:
+                   round_cap: float = 120.0, realistic: bool = False) -> dict:
     m = max(1, round(n * fraction))
     work = workdir(f"fleet-{mode}-{n}")
-    out: dict = {"n": n, "m": m, "mode": mode, "rounds": []}
+    out: dict = {"n": n, "m": m, "mode": mode, "fraction": fraction, "realistic": realistic, "rounds": []}
+    knobs = dict(REALISTIC_GROUP) if realistic else {}
+    # How often the harness asks the emulator which actions are completed (GET /actions, which
+    # answers every action so far): every 20 ms for a few terminations; for many, every 250 ms,
+    # so that the harness's own polling does not load the emulator it measures. Completion times
+    # are the emulator's own `finished_at`, not the moment the harness noticed.
+    step = 0.02 if m <= 10 else 0.25
     with Emulator() as emu:
         fleet = None
         try:
@@ -123,6 +161,12 @@ def lastcall_fleet(lastcall: str, mode: str, n: int, rounds: int, idle: float, r
             if mode == "sqs":
                 url, arn = emu.queue(name)
             iids = emu.group(name, n, arn)
+            if realistic:
+                emu.realism({"seed": REALISTIC_SEED})
+                out["knobs"] = {"group": emu.realism({"group": name, **REALISTIC_GROUP})}
+                if url:
+                    out["knobs"]["queue"] = emu.realism({"queue": name, **REALISTIC_QUEUE})
+                out["knobs"]["seed"] = REALISTIC_SEED
             fleet = Fleet(emu, lastcall, work, name, url)
             t = time.time()
             fleet.start(iids)
@@ -154,7 +198,7 @@ def lastcall_fleet(lastcall: str, mode: str, n: int, rounds: int, idle: float, r
                 deadline = t0 + round_cap
                 done = emu.completed(set(victims))
                 while len(done) < m and time.time() < deadline:
-                    time.sleep(0.02)
+                    time.sleep(step)
                     done = emu.completed(set(victims))
                 t_all = time.time()
                 cpu1 = cpu_seconds(emu.proc.pid), sum(cpu_seconds(p.proc.pid) for p in fleet.procs.values())
@@ -165,7 +209,21 @@ def lastcall_fleet(lastcall: str, mode: str, n: int, rounds: int, idle: float, r
                 c = emu.calls()
                 span = time.time() - t0
                 lat = [done[v] - t0 for v in victims if v in done]
+                # Each victim's action (the latest, if it had several): when the emulator began it
+                # and when its state became visible (+ describe_lag).
+                acts: dict[str, dict] = {}
+                vset = set(victims)
+                for a in emu.actions():
+                    if a["instance"] in vset:
+                        if a["instance"] not in acts or a["started_at"] >= acts[a["instance"]]["started_at"]:
+                            acts[a["instance"]] = a
+                lag = knobs.get("describe_lag", 0.0)
+                started = {v: parse_iso(a["started_at"]) for v, a in acts.items()}
+                from_visible = [done[v] - (started[v] + lag) for v in victims if v in done and v in started]
+                states = dict(Counter(a["state"] for a in acts.values()))
                 lines = fleet.new_lines()
+                # lastcall's warnings and errors in the round, by message.
+                problems = dict(Counter(f"{l.get('level')}: {l.get('message')}" for l in lines if l.get("level") in ("WARN", "ERROR")))
                 foreign = sum(1 for l in lines if l.get("message") in (FOREIGN_FIRST, FOREIGN_AGAIN))
                 aside = sum(1 for l in lines if str(l.get("message", "")).startswith(STEPPED_ASIDE))
                 sqs_calls = count(c, key_prefix="lc-", service="sqs")
@@ -175,11 +233,21 @@ def lastcall_fleet(lastcall: str, mode: str, n: int, rounds: int, idle: float, r
                     "cap_s": round_cap,
                     "all_completed_s": max(lat) if complete else None,
                     "latency_s": lat,
+                    # From the moment each one's state became visible (started_at + describe_lag).
+                    "all_from_visible_s": max(from_visible) if complete and from_visible else None,
+                    "from_visible_s": from_visible,
+                    # How long after the first terminate call the emulator began the last action.
+                    "last_action_began_s": (max(started.values()) - t0) if started else None,
+                    "action_states": states,
+                    "warnings_errors": problems,
                     "window_s": span,
                     "sqs_calls": sqs_calls,
                     "sqs_calls_per_termination": sqs_calls / max(1, len(done)),
                     "autoscaling_calls_per_termination": asg_calls / m,
                     "by_action": by_action(c, "lc-"),
+                    # Requests to the fake IMDS servers (which run inside the emulator's process):
+                    # the leaving instances' polls and the staying ones' reads while stepped aside.
+                    "imds_requests": imds_requests(c),
                     "foreign_receptions": foreign,
                     "foreign_per_termination": foreign / max(1, len(done)),
                     "stepped_aside": aside,
@@ -193,10 +261,15 @@ def lastcall_fleet(lastcall: str, mode: str, n: int, rounds: int, idle: float, r
                 }
                 out["rounds"].append(rr)
                 how = f"all completed in {max(lat):.2f} s" if complete else f"only {len(done)} of {m} completed within {round_cap:.0f} s"
+                if from_visible:
+                    how += (f" (from visible: median {sorted(from_visible)[len(from_visible) // 2]:.2f} s, max {max(from_visible):.2f} s; "
+                            f"last action began at +{rr['last_action_began_s']:.2f} s; states {states})")
+                if problems:
+                    how += f"; lastcall warnings/errors {problems}"
                 log(f"fleet {mode} N={n} M={m} round {r + 1}: {how} (median {sorted(lat)[len(lat) // 2] if lat else float('nan'):.2f} s), "
                     f"{sqs_calls / m:.1f} SQS + {asg_calls / m:.1f} Auto Scaling calls per termination, {foreign / m:.1f} wrong receptions per termination, "
                     f"{aside} instances stepped aside, highest receive count of a message {rr['max_receive_count']}; "
-                    f"CPU: emulator {rr['emulator_cpu_s']:.2f} s, lastcall {rr['lastcall_cpu_s']:.2f} s")
+                    f"{rr['imds_requests']} IMDS requests; CPU: emulator {rr['emulator_cpu_s']:.2f} s, lastcall {rr['lastcall_cpu_s']:.2f} s")
                 # Back to N: the victims' daemons stop (their instances are gone), new instances get theirs.
                 fleet.stop(victims)
                 stopped = time.time()
@@ -223,6 +296,10 @@ def lastcall_fleet(lastcall: str, mode: str, n: int, rounds: int, idle: float, r
     out["incomplete_rounds"] = sum(1 for r in allr if r["all_completed_s"] is None)
     out["all_completed"] = summary([r["all_completed_s"] for r in allr if r["all_completed_s"] is not None])
     out["latency"] = summary([x for r in allr for x in r["latency_s"]])
+    out["all_from_visible"] = summary([r["all_from_visible_s"] for r in allr if r["all_from_visible_s"] is not None])
+    out["from_visible"] = summary([x for r in allr for x in r["from_visible_s"]])
+    out["max_receive_count"] = max((r["max_receive_count"] or 0 for r in allr), default=None)
+    out["emulator_cpu_share"] = sum(r["emulator_cpu_s"] for r in allr) / max(1e-9, sum(r["wall_s"] for r in allr))
     nterm = sum(r["completed"] for r in allr) or 1
     out["terminations"] = sum(r["completed"] for r in allr)
     out["terminations_started"] = m * len(allr)
@@ -332,6 +409,8 @@ def main() -> int:
     ap.add_argument("--baseline-handle", type=float, default=1.4, help="seconds the script takes once it has its message (the model's)")
     ap.add_argument("--round-cap", type=float, default=120, help="seconds a round may take before it is recorded as incomplete")
     ap.add_argument("--fraction", type=float, default=0.1, help="share of the fleet terminated at once (M = N x this)")
+    ap.add_argument("--realistic", action="store_true", help="the emulator's realism knobs at REALISTIC_GROUP / REALISTIC_QUEUE for every group and queue")
+    ap.add_argument("--name", default="fleet", help="with --json: results/NAME.json")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     lastcall = str(Path(args.lastcall).resolve())
@@ -340,13 +419,14 @@ def main() -> int:
     rnd = random.Random(6)
     started = time.time()
     load0 = os.getloadavg()
-    res: dict = {"sizes": sizes, "rounds": args.rounds, "idle_s": args.idle}
+    res: dict = {"sizes": sizes, "rounds": args.rounds, "idle_s": args.idle, "fraction": args.fraction, "realistic": args.realistic,
+                 "knobs": {"group": REALISTIC_GROUP, "queue": REALISTIC_QUEUE, "seed": REALISTIC_SEED} if args.realistic else None}
     for mode in ("sqs", "imds"):
         if mode in modes:
             res[mode] = []
             for n in sizes:
-                log(f"fleet: {mode}, N={n}, M={max(1, round(n * args.fraction))}, {args.rounds} rounds")
-                res[mode].append(lastcall_fleet(lastcall, mode, n, args.rounds, args.idle, rnd, args.fraction, args.round_cap))
+                log(f"fleet: {mode}, N={n}, M={max(1, round(n * args.fraction))}, {args.rounds} rounds{', realistic knobs' if args.realistic else ''}")
+                res[mode].append(lastcall_fleet(lastcall, mode, n, args.rounds, args.idle, rnd, args.fraction, args.round_cap, args.realistic))
     if "baseline" in modes:
         log(f"fleet: baseline, {args.baseline_fleets} fleets of N={args.baseline_n}, cap {args.baseline_cap:.0f} s")
         res["baseline"] = baseline_fleets(args.baseline_n, args.baseline_fleets, args.baseline_cap, min(args.idle, 60), rnd)
@@ -354,7 +434,7 @@ def main() -> int:
     res["seconds"] = time.time() - started
     res["loadavg_start"] = load0
     if args.json:
-        write_result("fleet", res)
+        write_result(args.name, res)
     return 0
 
 

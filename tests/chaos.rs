@@ -263,9 +263,12 @@ async fn chaos(nodes: usize, rounds: Option<usize>, minutes: u64) {
         .send()
         .await
         .expect("redrive");
+    // The hook's HeartbeatTimeout: lastcall heartbeats only once it has verified the action, and
+    // under throttling that takes a while (AWS's default timeout is 3600 s; 300 s is a common
+    // setting).
     let spec = GroupSpec {
         size: nodes as i32,
-        heartbeat_timeout: 60,
+        heartbeat_timeout: 300,
         default_result: "ABANDON",
     };
     let mut group = group_with_target(&aws, &name, Some(&queue_arn), spec).await;
@@ -299,9 +302,18 @@ async fn chaos(nodes: usize, rounds: Option<usize>, minutes: u64) {
         "latency": (rng.between(0.0, 0.05) * 100.0).round() / 100.0,
     });
     realism_queue(&name, queue_knobs.clone()).await;
-    let throttle = rng
-        .chance(0.7)
-        .then(|| (rng.between(1.0, 4.0).round(), rng.between(3.0, 8.0).round()));
+    // An account's Auto Scaling budget the fleet can live with: M instances leaving at once need
+    // some 5–8 calls each, so R calls/s take 7M/R seconds, which must stay well inside the hook's
+    // timeout: 1–4 calls/s per 20 instances. (A first 30-minute run at 100 daemons with 2 calls/s
+    // for the whole fleet and a 60 s timeout saw an action expire while its
+    // DescribeAutoScalingInstances kept being throttled: seed 1796152381396722569.)
+    let scale = (nodes as f64 / 20.0).max(1.0);
+    let throttle = rng.chance(0.7).then(|| {
+        (
+            (rng.between(1.0, 4.0) * scale).round(),
+            (rng.between(3.0, 8.0) * scale).round(),
+        )
+    });
     let mut f = Fleet {
         seed,
         rng,
@@ -370,7 +382,7 @@ async fn chaos(nodes: usize, rounds: Option<usize>, minutes: u64) {
         let (name, hook) = (f.group.name.clone(), f.group.hook.clone());
         wait_for(
             "lastcall's actions of the round to end",
-            Duration::from_secs(120),
+            Duration::from_secs(360),
             || async {
                 let acts = all_actions().await;
                 (!acts

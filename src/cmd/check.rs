@@ -181,6 +181,27 @@ fn print_summary(c: &Config) {
             s.on_failure
         );
     }
+    if let Some(w) = &c.sweep {
+        let mut parts = Vec::new();
+        if let Some(svc) = &w.mackerel_service {
+            parts.push(match &w.mackerel_role {
+                Some(r) => format!("Mackerel service {svc} role {r}"),
+                None => format!("Mackerel service {svc}"),
+            });
+        }
+        if let Some(g) = &w.zabbix_group {
+            parts.push(format!(
+                "Zabbix group {g:?} (instance id from {:?})",
+                w.zabbix_instance_id
+            ));
+        }
+        println!(
+            "  sweep: {}; min_age {}, max_delete {}",
+            parts.join(", "),
+            humantime::format_duration(w.min_age),
+            w.max_delete
+        );
+    }
     for (what, steps) in [("steps", &c.steps), ("launch steps", &c.launch_steps)] {
         let total = crate::pipeline::total_timeout(steps);
         if total > DAEMON_TIMEOUT_STOP {
