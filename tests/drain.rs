@@ -8,50 +8,32 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::services::*;
 use common::*;
 
-use lastcall::config::Config;
-use lastcall::steps::{StepEnv, StepError, StepKind};
+use lastcall::steps::{StepError, StepKind};
 use lastcall::template::Context;
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(60);
 
 fn ctx() -> Context {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let mut c = Context::default();
-    for (k, v) in [
+    step_context(&[
         ("instance_id", "i-0123456789abcdef0"),
         ("asg_name", "workers"),
         ("hook_name", "drain"),
         ("region", "us-east-1"),
-    ] {
-        c.values.insert(k, v.to_string());
-    }
-    c
+    ])
 }
 
 fn step(toml: &str) -> StepKind {
-    let text = format!("[imds]\n[[step]]\n{toml}");
-    let loaded = Config::from_str(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
-    loaded.config.steps.into_iter().next().expect("a step").kind
+    step_kind(toml)
 }
 
 async fn run(kind: &StepKind, timeout: Duration) -> Result<String, StepError> {
-    let c = ctx();
-    let env = StepEnv {
-        name: "t",
-        ctx: &c,
-        resumed: false,
-        deadline: tokio::time::Instant::now() + timeout,
-    };
-    tokio::time::timeout(timeout + Duration::from_secs(1), kind.run(&env))
-        .await
-        .expect("the step stops by itself before its deadline")
+    run_step(kind, &ctx(), timeout).await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,47 +10,29 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::services::*;
-use common::unique;
+use common::{run_step, step_context, step_kind, unique};
 
-use lastcall::config::Config;
-use lastcall::steps::{StepEnv, StepError, StepKind};
+use lastcall::steps::{StepError, StepKind};
 use lastcall::template::Context;
 use serde_json::{json, Value};
 
 const INSTANCE: &str = "i-0123456789abcdef0";
 
 fn ctx() -> Context {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let mut c = Context::default();
-    for (k, v) in [
+    step_context(&[
         ("instance_id", INSTANCE),
         ("hostname", "web-1"),
         ("local_ipv4", "10.0.0.5"),
         ("asg_name", "web"),
-    ] {
-        c.values.insert(k, v.to_string());
-    }
-    c
+    ])
 }
 
-/// Parses one step from TOML (through the real config code) and returns its kind.
 fn step(toml: &str) -> StepKind {
-    let text = format!("[imds]\n[[step]]\n{toml}");
-    let loaded = Config::from_str(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
-    loaded.config.steps.into_iter().next().expect("a step").kind
+    step_kind(toml)
 }
 
 async fn run(kind: &StepKind, timeout: Duration) -> Result<String, StepError> {
-    let c = ctx();
-    let env = StepEnv {
-        name: "t",
-        ctx: &c,
-        resumed: false,
-        deadline: tokio::time::Instant::now() + timeout,
-    };
-    tokio::time::timeout(timeout + Duration::from_secs(1), kind.run(&env))
-        .await
-        .expect("the step stops by itself before its deadline")
+    run_step(kind, &ctx(), timeout).await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -134,6 +134,41 @@ pub async fn aws() -> Aws {
     }
 }
 
+/// Placeholder values for running a step in-process (the rustls provider installed first).
+pub fn step_context(values: &[(&'static str, &str)]) -> lastcall::template::Context {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut c = lastcall::template::Context::default();
+    for (k, v) in values {
+        c.values.insert(*k, v.to_string());
+    }
+    c
+}
+
+/// Parses one step from TOML (through the real config code) and returns its kind.
+pub fn step_kind(toml: &str) -> lastcall::steps::StepKind {
+    let text = format!("[imds]\n[[step]]\n{toml}");
+    let loaded = lastcall::config::Config::from_str(&text, Path::new("test.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    loaded.config.steps.into_iter().next().expect("a step").kind
+}
+
+/// Runs a step in-process with `ctx`, its deadline `timeout` away; it must stop by itself.
+pub async fn run_step(
+    kind: &lastcall::steps::StepKind,
+    ctx: &lastcall::template::Context,
+    timeout: Duration,
+) -> Result<String, lastcall::steps::StepError> {
+    let env = lastcall::steps::StepEnv {
+        name: "t",
+        ctx,
+        resumed: false,
+        deadline: tokio::time::Instant::now() + timeout,
+    };
+    tokio::time::timeout(timeout + Duration::from_secs(1), kind.run(&env))
+        .await
+        .expect("the step stops by itself before its deadline")
+}
+
 /// A name no other test uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
