@@ -395,3 +395,30 @@ async fn ecs_timeout_names_the_standalone_task_that_keeps_running() {
     );
     assert_eq!(ci_status(&aws, &cluster, &arn).await, "DRAINING");
 }
+
+#[tokio::test]
+async fn nomad_check_reports_the_node_and_changes_nothing() {
+    let n = Double::start("fake_nomad.py", &[]);
+    n.post("allocs", json!({"job": "web", "type": "service"}))
+        .await;
+    n.post("allocs", json!({"job": "mackerel-agent", "type": "system"}))
+        .await;
+    let StepKind::Nomad(step) = nomad_step(&n, "") else {
+        panic!("a nomad step")
+    };
+    let c = ctx();
+    let env = lastcall::steps::StepEnv {
+        name: "check",
+        ctx: &c,
+        resumed: false,
+        deadline: tokio::time::Instant::now() + Duration::from_secs(10),
+    };
+    let out = step.check(&env).await.expect("reachable");
+    assert!(
+        out.contains("is ready, eligible, 1 allocation(s) of drainable jobs"),
+        "{out}"
+    );
+    let state = n.get("state").await;
+    assert_eq!(state["drain_request_count"], 0, "{state}");
+    assert!(state["node"]["DrainStrategy"].is_null());
+}
