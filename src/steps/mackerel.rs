@@ -89,12 +89,7 @@ impl MackerelStep {
 
     /// Retires the host.
     pub async fn run(&self, env: &StepEnv<'_>) -> Result<String, StepError> {
-        let key = self
-            .api_key
-            .load()
-            .map_err(|e| StepError::Failed(e.to_string()))?;
-        let base = self.api_base.render(env.ctx)?;
-        let conn = Conn { env, key, base };
+        let conn = self.conn(env)?;
         let ci = self.custom_identifier.render(env.ctx)?;
         let id_file = self.host_id_file.render(env.ctx)?;
         let from_file = match std::fs::read_to_string(&id_file) {
@@ -168,12 +163,7 @@ impl MackerelStep {
 
     /// For `lastcall check`: the key is accepted (a read-only call).
     pub async fn check(&self, env: &StepEnv<'_>) -> Result<String, StepError> {
-        let key = self
-            .api_key
-            .load()
-            .map_err(|e| StepError::Failed(e.to_string()))?;
-        let base = self.api_base.render(env.ctx)?;
-        let conn = Conn { env, key, base };
+        let conn = self.conn(env)?;
         match self
             .call(
                 &conn,
@@ -204,12 +194,7 @@ impl MackerelStep {
         service: &str,
         role: Option<&str>,
     ) -> Result<Vec<Value>, StepError> {
-        let key = self
-            .api_key
-            .load()
-            .map_err(|e| StepError::Failed(e.to_string()))?;
-        let base = self.api_base.render(env.ctx)?;
-        let conn = Conn { env, key, base };
+        let conn = self.conn(env)?;
         // Without `status` the API lists only working and standby hosts; a dead instance's host
         // may have been put in maintenance or poweroff.
         let mut query = vec![("service", service)];
@@ -250,25 +235,16 @@ impl MackerelStep {
         env: &StepEnv<'_>,
         ids: &[String],
     ) -> Vec<(String, Result<String, StepError>)> {
-        let key = match self.api_key.load() {
-            Ok(k) => k,
+        let conn = match self.conn(env) {
+            Ok(c) => c,
             Err(e) => {
+                let e = e.to_string();
                 return ids
                     .iter()
-                    .map(|i| (i.clone(), Err(StepError::Failed(e.to_string()))))
-                    .collect()
+                    .map(|i| (i.clone(), Err(StepError::Failed(e.clone()))))
+                    .collect();
             }
         };
-        let base = match self.api_base.render(env.ctx) {
-            Ok(b) => b,
-            Err(e) => {
-                return ids
-                    .iter()
-                    .map(|i| (i.clone(), Err(StepError::Failed(e.to_string()))))
-                    .collect()
-            }
-        };
-        let conn = Conn { env, key, base };
         let mut out = Vec::new();
         for chunk in ids.chunks(BULK_RETIRE_MAX) {
             let bulk = self
@@ -306,6 +282,16 @@ impl MackerelStep {
             }
         }
         out
+    }
+
+    /// The key (read now) and the base URL for one run.
+    fn conn<'a>(&self, env: &'a StepEnv<'a>) -> Result<Conn<'a>, StepError> {
+        let key = self
+            .api_key
+            .load()
+            .map_err(|e| StepError::Failed(e.to_string()))?;
+        let base = self.api_base.render(env.ctx)?;
+        Ok(Conn { env, key, base })
     }
 
     /// One API call, with retries for 5xx, 429 and network errors until the deadline.

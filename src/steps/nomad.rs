@@ -15,7 +15,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::config::fields::Fields;
-use crate::secret::{Secret, SecretSource};
+use crate::secret::SecretSource;
 use crate::template::{Context, RenderError, Template};
 
 use super::api::{self, Verdict};
@@ -47,7 +47,8 @@ pub struct NomadStep {
 struct Agent<'a> {
     env: &'a StepEnv<'a>,
     base: String,
-    token: Option<Secret>,
+    /// The token as a sensitive header value, checked once.
+    token: Option<reqwest::header::HeaderValue>,
     token_from: Option<String>,
 }
 
@@ -116,12 +117,14 @@ impl NomadStep {
         let token = match &self.token {
             Some(s) => {
                 let t = s.load().map_err(|e| StepError::Failed(e.to_string()))?;
-                if reqwest::header::HeaderValue::from_str(t.expose()).is_err() {
-                    return Err(StepError::Failed(format!(
+                let mut v = reqwest::header::HeaderValue::from_str(t.expose()).map_err(|_| {
+                    StepError::Failed(format!(
                         "the token from {s} cannot be sent in a header (a control character?)"
-                    )));
-                }
-                Some(t)
+                    ))
+                })?;
+                // Marked sensitive: never shown by the HTTP stack's debug output.
+                v.set_sensitive(true);
+                Some(v)
             }
             None => None,
         };
@@ -325,11 +328,7 @@ impl Agent<'_> {
             |c| {
                 let mut r = c.request(method.clone(), &url).query(query);
                 if let Some(t) = &self.token {
-                    // Marked sensitive: never shown by the HTTP stack's debug output.
-                    if let Ok(mut v) = reqwest::header::HeaderValue::from_str(t.expose()) {
-                        v.set_sensitive(true);
-                        r = r.header("X-Nomad-Token", v);
-                    }
+                    r = r.header("X-Nomad-Token", t.clone());
                 }
                 if let Some(b) = &body {
                     r = r.json(b);
