@@ -6,8 +6,8 @@
 # Safe to run again: it does nothing when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/apt.sh
-. scripts/apt.sh
+# shellcheck source=scripts/setup-lib.sh
+. scripts/setup-lib.sh
 
 venv=.venv
 req=tests/emulator/requirements.txt

@@ -1,8 +1,7 @@
 //! The deployment files, checked with the tools that read them: `systemd-analyze verify` on the
 //! units, the user-data installer run into a scratch root (and `shellcheck`), the cron.d entry's
 //! shape, `cfn-lint` on the CloudFormation templates, the instance policies against the AWS
-//! calls in src/, and the release packages: the .deb built by `cargo deb` and installed with dpkg
-//! into a scratch root, the .rpm built by `cargo generate-rpm` and read with rpm.
+//! calls in src/. The release artefacts (the packages among them) are checked by tests/dist.rs.
 //! scripts/setup-test-env.sh installs the tools; a missing one fails the test.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,7 +14,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-const TOP: &str = env!("CARGO_MANIFEST_DIR");
+mod common;
+use common::host::*;
+
 const LASTCALL: &str = env!("CARGO_BIN_EXE_lastcall");
 const UNITS: [&str; 5] = [
     "lastcall.service",
@@ -29,7 +30,6 @@ const TEMPLATES: [&str; 3] = [
     "cloudformation/imds-mode.yaml",
     "cloudformation/example.yaml",
 ];
-const SETUP: &str = "run scripts/setup-test-env.sh (as root on Debian) to install it";
 const SYNC: &str = "run `python3 tests/deploy/sync_copies.py` to rewrite the copies";
 
 /// Where an IAM action may apply, in the instance policies.
@@ -96,24 +96,6 @@ const GROUP_ARN_PREFIX: &str = "arn:${AWS::Partition}:autoscaling:${AWS::Region}
 
 // ---- helpers
 
-fn top(rel: &str) -> PathBuf {
-    Path::new(TOP).join(rel)
-}
-
-fn read(rel: &str) -> String {
-    fs::read_to_string(top(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
-}
-
-/// A program from PATH, or a failed test that says how to install it.
-fn system_tool(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name} is not installed: {SETUP}"))
-}
-
 /// Cargo's home: its registry sources, and the cargo subcommands `cargo install` put in bin/.
 fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
@@ -128,31 +110,6 @@ fn venv_tool(name: &str) -> PathBuf {
     path
 }
 
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-/// A command's exit status and both its outputs, for assertion messages.
-fn described(out: &Output) -> String {
-    format!(
-        "{}\n--- stdout\n{}--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn sha256(path: &Path) -> String {
-    let out = run(Command::new("sha256sum").arg(path));
-    assert!(out.status.success(), "sha256sum: {}", described(&out));
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .expect("a hash")
-        .to_string()
-}
-
 /// The SHA-256 of the built binary, computed once per test run.
 fn lastcall_sha256() -> &'static str {
     static SHA: OnceLock<String> = OnceLock::new();
@@ -164,34 +121,6 @@ fn lastcall_sha256() -> &'static str {
 fn own_uid() -> u32 {
     let probe = tempfile::NamedTempFile::new().expect("temp file");
     probe.as_file().metadata().expect("metadata").uid()
-}
-
-/// Every entry under `root`, by relative path: "dir 0755", "file 0600", "link TARGET".
-fn tree(root: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        for entry in fs::read_dir(dir).expect("read_dir") {
-            let path = entry.expect("entry").path();
-            let meta = fs::symlink_metadata(&path).expect("metadata");
-            let rel = path
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            let mode = meta.permissions().mode() & 0o7777;
-            let what = if meta.file_type().is_symlink() {
-                format!("link {}", fs::read_link(&path).unwrap().display())
-            } else if meta.is_dir() {
-                walk(root, &path, out);
-                format!("dir {mode:04o}")
-            } else {
-                format!("file {mode:04o}")
-            };
-            out.insert(rel, what);
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
 }
 
 /// Values of `key` in `[section]` of a systemd unit file.
@@ -448,13 +377,17 @@ fn shell_scripts_are_shellcheck_clean() {
             "deploy/user-data/install.sh",
             "scripts/setup-test-env.sh",
             "scripts/setup-demo-env.sh",
-            "scripts/apt.sh",
+            "scripts/setup-lib.sh",
             "scripts/demo.sh",
+            "scripts/dist.sh",
+            "scripts/test.sh",
             "deploy/debian/postinst",
             "deploy/debian/prerm",
             "deploy/debian/postrm",
-        ])
-        .args(RPM_SCRIPTLETS.map(|(_, file)| file)));
+            "deploy/rpm/post_install.sh",
+            "deploy/rpm/pre_uninstall.sh",
+            "deploy/rpm/post_uninstall.sh",
+        ]));
     assert!(out.status.success(), "shellcheck: {}", described(&out));
 }
 
@@ -602,6 +535,153 @@ fn installer_refuses_a_wrong_checksum_and_installs_nothing() {
         described(&out)
     );
     assert!(!root.exists(), "nothing installed: {:#?}", tree(&root));
+}
+
+/// Release tarballs of both architectures in `dir`, as scripts/dist.sh names them, and their
+/// SHA256SUMS text. Both hold this build's binary (this machine runs only its own architecture);
+/// the aarch64 one has a byte appended (ELF ignores it), so that the installed file tells which
+/// tarball was picked. Returns (URL with `{arch}`, SHA256SUMS, hash of each binary by arch).
+fn release_tarballs(dir: &Path) -> (String, String, BTreeMap<&'static str, String>) {
+    let mut sums = String::new();
+    let mut binaries = BTreeMap::new();
+    // Without its debug information the test build is a tenth of its size: quicker to pack.
+    let stripped = dir.join("lastcall-stripped");
+    let out = run(Command::new(system_tool("strip"))
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(LASTCALL));
+    assert!(out.status.success(), "strip: {}", described(&out));
+    for arch in ["x86_64", "aarch64"] {
+        let name = format!("lastcall-9.9.9-{arch}-unknown-linux-musl");
+        let inner = dir.join("stage").join(&name);
+        fs::create_dir_all(&inner).unwrap();
+        let mut binary = fs::read(&stripped).unwrap();
+        if arch == "aarch64" {
+            binary.push(0);
+        }
+        fs::write(inner.join("lastcall"), &binary).unwrap();
+        fs::set_permissions(inner.join("lastcall"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(inner.join("README.md"), "readme\n").unwrap();
+        binaries.insert(arch, sha256(&inner.join("lastcall")));
+        let tarball = dir.join(format!("{name}.tar.gz"));
+        let out = run(Command::new("tar")
+            .arg("-czf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(dir.join("stage"))
+            .arg(&name));
+        assert!(out.status.success(), "tar: {}", described(&out));
+        sums.push_str(&format!("{}  {name}.tar.gz\n", sha256(&tarball)));
+    }
+    let url = format!(
+        "file://{}/lastcall-9.9.9-{{arch}}-unknown-linux-musl.tar.gz",
+        dir.display()
+    );
+    (url, sums, binaries)
+}
+
+/// A PATH whose `uname` says `machine` for `uname -m`.
+fn path_with_uname(dir: &Path, machine: &str) -> String {
+    let bin = dir.join(format!("uname-{machine}"));
+    fs::create_dir_all(&bin).unwrap();
+    let uname = bin.join("uname");
+    fs::write(
+        &uname,
+        format!("#!/bin/sh\n[ \"$1\" = -m ] && echo {machine} && exit 0\nexec /bin/uname \"$@\"\n"),
+    )
+    .unwrap();
+    fs::set_permissions(&uname, fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+#[test]
+fn installer_picks_the_artefact_for_the_machines_architecture() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (url, sums, binaries) = release_tarballs(scratch.path());
+    let config = read("tests/fixtures/good.toml");
+    // (uname -m, the binary expected): Graviton says aarch64 on Linux, arm64 elsewhere.
+    for (machine, arch) in [
+        ("x86_64", "x86_64"),
+        ("aarch64", "aarch64"),
+        ("arm64", "aarch64"),
+    ] {
+        let root = scratch.path().join(format!("root-{machine}"));
+        let path = path_with_uname(scratch.path(), machine);
+        // SHA256SUMS as published, with its newlines, or pasted on one line.
+        for sha in [sums.clone(), sums.replace('\n', " ")] {
+            let out = install(
+                &root,
+                &[
+                    ("PATH", &path),
+                    ("LASTCALL_URL", &url),
+                    ("LASTCALL_SHA256", &sha),
+                    ("LASTCALL_CONFIG", &config),
+                ],
+            );
+            assert!(out.status.success(), "{machine}: {}", described(&out));
+            assert_eq!(
+                sha256(&root.join("usr/bin/lastcall")),
+                binaries[arch],
+                "{machine}: the {arch} tarball's binary"
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stderr)
+                    .contains(&format!("lastcall-9.9.9-{arch}-unknown-linux-musl.tar.gz")),
+                "{}",
+                described(&out)
+            );
+        }
+    }
+
+    // Refused, nothing installed: an architecture without a build; SHA256SUMS without a line for
+    // the file; a wrong hash on the right line.
+    let wrong_line = sums
+        .lines()
+        .map(
+            |l| match l.strip_suffix("aarch64-unknown-linux-musl.tar.gz") {
+                Some(_) => format!("{}{}", "0".repeat(64), &l[64..]),
+                None => l.to_string(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("\n");
+    let x86_only: String = sums.lines().filter(|l| l.contains("x86_64")).collect();
+    for (machine, sha, expected) in [
+        (
+            "armv7l",
+            sums.clone(),
+            "no lastcall build for this machine's architecture 'armv7l' (there are x86_64 and aarch64)",
+        ),
+        (
+            "aarch64",
+            format!("{x86_only}\n{}  other.tar.gz", "1".repeat(64)),
+            "LASTCALL_SHA256 has no line for lastcall-9.9.9-aarch64-unknown-linux-musl.tar.gz",
+        ),
+        ("aarch64", wrong_line, "SHA-256 mismatch"),
+    ] {
+        let root = scratch.path().join("refused");
+        let out = install(
+            &root,
+            &[
+                ("PATH", &path_with_uname(scratch.path(), machine)),
+                ("LASTCALL_URL", &url),
+                ("LASTCALL_SHA256", &sha),
+                ("LASTCALL_CONFIG", &config),
+            ],
+        );
+        assert!(!out.status.success(), "{machine}: {}", described(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(expected),
+            "{machine}: {}",
+            described(&out)
+        );
+        assert!(!root.exists(), "nothing installed: {:#?}", tree(&root));
+    }
 }
 
 #[test]
@@ -991,6 +1071,126 @@ fn example_launch_template_requires_imdsv2_and_attaches_the_policy() {
     );
 }
 
+/// Evaluates an intrinsic-function expression of a decoded template the way CloudFormation does,
+/// with `params` as the parameters' values: Ref, Condition, Fn::Equals, Not, And, Or, If, Select,
+/// Split, Join (what the example's conditions and policy use).
+fn cfn_eval(t: &Value, e: &Value, params: &BTreeMap<&str, &str>) -> Value {
+    let ev = |x: &Value| cfn_eval(t, x, params);
+    let args = |x: &Value| -> Vec<Value> { x.as_array().expect("a list").iter().map(ev).collect() };
+    let Some((name, arg)) = e.as_object().and_then(|o| o.iter().next()) else {
+        return e.clone();
+    };
+    match name.as_str() {
+        "Ref" => Value::from(params[arg.as_str().expect("a name")]),
+        "Condition" => ev(&t["Conditions"][arg.as_str().expect("a name")]),
+        "Fn::Equals" => {
+            let a = args(arg);
+            Value::from(a[0] == a[1])
+        }
+        "Fn::Not" => Value::from(!args(arg)[0].as_bool().expect("a condition")),
+        "Fn::And" => Value::from(args(arg).iter().all(|c| c.as_bool().expect("a condition"))),
+        "Fn::Or" => Value::from(args(arg).iter().any(|c| c.as_bool().expect("a condition"))),
+        "Fn::If" => {
+            let a = arg.as_array().expect("a list");
+            let cond = ev(&t["Conditions"][a[0].as_str().expect("a condition name")]);
+            ev(&a[if cond.as_bool().expect("a condition") {
+                1
+            } else {
+                2
+            }])
+        }
+        "Fn::Split" => {
+            let a = args(arg);
+            let (d, s) = (a[0].as_str().unwrap(), a[1].as_str().expect("a string"));
+            Value::from(s.split(d).collect::<Vec<_>>())
+        }
+        "Fn::Select" => {
+            let a = args(arg);
+            let i = a[0]
+                .as_u64()
+                .or_else(|| a[0].as_str()?.parse().ok())
+                .expect("an index");
+            a[1][i as usize].clone()
+        }
+        "Fn::Join" => {
+            let a = args(arg);
+            let parts: Vec<&str> = a[1]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap())
+                .collect();
+            Value::from(parts.join(a[0].as_str().unwrap()))
+        }
+        _ => e.clone(),
+    }
+}
+
+#[test]
+fn example_instance_type_decides_the_architecture() {
+    let t = template("cloudformation/example.yaml");
+    let image = &t["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["ImageId"];
+    let al2023 = "resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-";
+    // Graviton types, and x86 types with a "g" or "en" elsewhere in their names.
+    let arm = [
+        "t4g.micro",
+        "m7g.large",
+        "m7gd.xlarge",
+        "c7gn.2xlarge",
+        "r8g.large",
+        "i8ge.large",
+        "is4gen.large",
+        "im4gn.large",
+        "g5g.xlarge",
+        "hpc7g.4xlarge",
+        "x2gd.medium",
+        "r8gb.large",
+    ];
+    let x86 = [
+        "t3.micro",
+        "m7i.large",
+        "m5zn.large",
+        "g4dn.xlarge",
+        "g6e.xlarge",
+        "gr6.4xlarge",
+        "c7a.large",
+        "inf2.xlarge",
+        "p5en.48xlarge",
+        "m6idn.large",
+        "u7i-6tb.112xlarge",
+    ];
+    for (types, arch) in [(&arm[..], "arm64"), (&x86[..], "x86_64")] {
+        for instance_type in types {
+            for (architecture, expected) in
+                [("auto", arch), ("arm64", "arm64"), ("x86_64", "x86_64")]
+            {
+                let params = BTreeMap::from([
+                    ("InstanceType", *instance_type),
+                    ("Architecture", architecture),
+                ]);
+                assert_eq!(
+                    cfn_eval(t, image, &params),
+                    Value::from(format!("{al2023}{expected}")),
+                    "{instance_type} with Architecture {architecture}"
+                );
+            }
+        }
+    }
+    // The instances may read the object of either architecture when the binary is in S3.
+    let object = &t["Resources"]["InstanceRole"]["Properties"]["Policies"]["Fn::If"][1][0]
+        ["PolicyDocument"]["Statement"][0]["Resource"]["Fn::Sub"][1]["Object"];
+    for (url, expected) in [
+        (
+            "s3://bucket/v1/lastcall-0.1.0-{arch}-unknown-linux-musl.tar.gz",
+            "bucket/v1/lastcall-0.1.0-*-unknown-linux-musl.tar.gz",
+        ),
+        ("s3://bucket/lastcall", "bucket/lastcall"),
+    ] {
+        let params = BTreeMap::from([("LastcallUrl", url)]);
+        assert_eq!(cfn_eval(t, object, &params), Value::from(expected), "{url}");
+    }
+}
+
 /// Fn::Sub as CloudFormation does it: `${Name}` from `vars`, `${!Text}` to `${Text}`.
 fn fn_sub(text: &str, vars: &BTreeMap<&str, String>) -> String {
     let mut out = String::new();
@@ -1034,10 +1234,13 @@ fn example_user_data_carries_the_installer_and_installs_with_it() {
         "the copy of install.sh in cloudformation/example.yaml differs from the script: {SYNC}"
     );
 
-    // As an instance gets it: substituted, at most 16 KB, and installing lastcall in timer mode.
+    // As an instance gets it: substituted, at most 16 KB, and installing lastcall in timer mode
+    // from the release tarball of this machine's architecture.
+    let scratch = tempfile::tempdir().unwrap();
+    let (url, sums, binaries) = release_tarballs(scratch.path());
     let vars: BTreeMap<&str, String> = [
-        ("LastcallUrl", binary_url()),
-        ("LastcallSha256", lastcall_sha256().to_string()),
+        ("LastcallUrl", url),
+        ("LastcallSha256", sums),
         ("LastcallMode", "timer".to_string()),
         ("EnableSweep", "false".to_string()),
         (
@@ -1054,7 +1257,6 @@ fn example_user_data_carries_the_installer_and_installs_with_it() {
         "EC2 takes at most 16 KB of user-data: {}",
         script.len()
     );
-    let scratch = tempfile::tempdir().unwrap();
     let file = scratch.path().join("user-data");
     fs::write(&file, &script).unwrap();
     system_tool("systemctl");
@@ -1075,227 +1277,10 @@ fn example_user_data_carries_the_installer_and_installs_with_it() {
     assert!(root
         .join("etc/systemd/system/timers.target.wants/lastcall-once.timer")
         .is_symlink());
-}
-
-// ---- release packages
-
-/// The files both packages install (paths under the root), with their modes and their sources in
-/// the repository. The binary is the release build, stripped.
-const PACKAGED: [(&str, u32, &str); 9] = [
-    ("usr/bin/lastcall", 0o755, "target/release/lastcall"),
-    (
-        "usr/lib/systemd/system/lastcall.service",
-        0o644,
-        "deploy/systemd/lastcall.service",
-    ),
-    (
-        "usr/lib/systemd/system/lastcall-once.service",
-        0o644,
-        "deploy/systemd/lastcall-once.service",
-    ),
-    (
-        "usr/lib/systemd/system/lastcall-once.timer",
-        0o644,
-        "deploy/systemd/lastcall-once.timer",
-    ),
-    (
-        "usr/lib/systemd/system/lastcall-sweep.service",
-        0o644,
-        "deploy/systemd/lastcall-sweep.service",
-    ),
-    (
-        "usr/lib/systemd/system/lastcall-sweep.timer",
-        0o644,
-        "deploy/systemd/lastcall-sweep.timer",
-    ),
-    (CONFFILE, 0o600, "deploy/lastcall.default.toml"),
-    (
-        "usr/share/doc/lastcall/lastcall.example.toml",
-        0o644,
-        "deploy/lastcall.example.toml",
-    ),
-    ("usr/share/doc/lastcall/README.md", 0o644, "README.md"),
-];
-const BINARY: &str = "usr/bin/lastcall";
-const CONFFILE: &str = "etc/lastcall/lastcall.toml";
-const STATE_DIR: &str = "var/lib/lastcall";
-
-/// The .rpm's scriptlets: rpm's query tag, and the file Cargo.toml takes it from.
-const RPM_SCRIPTLETS: [(&str, &str); 3] = [
-    ("POSTIN", "deploy/rpm/post_install.sh"),
-    ("PREUN", "deploy/rpm/pre_uninstall.sh"),
-    ("POSTUN", "deploy/rpm/post_uninstall.sh"),
-];
-
-struct Packages {
-    deb: PathBuf,
-    rpm: PathBuf,
-}
-
-/// A cargo subcommand's program, where cargo looks for it, or a failed test that says how to
-/// install it.
-fn cargo_subcommand(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .chain([cargo_home().join("bin")])
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name} is not installed: {SETUP}"))
-}
-
-/// The .deb and the .rpm, built once per test run into target/tmp/packages: `cargo deb` builds
-/// the release binary first (minutes when cold), and `cargo generate-rpm` packs the same binary.
-fn packages() -> &'static Packages {
-    static PACKAGES: OnceLock<Packages> = OnceLock::new();
-    PACKAGES.get_or_init(|| {
-        cargo_subcommand("cargo-deb");
-        cargo_subcommand("cargo-generate-rpm");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("packages");
-        if dir.exists() {
-            fs::remove_dir_all(&dir).unwrap();
-        }
-        fs::create_dir_all(&dir).unwrap();
-        let output = format!("{}/", dir.display());
-        for args in [
-            ["deb", "--locked", "--output", &output].as_slice(),
-            ["generate-rpm", "--output", &output].as_slice(),
-        ] {
-            let out = run(Command::new(&cargo).current_dir(TOP).args(args));
-            assert!(
-                out.status.success(),
-                "cargo {}: {}",
-                args[0],
-                described(&out)
-            );
-        }
-        let find = |ext: &str| {
-            let found: Vec<PathBuf> = fs::read_dir(&dir)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .filter(|p| p.extension().is_some_and(|e| e == ext))
-                .collect();
-            assert_eq!(found.len(), 1, "one .{ext} in {}", dir.display());
-            found[0].clone()
-        };
-        Packages {
-            deb: find("deb"),
-            rpm: find("rpm"),
-        }
-    })
-}
-
-/// The release binary the packages hold.
-fn release_binary() -> PathBuf {
-    // LASTCALL is TARGET/debug/lastcall.
-    Path::new(LASTCALL)
-        .parent()
-        .and_then(Path::parent)
-        .expect("the target directory")
-        .join("release/lastcall")
-}
-
-/// The directories that hold `paths`, as dpkg and `install -d` make them: "dir 0755".
-fn with_parents(paths: BTreeMap<String, String>) -> BTreeMap<String, String> {
-    let mut out = paths.clone();
-    for path in paths.keys() {
-        for parent in Path::new(path).ancestors().skip(1) {
-            if !parent.as_os_str().is_empty() {
-                out.entry(parent.to_string_lossy().into_owned())
-                    .or_insert_with(|| "dir 0755".into());
-            }
-        }
-    }
-    out
-}
-
-/// dpkg on the scratch root `root`, maintainer scripts run outside it with $DPKG_ROOT set.
-fn dpkg(root: &Path) -> Command {
-    let mut cmd = Command::new(system_tool("dpkg"));
-    cmd.arg(format!("--root={}", root.display()))
-        .args([
-            "--force-not-root",
-            "--force-script-chrootless",
-            "--log=/dev/null",
-        ])
-        // dpkg wants ldconfig and start-stop-daemon in PATH, even as a user without sbin in it.
-        .env(
-            "PATH",
-            format!(
-                "{}:/usr/local/sbin:/usr/sbin:/sbin",
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        );
-    cmd
-}
-
-/// An empty dpkg database under `root`, knowing only a stand-in for this host's libc6, so that
-/// dpkg checks the .deb's Depends: anything beyond libc6 fails the install.
-fn scratch_dpkg_root(root: &Path) {
-    let db = root.join("var/lib/dpkg");
-    for dir in ["info", "updates"] {
-        fs::create_dir_all(db.join(dir)).unwrap();
-    }
-    for dir in [root, &root.join("var"), &root.join("var/lib")] {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let out = run(Command::new(system_tool("dpkg-query")).args(["-W", "-f=${Version}", "libc6"]));
-    assert!(out.status.success(), "libc6's version: {}", described(&out));
-    let libc_version = String::from_utf8(out.stdout).unwrap();
-    let out = run(Command::new(system_tool("dpkg")).arg("--print-architecture"));
-    let arch = String::from_utf8(out.stdout).unwrap();
-    fs::write(
-        db.join("status"),
-        format!(
-            "Package: libc6\nStatus: install ok installed\nArchitecture: {}\nVersion: {libc_version}\n\
-             Maintainer: stand-in <none@invalid>\nDescription: stand-in for the host's libc6\n\n",
-            arch.trim()
-        ),
-    )
-    .unwrap();
-    fs::write(db.join("info/libc6.list"), "").unwrap();
-}
-
-/// What is installed under `root`, without dpkg's database.
-fn installed(root: &Path) -> BTreeMap<String, String> {
-    let mut files = tree(root);
-    files.retain(|path, _| !path.starts_with("var/lib/dpkg"));
-    files
-}
-
-/// The packaged binary runs, and validates the packaged config.
-fn assert_runs_and_accepts(binary: &Path, config: &Path) {
-    let out = run(Command::new(binary).arg("--version"));
-    assert!(
-        out.status.success(),
-        "lastcall --version: {}",
-        described(&out)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!("lastcall {}\n", env!("CARGO_PKG_VERSION"))
-    );
-    let out = run(Command::new(binary)
-        .args(["check", "--offline", "--config"])
-        .arg(config));
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(": valid"),
-        "lastcall check --offline on the packaged config: {}",
-        described(&out)
-    );
-}
-
-fn assert_stripped(binary: &Path) {
-    let out = run(Command::new(system_tool("readelf"))
-        .args(["-S", "-W"])
-        .arg(binary));
-    assert!(out.status.success(), "readelf: {}", described(&out));
-    let sections = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !sections.contains(".symtab") && !sections.contains(".debug_"),
-        "{} is not stripped: {sections}",
-        binary.display()
+        sha256(&root.join("usr/bin/lastcall")),
+        binaries[std::env::consts::ARCH],
+        "this machine's architecture's binary"
     );
 }
 
@@ -1342,348 +1327,4 @@ fn default_config_and_its_commented_steps_are_valid() {
             described(&out)
         );
     }
-}
-
-#[test]
-fn deb_installs_into_a_scratch_root() {
-    let deb = &packages().deb;
-    let field = |name: &str| {
-        let out = run(Command::new(system_tool("dpkg-deb"))
-            .arg("--field")
-            .arg(deb)
-            .arg(name));
-        assert!(
-            out.status.success(),
-            "dpkg-deb --field: {}",
-            described(&out)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .trim_end()
-            .to_string()
-    };
-    assert_eq!(field("Package"), "lastcall");
-    assert_eq!(field("Version"), format!("{}-1", env!("CARGO_PKG_VERSION")));
-    assert_eq!(field("Section"), "admin");
-    assert_eq!(field("Maintainer"), "lastcall project <lastcall@invalid>");
-    let depends = field("Depends");
-    assert!(
-        depends
-            .split(',')
-            .all(|d| d.trim() == "libc6" || d.trim().starts_with("libc6 (")),
-        "depends on libc6 only: {depends:?}"
-    );
-    for none in ["Pre-Depends", "Recommends"] {
-        assert_eq!(field(none), "", "{none}");
-    }
-    let description = field("Description");
-    assert!(
-        description.lines().count() > 3 && description.contains("lifecycle action"),
-        "a description with an extended part: {description}"
-    );
-
-    // Into an empty root, as on a fresh host.
-    let scratch = tempfile::tempdir().unwrap();
-    let root = scratch.path().join("root");
-    scratch_dpkg_root(&root);
-    let out = run(dpkg(&root).arg("--install").arg(deb));
-    assert!(out.status.success(), "dpkg --install: {}", described(&out));
-
-    let files: BTreeMap<String, String> = PACKAGED
-        .iter()
-        .map(|(path, mode, _)| (path.to_string(), format!("file {mode:04o}")))
-        .chain([
-            (
-                "usr/share/doc/lastcall/copyright".into(),
-                "file 0644".into(),
-            ),
-            (STATE_DIR.into(), "dir 0700".into()),
-        ])
-        .collect();
-    let expected = with_parents(files);
-    let after_install = installed(&root);
-    // Installed, not enabled: no *.wants link anywhere, nothing under /etc/systemd.
-    assert!(
-        !after_install
-            .keys()
-            .any(|p| p.starts_with("etc/systemd") || p.contains(".wants")),
-        "the .deb enabled a unit: {after_install:#?}"
-    );
-    assert_eq!(after_install, expected, "what the .deb installed");
-    for (path, _, source) in PACKAGED.iter().filter(|(path, _, _)| *path != BINARY) {
-        assert!(
-            fs::read(root.join(path)).unwrap() == fs::read(top(source)).unwrap(),
-            "/{path} differs from {source}"
-        );
-    }
-    let binary = root.join(BINARY);
-    assert_eq!(
-        sha256(&binary),
-        sha256(&release_binary()),
-        "/{BINARY} is the release build"
-    );
-    assert_stripped(&binary);
-    let config = root.join(CONFFILE);
-    assert_runs_and_accepts(&binary, &config);
-
-    // dpkg knows the config as a conffile, with the packaged content's hash.
-    let out = run(dpkg(&root).args(["--status", "lastcall"]));
-    assert!(out.status.success(), "dpkg --status: {}", described(&out));
-    let status = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        status.contains("\nStatus: install ok installed\n"),
-        "{status}"
-    );
-    let conffiles: Vec<&str> = status
-        .lines()
-        .skip_while(|l| *l != "Conffiles:")
-        .skip(1)
-        .take_while(|l| l.starts_with(' '))
-        .map(str::trim)
-        .collect();
-    let out = run(Command::new(system_tool("md5sum")).arg(top("deploy/lastcall.default.toml")));
-    let md5 = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    assert_eq!(conffiles, [format!("/{CONFFILE} {md5}")], "{status}");
-
-    // A changed config survives a reinstall (dpkg keeps a changed conffile), with its mode.
-    let changed = format!(
-        "{}# changed on this host\n",
-        fs::read_to_string(&config).unwrap()
-    );
-    fs::write(&config, &changed).unwrap();
-    let out = run(dpkg(&root).arg("--install").arg(deb));
-    assert!(
-        out.status.success(),
-        "dpkg --install again: {}",
-        described(&out)
-    );
-    assert_eq!(fs::read_to_string(&config).unwrap(), changed);
-    assert_eq!(installed(&root), expected, "after the reinstall");
-
-    // Enabled by the administrator, as `systemctl enable` does, beside another unit's link.
-    let etc_units = root.join("etc/systemd/system");
-    let links = [
-        (
-            "multi-user.target.wants/lastcall.service",
-            "/usr/lib/systemd/system/lastcall.service",
-        ),
-        (
-            "timers.target.wants/lastcall-once.timer",
-            "/usr/lib/systemd/system/lastcall-once.timer",
-        ),
-        (
-            "multi-user.target.wants/other.service",
-            "/usr/lib/systemd/system/other.service",
-        ),
-    ];
-    for (link, target) in links {
-        fs::create_dir_all(etc_units.join(link).parent().unwrap()).unwrap();
-        std::os::unix::fs::symlink(target, etc_units.join(link)).unwrap();
-    }
-    let links: BTreeMap<String, String> = links
-        .iter()
-        .map(|(link, target)| {
-            (
-                format!("etc/systemd/system/{link}"),
-                format!("link {target}"),
-            )
-        })
-        .collect();
-
-    // Removed: the config, the state and the links stay.
-    let out = run(dpkg(&root).args(["--remove", "lastcall"]));
-    assert!(out.status.success(), "dpkg --remove: {}", described(&out));
-    let mut kept = links.clone();
-    kept.insert(CONFFILE.into(), "file 0600".into());
-    kept.insert(STATE_DIR.into(), "dir 0700".into());
-    assert_eq!(installed(&root), with_parents(kept), "after dpkg --remove");
-    assert_eq!(fs::read_to_string(&config).unwrap(), changed);
-
-    // Purged: only the other unit's link is left (and the directories dpkg did not make).
-    let out = run(dpkg(&root).args(["--purge", "lastcall"]));
-    assert!(out.status.success(), "dpkg --purge: {}", described(&out));
-    let mut left = with_parents(
-        links
-            .into_iter()
-            .filter(|(link, _)| link.ends_with("other.service"))
-            .collect(),
-    );
-    left.insert(
-        "etc/systemd/system/timers.target.wants".into(),
-        "dir 0755".into(),
-    );
-    left.insert("var".into(), "dir 0755".into());
-    left.insert("var/lib".into(), "dir 0755".into());
-    assert_eq!(installed(&root), left, "after dpkg --purge");
-}
-
-#[test]
-fn rpm_holds_the_same_files() {
-    let packages = packages();
-    let rpm = system_tool("rpm");
-    let query = |format: &str| {
-        let out = run(Command::new(&rpm)
-            .args(["--query", "--package", "--queryformat", format])
-            .arg(&packages.rpm));
-        assert!(out.status.success(), "rpm --query: {}", described(&out));
-        String::from_utf8(out.stdout).unwrap()
-    };
-    assert_eq!(
-        query("%{NAME} %{VERSION} %{RELEASE} %{ARCH} %{LICENSE}"),
-        format!(
-            "lastcall {} 1 {} Apache-2.0",
-            env!("CARGO_PKG_VERSION"),
-            std::env::consts::ARCH
-        )
-    );
-
-    // Paths, modes, owners and flags: c = config, n = noreplace, d = documentation.
-    let files: BTreeMap<String, String> = query(
-        "[%{FILENAMES} %{FILEMODES:octal} %{FILEUSERNAME}:%{FILEGROUPNAME} %{FILEFLAGS:fflags}\n]",
-    )
-    .lines()
-    .map(|l| {
-        let (path, rest) = l.split_once(' ').unwrap();
-        (path.to_string(), rest.trim_end().to_string())
-    })
-    .collect();
-    let expected: BTreeMap<String, String> = PACKAGED
-        .iter()
-        .map(|(path, mode, _)| {
-            let flags = if *path == CONFFILE {
-                " cn"
-            } else if path.starts_with("usr/share/doc/") {
-                " d"
-            } else {
-                ""
-            };
-            (
-                format!("/{path}"),
-                format!("{:o} root:root{flags}", 0o100000 | mode),
-            )
-        })
-        .collect();
-    assert_eq!(files, expected, "the .rpm's files");
-
-    // Requires: the C library (and libgcc_s and libm beside it), /bin/sh for the scriptlets.
-    let requires = query("[%{REQUIRENAME}\n]");
-    for require in requires.lines() {
-        assert!(
-            [
-                "libc.so.6",
-                "libm.so.6",
-                "libgcc_s.so.1",
-                "rtld(",
-                "rpmlib(",
-                "config(lastcall)"
-            ]
-            .iter()
-            .any(|p| require.starts_with(p))
-                || require == "/bin/sh",
-            "the .rpm requires {require}:\n{requires}"
-        );
-    }
-
-    // The scriptlets: the files in deploy/rpm/, run by /bin/sh; %post makes the state directory.
-    for (tag, file) in RPM_SCRIPTLETS {
-        assert_eq!(query(&format!("%{{{tag}PROG}}")), "/bin/sh", "{tag}");
-        assert_eq!(
-            query(&format!("%{{{tag}}}")).trim_end(),
-            read(file).trim_end(),
-            "{tag}"
-        );
-    }
-    for tag in ["PREIN", "PRETRANS", "POSTTRANS"] {
-        assert_eq!(
-            query(&format!("%{{{tag}}}")),
-            "(none)",
-            "no {tag} scriptlet"
-        );
-    }
-    let post = read("deploy/rpm/post_install.sh");
-    assert!(
-        post.contains(&format!("mkdir -m 0700 /{STATE_DIR}\n")),
-        "{post}"
-    );
-
-    // The payload, checked against its digest, and as rpm2archive turns it into a tar. (Debian's
-    // rpm2cpio writes it out but exits 1: the header records no archive size to compare with.)
-    let out = run(Command::new(&rpm).arg("--checksig").arg(&packages.rpm));
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("digests OK"),
-        "rpm --checksig: {}",
-        described(&out)
-    );
-    let scratch = tempfile::tempdir().unwrap();
-    let archive = scratch.path().join("payload.tar.gz");
-    let out = run(Command::new(system_tool("rpm2archive"))
-        .arg("-")
-        .stdin(fs::File::open(&packages.rpm).unwrap())
-        .stdout(fs::File::create(&archive).unwrap()));
-    assert!(out.status.success(), "rpm2archive: {}", described(&out));
-    let out = run(Command::new("tar")
-        .args(["--list", "--verbose", "--numeric-owner", "--file"])
-        .arg(&archive));
-    assert!(out.status.success(), "tar --list: {}", described(&out));
-    // "-rw------- 0/0 1609 2026-11-21 06:25 ./etc/lastcall/lastcall.toml"
-    let payload: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (
-                f[5].trim_start_matches("./").to_string(),
-                format!("{} {}", f[0], f[1]),
-            )
-        })
-        .collect();
-    let mode_string = |mode: u32| -> String {
-        let mut out = String::from("-");
-        for shift in [6, 3, 0] {
-            for (bit, c) in [(4, 'r'), (2, 'w'), (1, 'x')] {
-                out.push(if mode >> shift & bit != 0 { c } else { '-' });
-            }
-        }
-        out
-    };
-    let expected: BTreeMap<String, String> = PACKAGED
-        .iter()
-        .map(|(path, mode, _)| (path.to_string(), format!("{} 0/0", mode_string(*mode))))
-        .collect();
-    assert_eq!(payload, expected, "the .rpm's payload");
-    let root = scratch.path().join("root");
-    fs::create_dir(&root).unwrap();
-    let out = run(Command::new("tar")
-        .args(["--extract", "--same-permissions", "--directory"])
-        .arg(&root)
-        .arg("--file")
-        .arg(&archive));
-    assert!(out.status.success(), "tar --extract: {}", described(&out));
-    for (path, _, source) in PACKAGED.iter().filter(|(path, _, _)| *path != BINARY) {
-        assert!(
-            fs::read(root.join(path)).unwrap() == fs::read(top(source)).unwrap(),
-            "/{path} differs from {source}"
-        );
-    }
-    let from_deb = scratch.path().join("deb");
-    let out = run(Command::new(system_tool("dpkg-deb"))
-        .arg("--extract")
-        .arg(&packages.deb)
-        .arg(&from_deb));
-    assert!(
-        out.status.success(),
-        "dpkg-deb --extract: {}",
-        described(&out)
-    );
-    let binary = root.join(BINARY);
-    assert_eq!(
-        sha256(&binary),
-        sha256(&from_deb.join(BINARY)),
-        "the same binary as the .deb's"
-    );
-    assert_stripped(&binary);
-    assert_runs_and_accepts(&binary, &root.join(CONFFILE));
 }

@@ -11,18 +11,6 @@ use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(40);
 
-/// A marker step: appends "<instance> <resumed>" to `{dir}/<file>`.
-fn marker(name: &str, file: &str) -> String {
-    format!(
-        r#"
-[[step]]
-kind = "command"
-name = "{name}"
-command = ["/bin/sh", "-c", "echo \"$0 ${{{{LASTCALL_RESUMED:-0}}}}\" >> {{dir}}/{file}", "{{instance_id}}"]
-"#
-    )
-}
-
 fn completed(actions: &[Value]) -> Vec<&Value> {
     actions
         .iter()
@@ -193,6 +181,38 @@ async fn verification_outlasts_eventual_consistency() {
     assert_eq!(acts[0]["state"], "completed", "{acts:?}\n{}", n.log());
     assert_eq!(acts[0]["result"], "CONTINUE");
     assert!(n.log().contains("termination handled"), "{}", n.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_verifies_the_action_while_describe_lags_past_the_hooks_life() {
+    // DescribeAutoScalingInstances shows InService for 60 s after the action began, longer than
+    // the hook lives (HeartbeatTimeout 10 s, then ABANDON): as under eventual consistency, or
+    // with the describe throttled for a fleet leaving at once. The message's token proves the
+    // action by itself: Auto Scaling accepts a heartbeat with it only for this instance's active
+    // action of this hook and group. Before: the daemon asked the group again and again, ran
+    // nothing, and the action expired (ABANDON).
+    let aws = aws().await;
+    let g = group(
+        &aws,
+        "hbverify",
+        GroupSpec {
+            size: 1,
+            heartbeat_timeout: 10,
+            default_result: "ABANDON",
+        },
+    )
+    .await;
+    realism(&g.name, json!({"describe_lag": 60})).await;
+    let victim = g.instances[0].clone();
+    let mut n = Node::new(&victim, &g.queue_url, &config("", &marker("mark", "ran"))).await;
+    n.start();
+    terminate(&aws, &victim).await;
+    wait_terminated(&aws, &victim, Duration::from_secs(30)).await;
+    let acts = actions(&victim).await;
+    assert_eq!(acts[0]["state"], "completed", "{acts:?}\n{}", n.log());
+    assert_eq!(acts[0]["result"], "CONTINUE");
+    assert_eq!(lines(&n.path("ran")), [format!("{victim} 0")]);
+    assert!(!n.log().contains("running nothing for now"), "{}", n.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,13 +1,15 @@
 #!/bin/sh
-# Installs lastcall on an EC2 instance: the binary, its systemd units and its config, then enables
-# the daemon or the timer. For EC2 user-data on Amazon Linux 2023 and Ubuntu (any systemd host).
-# Safe to run again (an upgrade or a config change): files are replaced atomically and the unit is
-# restarted.
+# Installs lastcall on an EC2 instance (any systemd host, x86_64 or aarch64): the binary, its
+# systemd units and its config, then enables the daemon or the timer. Safe to run again (an upgrade
+# or a config change): files are replaced atomically and the unit is restarted.
 #
 # Parameters, as environment variables:
-#   LASTCALL_URL         where the binary is: https://HOST/PATH (curl or wget), s3://BUCKET/KEY
-#                        (`aws s3 cp`, with the instance's role), or file:///PATH
-#   LASTCALL_SHA256      the binary's SHA-256 in hex (required): nothing is installed on a mismatch
+#   LASTCALL_URL         the release tarball (…-TARGET.tar.gz) or the bare binary: https://HOST/PATH
+#                        (curl or wget), s3://BUCKET/KEY (`aws s3 cp`, with the instance's role)
+#                        or file:///PATH. `{arch}` in it becomes x86_64 or aarch64 (`uname -m`;
+#                        other architectures are refused)
+#   LASTCALL_SHA256      its SHA-256 in hex, or SHA256SUMS's lines ("HASH  NAME"; the one naming
+#                        the URL's file is used) (required): a mismatch installs nothing
 #   LASTCALL_CONFIG      the text of the config file (/etc/lastcall/lastcall.toml), or
 #   LASTCALL_CONFIG_SSM  the name of an SSM parameter holding it (SecureString allowed), fetched with
 #                        `aws ssm get-parameter --with-decryption`
@@ -45,8 +47,37 @@ root=${LASTCALL_ROOT:-/}
 unset LASTCALL_CONFIG
 
 [ -n "$url" ] || die "LASTCALL_URL is not set"
+case $url in
+  *'{arch}'*)
+    machine=$(uname -m)
+    case $machine in
+      x86_64|amd64) arch=x86_64 ;;
+      aarch64|arm64) arch=aarch64 ;;
+      *) die "no lastcall build for this machine's architecture '$machine' (there are x86_64 and aarch64)" ;;
+    esac
+    url=$(printf '%s' "$url" | sed "s/{arch}/$arch/g")
+    ;;
+esac
+file=${url%%\?*}
+file=${file##*/}
+# One hash, or SHA256SUMS's "HASH  NAME" lines (NAME is "*NAME" in sha256sum's binary mode).
+set -f
+# shellcheck disable=SC2086 # split on purpose (and not globbed): the words of SHA256SUMS
+set -- $sha
+set +f
+if [ "$#" -gt 1 ]; then
+  sha=
+  while [ "$#" -ge 2 ]; do
+    if [ "${2#\*}" = "$file" ]; then
+      sha=$1
+      break
+    fi
+    shift 2
+  done
+  [ -n "$sha" ] || die "LASTCALL_SHA256 has no line for $file (the lines of SHA256SUMS name each artefact)"
+fi
 case $sha in
-  *[!0-9a-f]*|'') die "LASTCALL_SHA256 must be the binary's SHA-256 in hex" ;;
+  *[!0-9a-f]*|'') die "LASTCALL_SHA256 must be the artefact's SHA-256 in hex, or the lines of SHA256SUMS" ;;
 esac
 [ "${#sha}" -eq 64 ] || die "LASTCALL_SHA256 must be 64 hex digits"
 case $mode in
@@ -91,28 +122,42 @@ aws_region() {
   command -v aws >/dev/null || die "the aws CLI is needed for $1 (Ubuntu: snap install aws-cli --classic)"
 }
 
-# 1. The binary, verified before anything is written.
+# 1. The binary, verified before anything is written or unpacked.
 # Logged without its query string, which may hold a presigned URL's credentials.
 shown=${url%%\?*}
 say "fetching $shown"
 case $url in
   https://*)
     if command -v curl >/dev/null; then
-      curl -fsSL --proto '=https' --retry 5 --retry-connrefused -o "$tmp/lastcall" "$url" || die "cannot download $shown"
+      curl -fsSL --proto '=https' --retry 5 --retry-connrefused -o "$tmp/artefact" "$url" || die "cannot download $shown"
     else
-      wget -q --https-only -O "$tmp/lastcall" "$url" || die "cannot download $shown"
+      wget -q --https-only -O "$tmp/artefact" "$url" || die "cannot download $shown"
     fi
     ;;
   s3://*)
     aws_region "$shown"
-    aws s3 cp --only-show-errors "$url" "$tmp/lastcall" || die "cannot copy $shown"
+    aws s3 cp --only-show-errors "$url" "$tmp/artefact" || die "cannot copy $shown"
     ;;
-  file://*) cp "${url#file://}" "$tmp/lastcall" || die "cannot read $shown" ;;
+  file://*) cp "${url#file://}" "$tmp/artefact" || die "cannot read $shown" ;;
   *) die "LASTCALL_URL must start with https://, s3:// or file://" ;;
 esac
-actual=$(sha256sum <"$tmp/lastcall")
+actual=$(sha256sum <"$tmp/artefact")
 actual=${actual%% *}
 [ "$actual" = "$sha" ] || die "SHA-256 mismatch for $shown: expected $sha, got $actual; nothing installed"
+case $file in
+  *.tar.gz|*.tgz)
+    # The release tarball: lastcall-VERSION-TARGET/lastcall.
+    mkdir "$tmp/unpacked"
+    tar -xzf "$tmp/artefact" -C "$tmp/unpacked" || die "cannot unpack $file"
+    found=$(find "$tmp/unpacked" -mindepth 2 -maxdepth 2 -type f -name lastcall)
+    if [ -z "$found" ] || [ "$(printf '%s\n' "$found" | wc -l)" -ne 1 ]; then
+      die "$file does not hold one lastcall-*/lastcall"
+    fi
+    mv "$found" "$tmp/lastcall"
+    rm -rf "$tmp/unpacked" "$tmp/artefact"
+    ;;
+  *) mv "$tmp/artefact" "$tmp/lastcall" ;;
+esac
 chmod 0755 "$tmp/lastcall"
 
 # 2. The config, validated before anything is written.
@@ -130,6 +175,9 @@ elif [ -f "$conf" ]; then
   cp "$conf" "$tmp/lastcall.toml"
 else
   die "no config: set LASTCALL_CONFIG or LASTCALL_CONFIG_SSM"
+fi
+if ! "$tmp/lastcall" --version >/dev/null 2>&1; then
+  die "the binary from $shown does not run on this $(uname -m) machine (the wrong architecture's build?); nothing installed"
 fi
 "$tmp/lastcall" --config "$tmp/lastcall.toml" check --offline >&2 || die "the config is not valid; nothing installed"
 

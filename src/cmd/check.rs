@@ -427,6 +427,7 @@ async fn step_service(step: &Step, ctx: &Context) -> Option<Line> {
         StepKind::Fluentd(f) => f.check(ctx).await,
         StepKind::Ecs(e) => e.check(&env).await,
         StepKind::Nomad(n) => n.check(&env).await,
+        StepKind::Command(c) => c.check().await?,
         _ => return None,
     };
     let what = format!(

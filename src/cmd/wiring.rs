@@ -15,8 +15,19 @@ use crate::shutdown::Shutdown;
 use crate::source::metadata::MetadataSource;
 use crate::source::sqs::SqsSource;
 
-/// First pause when instance metadata cannot be read at start; doubled up to a minute.
+/// First pause when instance metadata cannot be read at start; doubled up to
+/// [`IDENTITY_RETRY_MAX`].
 const IDENTITY_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest pause between those reads. Short: instance metadata is a link-local service (no
+/// account-wide throttle to spare), and a daemon that is not ready yet can be chosen for a
+/// scale-in meanwhile, its action's clock running; at a one-minute cap it could stay unready for
+/// a minute after metadata answered again.
+const IDENTITY_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The pause after `pause` between identity reads.
+fn next_identity_pause(pause: Duration) -> Duration {
+    (pause * 2).min(IDENTITY_RETRY_MAX)
+}
 /// Attempts to read instance metadata for one-shot commands.
 pub const IDENTITY_ATTEMPTS_ONCE: u32 = 3;
 
@@ -38,7 +49,7 @@ async fn identity(imds: &Imds, attempts: Option<u32>, shutdown: &mut Shutdown) -
                     _ = tokio::time::sleep(pause) => {}
                     _ = shutdown.requested() => return None,
                 }
-                pause = (pause * 2).min(Duration::from_secs(60));
+                pause = next_identity_pause(pause);
             }
         }
     }
@@ -135,4 +146,20 @@ pub async fn setup(
     let config = Arc::new(super::load(cli)?.config);
     let base = base(attempts, shutdown).await?;
     build(&base, config, shutdown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_reads_back_off_to_five_seconds() {
+        let mut pause = IDENTITY_RETRY_FIRST;
+        let mut seen = vec![pause.as_secs()];
+        for _ in 0..5 {
+            pause = next_identity_pause(pause);
+            seen.push(pause.as_secs());
+        }
+        assert_eq!(seen, [1, 2, 4, 5, 5, 5]);
+    }
 }

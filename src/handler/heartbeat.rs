@@ -4,6 +4,8 @@
 //! `HeartbeatTimeout` is shorter than the steps does not expire. It stops when dropped, at the
 //! hook's global timeout, or when Auto Scaling says the action is gone.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tracing::{debug, warn};
@@ -18,15 +20,26 @@ const FALLBACK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A running heartbeat task; aborted when dropped.
 #[derive(Debug)]
-pub struct Heartbeats(tokio::task::JoinHandle<()>);
+pub struct Heartbeats {
+    task: tokio::task::JoinHandle<()>,
+    /// Set when this process starts completing the action: a heartbeat refused after that is
+    /// the completion's doing, not an expiry.
+    completing: Arc<AtomicBool>,
+}
 
 impl Drop for Heartbeats {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
 impl Heartbeats {
+    /// Says that the action is being completed: heartbeats go on (completion may be retried
+    /// through throttling for minutes), and one refused from now on is expected.
+    pub fn completing(&self) {
+        self.completing.store(true, Ordering::Relaxed);
+    }
+
     /// Starts heartbeats for `action` as `policy` says; `None` when they are off. With
     /// `auto`, the interval is half the hook's `HeartbeatTimeout`: from the action when its
     /// source read it already (no second `DescribeLifecycleHooks`), else from Auto Scaling.
@@ -67,11 +80,13 @@ impl Heartbeats {
             tokio::time::Instant::now() + g.saturating_sub(age)
         });
         let asg = asg.clone();
+        let completing = Arc::new(AtomicBool::new(false));
+        let ours = completing.clone();
         debug!(
             interval_ms = interval.as_millis() as u64,
             "heartbeats started"
         );
-        Some(Self(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             // After a failed heartbeat the next one comes sooner: waiting a whole interval (half
             // the hook's timeout) again could let the action expire.
             let retry = (interval / 4).max(Duration::from_millis(500));
@@ -88,6 +103,11 @@ impl Heartbeats {
                         next = interval;
                         debug!(instance_id = %a.instance_id, hook = %a.hook, "heartbeat sent")
                     }
+                    // A heartbeat that crossed this process's own completion on the wire.
+                    Ok(CallOutcome::NoActiveAction) if ours.load(Ordering::Relaxed) => {
+                        debug!(instance_id = %a.instance_id, hook = %a.hook, "heartbeat: no active lifecycle action, as it is being completed; no more heartbeats");
+                        return;
+                    }
                     Ok(CallOutcome::NoActiveAction) => {
                         warn!(instance_id = %a.instance_id, hook = %a.hook, "heartbeat: no active lifecycle action (it expired or was completed elsewhere); no more heartbeats");
                         return;
@@ -98,7 +118,8 @@ impl Heartbeats {
                     }
                 }
             }
-        })))
+        });
+        Some(Self { task, completing })
     }
 }
 

@@ -269,8 +269,22 @@ impl Handler {
         if rec.token.is_none() {
             rec.token = a.token.clone();
         }
+        // With a token, a heartbeat is the first verification: Auto Scaling accepts it only for an
+        // active action of this instance, group and hook with this very token, which proves the
+        // message is the action's; and it keeps the action alive from the first moment, while
+        // DescribeAutoScalingInstances may lag (eventual consistency) or be throttled (the limits
+        // are per account and Region, shared by a whole fleet leaving at once). Refused or
+        // unanswered, the group is asked as before.
+        let mut beaten = false;
         if self.config.lifecycle.verify && !action.seen_waiting {
-            match self.verify(action).await {
+            if a.token.is_some() && action.owned {
+                beaten = matches!(self.asg.heartbeat(a).await, Ok(CallOutcome::Done));
+            }
+            match if beaten {
+                Verified::Waiting
+            } else {
+                self.verify(action).await
+            } {
                 Verified::Waiting => {}
                 Verified::Elsewhere(seen) => {
                     warn!(instance_id = %a.instance_id, group = %a.group, hook = %a.hook, expected = action.wait_state(), seen = %seen,
@@ -296,10 +310,11 @@ impl Handler {
         // With a token, that first heartbeat also proves the message is the action's: Auto
         // Scaling refuses a token that is not (a forged or garbled message) while the group
         // still shows the instance waiting, and then nothing runs.
-        let beaten = match &a.token {
-            Some(_) if action.owned => self.first_heartbeat(action).await?,
-            _ => false,
-        };
+        let beaten = beaten
+            || match &a.token {
+                Some(_) if action.owned => self.first_heartbeat(action).await?,
+                _ => false,
+            };
         if departure {
             self.mark_done_for_departure(&mut rec);
         }
@@ -351,6 +366,9 @@ impl Handler {
                 "{} handled, and no hook completed: the group has several {} hooks and none is named; set [lifecycle] {}",
                 action.what(), action.transition, crate::autoscaling::config_key(&action.transition));
             return Ok(Outcome::Unowned { steps: outcome });
+        }
+        if let Some(h) = &heartbeat {
+            h.completing();
         }
         let accepted = self.complete(action, result).await;
         drop(heartbeat);

@@ -92,6 +92,18 @@ impl CommandStep {
         Ok(s)
     }
 
+    /// What `lastcall check` can confirm without running the program: that its `user` exists
+    /// (None when there is no `user`).
+    pub async fn check(&self) -> Option<Result<String, StepError>> {
+        let name = self.user.as_ref()?;
+        Some(look_up(name).await.map(|u| {
+            format!(
+                "runs as user {:?} (uid {}, gid {}), found {USERS_FROM}",
+                u.name, u.uid, u.gid
+            )
+        }))
+    }
+
     /// Runs the program and waits for it; success is exit status 0.
     pub async fn run(&self, env: &StepEnv<'_>) -> Result<String, StepError> {
         let argv = self
@@ -104,21 +116,7 @@ impl CommandStep {
             vars.push((k.clone(), t.render(env.ctx)?));
         }
         let user = match &self.user {
-            Some(name) => {
-                // NSS can mean LDAP or SSSD: look the user up off the async thread.
-                let n = name.clone();
-                let u = tokio::task::spawn_blocking(move || nix::unistd::User::from_name(&n))
-                    .await
-                    .map_err(|e| StepError::Failed(format!("cannot look up user {name:?}: {e}")))?
-                    .map_err(|e| StepError::Failed(format!("cannot look up user {name:?}: {e}")))?
-                    .ok_or_else(|| StepError::Failed(format!("user {name:?} does not exist")))?;
-                Some(RunAs {
-                    name: name.clone(),
-                    uid: u.uid.as_raw(),
-                    gid: u.gid.as_raw(),
-                    home: u.dir,
-                })
-            }
+            Some(name) => Some(look_up(name).await?),
             None => None,
         };
         let status = process::run(
@@ -164,6 +162,36 @@ fn lastcall_env(env: &StepEnv<'_>) -> Vec<(String, String)> {
         v.push(("LASTCALL_RESUMED".into(), "1".into()));
     }
     v
+}
+
+/// Where this build finds users. A static (musl) build has no NSS: musl reads /etc/passwd, and asks
+/// nscd when one runs, so a user that only LDAP, SSSD or another NSS module knows is not found.
+#[cfg(target_env = "musl")]
+const USERS_FROM: &str = "in /etc/passwd";
+#[cfg(not(target_env = "musl"))]
+const USERS_FROM: &str = "through NSS";
+#[cfg(target_env = "musl")]
+const NOT_FOUND: &str = "is not in /etc/passwd: this static build of lastcall reads users from \
+     /etc/passwd (and from nscd when it runs), not through NSS modules such as LDAP or SSSD; \
+     add a local user (useradd --system), or leave `user` out and run the program through \
+     [\"/usr/sbin/runuser\", \"-u\", \"NAME\", \"--\", …]";
+#[cfg(not(target_env = "musl"))]
+const NOT_FOUND: &str = "does not exist (looked up through NSS)";
+
+/// The user `name`, looked up off the async thread (NSS can mean LDAP or SSSD, over the network).
+async fn look_up(name: &str) -> Result<RunAs, StepError> {
+    let n = name.to_string();
+    let u = tokio::task::spawn_blocking(move || nix::unistd::User::from_name(&n))
+        .await
+        .map_err(|e| StepError::Failed(format!("cannot look up user {name:?}: {e}")))?
+        .map_err(|e| StepError::Failed(format!("cannot look up user {name:?}: {e}")))?
+        .ok_or_else(|| StepError::Failed(format!("user {name:?} {NOT_FOUND}")))?;
+    Ok(RunAs {
+        name: name.to_string(),
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
+        home: u.dir,
+    })
 }
 
 #[cfg(test)]
@@ -312,7 +340,11 @@ mod tests {
                 .run(&env)
                 .await
                 .expect_err("fails");
-            assert!(err.to_string().contains("does not exist"), "{err}");
+            assert!(
+                err.to_string()
+                    .contains(&format!("user \"no-such-user-here\" {NOT_FOUND}")),
+                "{err}"
+            );
         }
     }
 

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod host;
 pub mod services;
 
 use std::io::{BufRead, BufReader};
@@ -504,6 +505,9 @@ pub struct Node {
     /// The daemon, when running.
     pub child: Option<Child>,
     runs: u32,
+    /// The program run as `lastcall`: this build's binary, unless [`Node::program`] set another
+    /// (a release artefact, perhaps behind an emulator such as qemu-user).
+    program: Vec<std::ffi::OsString>,
 }
 
 impl Node {
@@ -524,7 +528,19 @@ impl Node {
             dir,
             child: None,
             runs: 0,
+            program: vec![env!("CARGO_BIN_EXE_lastcall").into()],
         }
+    }
+
+    /// Runs `binary` as this node's lastcall, behind `runner` when there is one
+    /// (`qemu-aarch64-static` for the aarch64 build).
+    pub fn program(mut self, runner: Option<&Path>, binary: &Path) -> Self {
+        self.program = runner
+            .into_iter()
+            .chain([binary])
+            .map(|p| p.as_os_str().to_owned())
+            .collect();
+        self
     }
 
     /// A path in the scratch directory.
@@ -541,7 +557,8 @@ impl Node {
     pub fn command_at(&mut self, args: &[&str], verbose: bool) -> Command {
         self.runs += 1;
         let log = std::fs::File::create(self.path(&format!("log.{}", self.runs))).expect("log");
-        let mut c = Command::new(env!("CARGO_BIN_EXE_lastcall"));
+        let mut c = Command::new(&self.program[0]);
+        c.args(&self.program[1..]);
         c.arg("--config").arg(self.path("lastcall.toml"));
         if verbose {
             c.arg("-v");
@@ -670,6 +687,18 @@ pub fn lines(path: &Path) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// A marker step: appends "<instance> <resumed>" to `{dir}/<file>`.
+pub fn marker(name: &str, file: &str) -> String {
+    format!(
+        r#"
+[[step]]
+kind = "command"
+name = "{name}"
+command = ["/bin/sh", "-c", "echo \"$0 ${{{{LASTCALL_RESUMED:-0}}}}\" >> {{dir}}/{file}", "{{instance_id}}"]
+"#
+    )
 }
 
 /// A config with the queue, a state directory under the node's scratch dir, and `steps`.
