@@ -119,6 +119,8 @@ host_id_file = "{{dir}}/no-agent-id"
 
     set_desired(&aws, &g.name, 0).await;
     wait_terminated(&aws, &me, LONG).await;
+    // The instance is gone once the completion was accepted; the summary line comes just after.
+    n.wait_log("termination handled", LONG).await;
 
     // Every step succeeded, in the configured order.
     let log = n.log();
