@@ -612,8 +612,13 @@ fn installer_picks_the_artefact_for_the_machines_architecture() {
     ] {
         let root = scratch.path().join(format!("root-{machine}"));
         let path = path_with_uname(scratch.path(), machine);
-        // SHA256SUMS as published, with its newlines, or pasted on one line.
-        for sha in [sums.clone(), sums.replace('\n', " ")] {
+        // SHA256SUMS as published, with its newlines, or pasted on one line, or its hashes in
+        // capitals (file names keep their case).
+        let capitals: String = sums
+            .lines()
+            .map(|l| format!("{}{}\n", l[..64].to_uppercase(), &l[64..]))
+            .collect();
+        for sha in [sums.clone(), sums.replace('\n', " "), capitals] {
             let out = install(
                 &root,
                 &[

@@ -37,7 +37,7 @@ say() { printf 'lastcall-install: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 url=${LASTCALL_URL:-}
-sha=$(printf '%s' "${LASTCALL_SHA256:-}" | tr 'A-F' 'a-f')
+sha=${LASTCALL_SHA256:-}
 config_text=${LASTCALL_CONFIG:-}
 config_ssm=${LASTCALL_CONFIG_SSM:-}
 mode=${LASTCALL_MODE:-daemon}
@@ -76,6 +76,7 @@ if [ "$#" -gt 1 ]; then
   done
   [ -n "$sha" ] || die "LASTCALL_SHA256 has no line for $file (the lines of SHA256SUMS name each artefact)"
 fi
+sha=$(printf '%s' "$sha" | tr 'A-F' 'a-f')
 case $sha in
   *[!0-9a-f]*|'') die "LASTCALL_SHA256 must be the artefact's SHA-256 in hex, or the lines of SHA256SUMS" ;;
 esac
