@@ -690,6 +690,32 @@ fn installer_picks_the_artefact_for_the_machines_architecture() {
 }
 
 #[test]
+fn installer_refuses_a_binary_that_does_not_run_here_and_installs_nothing() {
+    // The right hash of the wrong file: an aarch64 build on an x86_64 machine fails to execute,
+    // as this stand-in does.
+    let scratch = tempfile::tempdir().unwrap();
+    let foreign = scratch.path().join("lastcall-aarch64");
+    fs::write(&foreign, "#!/bin/sh\nexit 126\n").unwrap();
+    fs::set_permissions(&foreign, fs::Permissions::from_mode(0o755)).unwrap();
+    let root = scratch.path().join("root");
+    let out = install(
+        &root,
+        &[
+            ("LASTCALL_URL", &format!("file://{}", foreign.display())),
+            ("LASTCALL_SHA256", &sha256(&foreign)),
+            ("LASTCALL_CONFIG", &read("tests/fixtures/good.toml")),
+        ],
+    );
+    assert!(!out.status.success(), "{}", described(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not run on this"),
+        "{}",
+        described(&out)
+    );
+    assert!(!root.exists(), "nothing installed: {:#?}", tree(&root));
+}
+
+#[test]
 fn installer_refuses_an_invalid_config_and_installs_nothing() {
     let scratch = tempfile::tempdir().unwrap();
     let root = scratch.path().join("root");
