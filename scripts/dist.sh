@@ -29,8 +29,6 @@ targets=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
 max_size=12000000
 dist=target/dist
 venv=.venv-dist
-req=scripts/dist-requirements.txt
-stamp=$venv/.requirements
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 [ -n "$version" ] || { echo "dist: no version in Cargo.toml" >&2; exit 1; }
 started=$SECONDS
@@ -47,17 +45,7 @@ for target in "${targets[@]}"; do
     rustup target add "$target" >/dev/null
   fi
 done
-if ! { [ -x "$venv/bin/cargo-zigbuild" ] && [ -f "$stamp" ] && cmp -s "$req" "$stamp"; }; then
-  say "creating $venv with the pinned Zig and cargo-zigbuild (about a minute)"
-  python=${PYTHON:-python3}
-  if ! "$python" -m venv --help >/dev/null 2>&1 || ! "$python" -c 'import ensurepip' 2>/dev/null; then
-    apt_install python3-venv
-  fi
-  rm -rf "$venv"
-  "$python" -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
-  cp "$req" "$stamp"
-fi
+pinned_venv "$venv" scripts/dist-requirements.txt "the pinned Zig and cargo-zigbuild (seconds)"
 cargo_tool cargo-deb 3.8.0
 cargo_tool cargo-generate-rpm 0.21.1
 

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Sourced by the setup scripts and scripts/dist.sh: apt_install installs Debian packages as root,
-# running `apt-get update` at most once per run; cargo_tool installs a pinned cargo subcommand.
+# running `apt-get update` at most once per run; cargo_tool installs a pinned cargo subcommand;
+# pinned_venv makes a virtualenv with pinned requirements.
 apt_updated=
 apt_install() {
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
@@ -29,4 +30,28 @@ cargo_tool() {
   local out
   out=$(cargo install --quiet --locked --version "$version" "$crate" 2>&1) ||
     { printf '%s\n' "$out" >&2; exit 1; }
+}
+
+# A virtualenv VENV with the pinned requirements file REQ, made again (said with WHAT) only when
+# it is missing or REQ changed since (a copy of REQ in VENV records what it holds). python3-venv
+# comes from Debian when the system Python lacks it.
+pinned_venv() {
+  local venv=$1 req=$2 what=$3 stamp=$1/.requirements
+  if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && cmp -s "$req" "$stamp"; then
+    return
+  fi
+  local python=${PYTHON:-python3}
+  if ! command -v "$python" >/dev/null; then
+    echo "setup: $python not found; install Python 3.9 or later" >&2
+    exit 1
+  fi
+  # Debian's system Python needs python3-venv for `-m venv`.
+  if ! "$python" -m venv --help >/dev/null 2>&1 || ! "$python" -c 'import ensurepip' 2>/dev/null; then
+    apt_install python3-venv
+  fi
+  echo "setup: creating $venv with $what" >&2
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  cp "$req" "$stamp"
 }

@@ -167,6 +167,21 @@ fn install(root: &Path, vars: &[(&str, &str)]) -> Output {
     run(&mut cmd)
 }
 
+/// The installer failed, said `expected` on stderr, and wrote nothing under `root`.
+fn assert_refused(out: &Output, root: &Path, expected: &str) {
+    assert!(
+        !out.status.success(),
+        "install.sh accepted it: {}",
+        described(out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(expected),
+        "{}",
+        described(out)
+    );
+    assert!(!root.exists(), "nothing installed: {:#?}", tree(root));
+}
+
 fn binary_url() -> String {
     format!("file://{LASTCALL}")
 }
@@ -524,17 +539,7 @@ fn installer_refuses_a_wrong_checksum_and_installs_nothing() {
             ("LASTCALL_CONFIG", &read("tests/fixtures/good.toml")),
         ],
     );
-    assert!(
-        !out.status.success(),
-        "install.sh accepted a wrong hash: {}",
-        described(&out)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("SHA-256 mismatch"),
-        "{}",
-        described(&out)
-    );
-    assert!(!root.exists(), "nothing installed: {:#?}", tree(&root));
+    assert_refused(&out, &root, "SHA-256 mismatch");
 }
 
 /// Release tarballs of both architectures in `dir`, as scripts/dist.sh names them, and their
@@ -679,13 +684,7 @@ fn installer_picks_the_artefact_for_the_machines_architecture() {
                 ("LASTCALL_CONFIG", &config),
             ],
         );
-        assert!(!out.status.success(), "{machine}: {}", described(&out));
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains(expected),
-            "{machine}: {}",
-            described(&out)
-        );
-        assert!(!root.exists(), "nothing installed: {:#?}", tree(&root));
+        assert_refused(&out, &root, expected);
     }
 }
 
@@ -706,13 +705,7 @@ fn installer_refuses_a_binary_that_does_not_run_here_and_installs_nothing() {
             ("LASTCALL_CONFIG", &read("tests/fixtures/good.toml")),
         ],
     );
-    assert!(!out.status.success(), "{}", described(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("does not run on this"),
-        "{}",
-        described(&out)
-    );
-    assert!(!root.exists(), "nothing installed: {:#?}", tree(&root));
+    assert_refused(&out, &root, "does not run on this");
 }
 
 #[test]
@@ -727,17 +720,7 @@ fn installer_refuses_an_invalid_config_and_installs_nothing() {
             ("LASTCALL_CONFIG", &read("tests/fixtures/bad.toml")),
         ],
     );
-    assert!(
-        !out.status.success(),
-        "install.sh accepted a bad config: {}",
-        described(&out)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("the config is not valid"),
-        "{}",
-        described(&out)
-    );
-    assert!(!root.exists(), "nothing installed: {:#?}", tree(&root));
+    assert_refused(&out, &root, "the config is not valid");
 }
 
 // ---- CloudFormation

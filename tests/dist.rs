@@ -111,11 +111,16 @@ impl Target {
         self.unpacked().join("lastcall")
     }
 
+    /// The emulator's path, when this machine needs one for this architecture.
+    fn runner(&self) -> Option<PathBuf> {
+        self.runner.map(system_tool)
+    }
+
     /// A command that runs `binary` (of this architecture) here.
     fn command(&self, binary: &Path) -> Command {
-        match self.runner {
+        match self.runner() {
             Some(runner) => {
-                let mut cmd = Command::new(system_tool(runner));
+                let mut cmd = Command::new(runner);
                 cmd.arg(binary);
                 cmd
             }
@@ -148,6 +153,25 @@ impl Target {
             described(&out)
         );
     }
+}
+
+/// An archive's entries as `tar --list --verbose` shows them, by name without a leading "./":
+/// mode and owner, "-rw------- 0/0" (from "-rw------- 0/0 1609 2026-11-21 06:25 ./NAME").
+fn tar_listing(archive: &Path) -> BTreeMap<String, String> {
+    let out = run(Command::new("tar")
+        .args(["--list", "--verbose", "--numeric-owner", "--file"])
+        .arg(archive));
+    assert!(out.status.success(), "tar --list: {}", described(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[5].trim_start_matches("./").to_string(),
+                format!("{} {}", f[0], f[1]),
+            )
+        })
+        .collect()
 }
 
 /// readelf's answer about `binary`.
@@ -202,18 +226,7 @@ fn sha256sums_lists_every_artefact_and_each_matches() {
 #[ignore = "needs scripts/dist.sh's artefacts: scripts/test.sh runs it"]
 fn tarballs_hold_a_static_binary_and_what_it_needs_beside_it() {
     for target in &TARGETS {
-        // Names, modes and owners, as tar lists them: "-rwxr-xr-x 0/0 9042160 2026-12-01 21:38 NAME".
-        let out = run(Command::new("tar")
-            .args(["--list", "--verbose", "--numeric-owner", "--file"])
-            .arg(dist().join(target.tarball())));
-        assert!(out.status.success(), "tar --list: {}", described(&out));
-        let listed: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f[5].to_string(), format!("{} {}", f[0], f[1]))
-            })
-            .collect();
+        let listed = tar_listing(&dist().join(target.tarball()));
         let name = target.name();
         let mut expected: BTreeMap<String, String> = [
             (format!("{name}/"), "drwxr-xr-x"),
@@ -310,7 +323,7 @@ async fn scale_in_with(target: &Target) {
         },
     )
     .await;
-    let runner = target.runner.map(system_tool);
+    let runner = target.runner();
     let mut nodes = Vec::new();
     for i in &g.instances {
         let mut n = Node::new(i, &g.queue_url, &config("", &marker("mark", "ran")))
@@ -793,21 +806,7 @@ fn rpm_holds_the_same_files(target: &Target) {
         .stdin(fs::File::open(&package).unwrap())
         .stdout(fs::File::create(&archive).unwrap()));
     assert!(out.status.success(), "rpm2archive: {}", described(&out));
-    let out = run(Command::new("tar")
-        .args(["--list", "--verbose", "--numeric-owner", "--file"])
-        .arg(&archive));
-    assert!(out.status.success(), "tar --list: {}", described(&out));
-    // "-rw------- 0/0 1609 2026-11-21 06:25 ./etc/lastcall/lastcall.toml"
-    let payload: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (
-                f[5].trim_start_matches("./").to_string(),
-                format!("{} {}", f[0], f[1]),
-            )
-        })
-        .collect();
+    let payload = tar_listing(&archive);
     let mode_string = |mode: u32| -> String {
         let mut out = String::from("-");
         for shift in [6, 3, 0] {

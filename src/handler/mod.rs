@@ -84,6 +84,9 @@ pub enum Outcome {
 /// What verification found.
 #[derive(Debug)]
 enum Verified {
+    /// Auto Scaling accepted a heartbeat with the message's token: the action is alive, and its
+    /// first heartbeat is sent.
+    Beaten,
     /// The group shows the instance waiting for the action.
     Waiting,
     /// It shows something else.
@@ -269,22 +272,10 @@ impl Handler {
         if rec.token.is_none() {
             rec.token = a.token.clone();
         }
-        // With a token, a heartbeat is the first verification: Auto Scaling accepts it only for an
-        // active action of this instance, group and hook with this very token, which proves the
-        // message is the action's; and it keeps the action alive from the first moment, while
-        // DescribeAutoScalingInstances may lag (eventual consistency) or be throttled (the limits
-        // are per account and Region, shared by a whole fleet leaving at once). Refused or
-        // unanswered, the group is asked as before.
         let mut beaten = false;
         if self.config.lifecycle.verify && !action.seen_waiting {
-            if a.token.is_some() && action.owned {
-                beaten = matches!(self.asg.heartbeat(a).await, Ok(CallOutcome::Done));
-            }
-            match if beaten {
-                Verified::Waiting
-            } else {
-                self.verify(action).await
-            } {
+            match self.verify(action).await {
+                Verified::Beaten => beaten = true,
                 Verified::Waiting => {}
                 Verified::Elsewhere(seen) => {
                     warn!(instance_id = %a.instance_id, group = %a.group, hook = %a.hook, expected = action.wait_state(), seen = %seen,
@@ -475,12 +466,25 @@ impl Handler {
             Ok(Some(s)) if s.state == action.wait_state() && s.group == a.group)
     }
 
-    /// Whether the group shows the instance waiting for this action. Auto Scaling is eventually
-    /// consistent (the notification can arrive before DescribeAutoScalingInstances shows the wait
-    /// state), so it asks again with back-off for up to [`VERIFY_WINDOW`]; the caller (the queue
-    /// source) tries again soon after that, for as long as the action can live.
+    /// Whether this action is alive: a heartbeat with the message's token accepted, or else the
+    /// group showing the instance waiting for it. Auto Scaling is eventually consistent (the
+    /// notification can arrive before DescribeAutoScalingInstances shows the wait state), so it
+    /// asks again with back-off for up to [`VERIFY_WINDOW`]; the caller (the queue source) tries
+    /// again soon after that, for as long as the action can live.
     async fn verify(&self, action: &Action) -> Verified {
         let a = &action.aref;
+        // With a token, a heartbeat is the first question: Auto Scaling accepts it only for an
+        // active action of this instance, group and hook with this very token, which proves the
+        // message is the action's; and it keeps the action alive from the first moment, while
+        // DescribeAutoScalingInstances may lag (eventual consistency) or be throttled (the limits
+        // are per account and Region, shared by a whole fleet leaving at once). Refused or
+        // unanswered, the group is asked.
+        if a.token.is_some()
+            && action.owned
+            && matches!(self.asg.heartbeat(a).await, Ok(CallOutcome::Done))
+        {
+            return Verified::Beaten;
+        }
         let want = action.wait_state();
         let until = tokio::time::Instant::now() + VERIFY_WINDOW;
         let mut pause = VERIFY_FIRST_PAUSE;
