@@ -8,6 +8,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-test-env.sh
+# Room for the debug build (about 3 GB), the release build of two targets (about 2.5 GB), the
+# virtualenvs and Zabbix's database. A full disk would show up much later as a linker killed by
+# SIGBUS, so say it now.
+free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ "$free_kb" -lt $((8 * 1024 * 1024)) ]; then
+  echo "warning: $((free_kb / 1024)) MB free under $(pwd); the test suite and the release build need about 8 GB" >&2
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
