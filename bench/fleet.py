@@ -6,6 +6,9 @@ issued concurrently). Per N, and per mode:
 
   sqs       one shared queue (the hook's target); lastcall long-polls it
   imds      no queue; lastcall polls its target-lifecycle-state every 2 s
+  both      the shared queue and the target-lifecycle-state poll, both in each lastcall: the
+            termination starts from whichever comes first, and the queue's message is deleted
+            when its owner receives it
   baseline  bench/baseline/asg-drain.sh in a tight loop on each instance, one shared queue with
             the default visibility timeout (30 s); several independent fleets at once, each with
             its own group and queue, to get several terminations within the time cap
@@ -25,7 +28,7 @@ termination is then also timed from the moment its state became visible: the act
 `started_at` (GET /actions, the instant the emulator began it) plus the group's describe_lag,
 when DescribeAutoScalingInstances starts to show Terminating:Wait. `--name` names the JSON file.
 
-Usage: fleet.py PATH_TO_LASTCALL [--sizes 10,50,100] [--rounds 3] [--idle 60] [--modes sqs,imds,baseline]
+Usage: fleet.py PATH_TO_LASTCALL [--sizes 10,50,100] [--rounds 3] [--idle 60] [--modes sqs,imds,both,baseline]
                 [--baseline-n 10] [--baseline-fleets 3] [--baseline-cap 600] [--fraction 0.1]
                 [--realistic] [--name fleet] [--json]
 """
@@ -101,8 +104,9 @@ def terminate_at_once(emu: Emulator, victims: list[str]) -> float:
 class Fleet:
     """N lastcall daemons (one per instance of the group)."""
 
-    def __init__(self, emu: Emulator, lastcall: str, work: Path, group: str, queue_url: str | None) -> None:
+    def __init__(self, emu: Emulator, lastcall: str, work: Path, group: str, queue_url: str | None, imds: bool = False) -> None:
         self.emu, self.lastcall, self.work, self.group, self.queue_url = emu, lastcall, work, group, queue_url
+        self.imds = imds or not queue_url
         self.procs: dict[str, Lastcall] = {}
         self.offsets: dict[str, int] = {}
 
@@ -110,7 +114,7 @@ class Fleet:
         for iid in iids:
             d = self.work / iid
             d.mkdir()
-            cfg = lastcall_config(d, queue_url=self.queue_url) if self.queue_url else lastcall_config(d, imds_interval="2s")
+            cfg = lastcall_config(d, queue_url=self.queue_url, imds_interval="2s" if self.imds else None)
             self.procs[iid] = Lastcall(self.lastcall, d, aws_env(d, self.emu.endpoint, self.emu.imds(iid), f"lc-{iid}"), cfg)
         ready = "polling the lifecycle queue" if self.queue_url else "target lifecycle state"
         wait_for(f"{len(iids)} lastcall daemons to start", lambda: all(self.procs[i].logged(ready) for i in iids), timeout=120, step=0.1)
@@ -158,7 +162,7 @@ def lastcall_fleet(lastcall: str, mode: str, n: int, rounds: int, idle: float, r
         try:
             name = f"fleet-{mode}-{n}"
             url = arn = None
-            if mode == "sqs":
+            if mode in ("sqs", "both"):
                 url, arn = emu.queue(name)
             iids = emu.group(name, n, arn)
             if realistic:
@@ -167,7 +171,7 @@ def lastcall_fleet(lastcall: str, mode: str, n: int, rounds: int, idle: float, r
                 if url:
                     out["knobs"]["queue"] = emu.realism({"queue": name, **REALISTIC_QUEUE})
                 out["knobs"]["seed"] = REALISTIC_SEED
-            fleet = Fleet(emu, lastcall, work, name, url)
+            fleet = Fleet(emu, lastcall, work, name, url, imds=mode == "both")
             t = time.time()
             fleet.start(iids)
             out["start_s"] = time.time() - t
@@ -203,8 +207,15 @@ def lastcall_fleet(lastcall: str, mode: str, n: int, rounds: int, idle: float, r
                 t_all = time.time()
                 cpu1 = cpu_seconds(emu.proc.pid), sum(cpu_seconds(p.proc.pid) for p in fleet.procs.values())
                 complete = len(done) == m
-                if url and complete:  # the completed messages are deleted just after completion
-                    wait_for("the queue to be empty", lambda: emu.queue_depth(url) == 0, timeout=60, step=0.05)
+                # The completed messages are deleted just after completion (in `both` mode, when
+                # each owner receives its message, which can be after the completion).
+                queue_empty_s = None
+                if url and complete:
+                    try:
+                        wait_for("the queue to be empty", lambda: emu.queue_depth(url) == 0, timeout=max(60.0, deadline - time.time()), step=0.05)
+                        queue_empty_s = time.time() - t0
+                    except TimeoutError as e:
+                        log(f"fleet {mode} N={n}: {e}")
                 time.sleep(0.5)
                 c = emu.calls()
                 span = time.time() - t0
@@ -255,6 +266,8 @@ def lastcall_fleet(lastcall: str, mode: str, n: int, rounds: int, idle: float, r
                     # count since the round began): what a dead-letter maxReceiveCount must exceed.
                     "max_receive_count": (c.get("max_receive_count") or {}).get(name),
                     "wall_s": t_all - t0,
+                    # From the first terminate call until the queue was empty again.
+                    "queue_empty_s": queue_empty_s,
                     # CPU seconds used from the first terminate call until the last completion.
                     "emulator_cpu_s": cpu1[0] - cpu0[0],
                     "lastcall_cpu_s": cpu1[1] - cpu0[1],
@@ -268,7 +281,8 @@ def lastcall_fleet(lastcall: str, mode: str, n: int, rounds: int, idle: float, r
                     how += f"; lastcall warnings/errors {problems}"
                 log(f"fleet {mode} N={n} M={m} round {r + 1}: {how} (median {sorted(lat)[len(lat) // 2] if lat else float('nan'):.2f} s), "
                     f"{sqs_calls / m:.1f} SQS + {asg_calls / m:.1f} Auto Scaling calls per termination, {foreign / m:.1f} wrong receptions per termination, "
-                    f"{aside} instances stepped aside, highest receive count of a message {rr['max_receive_count']}; "
+                    f"{aside} instances stepped aside, highest receive count of a message {rr['max_receive_count']}, "
+                    f"queue empty after {queue_empty_s if queue_empty_s is not None else float('nan'):.1f} s; "
                     f"{rr['imds_requests']} IMDS requests; CPU: emulator {rr['emulator_cpu_s']:.2f} s, lastcall {rr['lastcall_cpu_s']:.2f} s")
                 # Back to N: the victims' daemons stop (their instances are gone), new instances get theirs.
                 fleet.stop(victims)
@@ -421,7 +435,7 @@ def main() -> int:
     load0 = os.getloadavg()
     res: dict = {"sizes": sizes, "rounds": args.rounds, "idle_s": args.idle, "fraction": args.fraction, "realistic": args.realistic,
                  "knobs": {"group": REALISTIC_GROUP, "queue": REALISTIC_QUEUE, "seed": REALISTIC_SEED} if args.realistic else None}
-    for mode in ("sqs", "imds"):
+    for mode in ("sqs", "imds", "both"):
         if mode in modes:
             res[mode] = []
             for n in sizes:

@@ -412,9 +412,19 @@ pub enum AbandonDoes {
     Retain,
 }
 
+/// What `lastcall check` reads from DescribeAutoScalingGroups.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupFacts {
+    /// What ABANDON does to a terminating instance.
+    pub abandon: AbandonDoes,
+    /// The group's MaxSize, when it was in the answer.
+    pub max_size: Option<u64>,
+}
+
 impl AutoScaling {
-    /// What ABANDON does to `group`'s terminating instances (DescribeAutoScalingGroups).
-    pub async fn abandon_does(&self, group: &str) -> Result<AbandonDoes, LifecycleError> {
+    /// What `lastcall check` wants to know of `group` (DescribeAutoScalingGroups): what ABANDON
+    /// does to its terminating instances, and its maximum size.
+    pub async fn group_facts(&self, group: &str) -> Result<GroupFacts, LifecycleError> {
         let out = self
             .client
             .describe_auto_scaling_groups()
@@ -425,18 +435,24 @@ impl AutoScaling {
                 group: group.to_string(),
                 message: DisplayErrorContext(&e).to_string(),
             })?;
-        let retain = out
+        let g = out
             .auto_scaling_groups()
             .iter()
-            .find(|g| g.auto_scaling_group_name() == Some(group))
+            .find(|g| g.auto_scaling_group_name() == Some(group));
+        let retain = g
             .and_then(|g| g.instance_lifecycle_policy())
             .and_then(|p| p.retention_triggers())
             .and_then(|t| t.terminate_hook_abandon())
             .is_some_and(|a| a.as_str() == "retain");
-        Ok(if retain {
-            AbandonDoes::Retain
-        } else {
-            AbandonDoes::Terminate
+        Ok(GroupFacts {
+            abandon: if retain {
+                AbandonDoes::Retain
+            } else {
+                AbandonDoes::Terminate
+            },
+            max_size: g
+                .and_then(|g| g.max_size())
+                .and_then(|m| u64::try_from(m).ok()),
         })
     }
 

@@ -379,13 +379,8 @@ command = ["/bin/true"]
     let mut n = Node::new(&g.instances[0], &g.queue_url, &config("", steps))
         .await
         .program(None, &target.binary());
-    let out = n
-        .command(&["check"])
-        .stdout(std::process::Stdio::piped())
-        .output()
-        .expect("run lastcall check");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{stdout}");
+    let (code, stdout) = n.stdout_of(&["check"]);
+    assert_ne!(code, Some(0), "{stdout}");
     assert!(
         stdout.contains(r#"runs as user "root" (uid 0, gid 0), found in /etc/passwd"#),
         "{stdout}"

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(40);
 
@@ -84,27 +84,61 @@ async fn queue_and_metadata_together_run_one_pipeline_and_clean_the_queue() {
     )
     .await;
     let victim = g.instances[0].clone();
-    let cfg = format!(
-        "[sqs]\nqueue_url = \"{{queue}}\"\nwait_time = \"1s\"\nvisibility_timeout = \"3s\"\n{}",
-        imds_config(
-            "",
-            &marker(
-                "mark",
-                "ran",
-                "[[step]]\nkind = \"sleep\"\nduration = \"1s\"\n"
-            )
-        )
-    );
-    let mut n = Node::new(&victim, &g.queue_url, &cfg).await;
-    n.start();
-    n.wait_log("polling the lifecycle queue", LONG).await;
-    n.wait_log("target lifecycle state target_state=InService", LONG)
-        .await;
+    let n = queue_and_metadata(
+        &g,
+        "wait_time = \"1s\"\nvisibility_timeout = \"3s\"\n",
+        "1s",
+    )
+    .await;
     terminate(&aws, &victim).await;
     wait_terminated(&aws, &victim, LONG).await;
     assert_eq!(lines(&n.path("ran")).len(), 1, "one pipeline: {}", n.log());
     assert_eq!(completed_count(&victim).await, 1);
     wait_queue_empty(&aws, &g.queue_url, LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_comes_while_metadata_runs_the_pipeline_is_deleted_soon_after() {
+    // Queue and metadata together, the notification late (it often is: Auto Scaling sends it
+    // "while the instance is in a wait state", through SNS or EventBridge): instance metadata
+    // starts the pipeline, and the message arrives while it runs. The queue source must not
+    // keep it out of sight for its whole visibility timeout (5 min by default): by then the
+    // instance is gone, and its message would circulate among the survivors for days.
+    let aws = aws().await;
+    let g = group(&aws, "bothlate", GroupSpec::of(1)).await;
+    realism(&g.name, json!({"notification_delay": 1})).await;
+    let victim = g.instances[0].clone();
+    let n = queue_and_metadata(&g, "", "4s").await;
+    terminate(&aws, &victim).await;
+    n.wait_log("another lastcall process is handling this action", LONG)
+        .await;
+    wait_terminated(&aws, &victim, LONG).await;
+    // Back within seconds, recognised as done, deleted.
+    wait_queue_empty(&aws, &g.queue_url, Duration::from_secs(20)).await;
+    assert_eq!(lines(&n.path("ran")).len(), 1, "one pipeline: {}", n.log());
+    assert_eq!(completed_count(&victim).await, 1);
+    n.wait_log("no more receiving from the lifecycle queue", LONG)
+        .await;
+}
+
+/// A started node of `g`'s only instance with both sources (`sqs` adds to `[sqs]`), whose
+/// steps mark "ran" and then sleep for `sleep`; both sources are running when it returns.
+async fn queue_and_metadata(g: &Group, sqs: &str, sleep: &str) -> Node {
+    let steps = marker(
+        "mark",
+        "ran",
+        &format!("[[step]]\nkind = \"sleep\"\nduration = \"{sleep}\"\n"),
+    );
+    let cfg = format!(
+        "[sqs]\nqueue_url = \"{{queue}}\"\n{sqs}{}",
+        imds_config("", &steps)
+    );
+    let mut n = Node::new(&g.instances[0], &g.queue_url, &cfg).await;
+    n.start();
+    n.wait_log("polling the lifecycle queue", LONG).await;
+    n.wait_log("target lifecycle state target_state=InService", LONG)
+        .await;
+    n
 }
 
 async fn completed_count(instance: &str) -> usize {
@@ -472,13 +506,7 @@ async fn a_warm_pool_return_runs_only_warm_pool_steps_and_keeps_monitoring() {
 
 /// Auto Scaling calls the emulator counted for one access key.
 async fn autoscaling_calls(key: &str) -> u64 {
-    let v: Value = reqwest::get(format!("{}/calls", emulator().control))
-        .await
-        .expect("GET /calls")
-        .json()
-        .await
-        .expect("json");
-    v["keys"][key]["autoscaling"]
+    calls_by(key).await["autoscaling"]
         .as_object()
         .map(|m| m.values().filter_map(Value::as_u64).sum())
         .unwrap_or(0)
@@ -566,13 +594,8 @@ async fn check_reports_which_sources_will_work() {
         imds_config("", &marker("mark", "ran", ""))
     );
     let mut n = Node::new(&g.instances[0], &g.queue_url, &cfg).await;
-    let out = n
-        .command(&["check"])
-        .stdout(std::process::Stdio::piped())
-        .output()
-        .expect("check");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}\n{}", n.log());
+    let (code, text) = n.stdout_of(&["check"]);
+    assert_eq!(code, Some(0), "{text}\n{}", n.log());
     for needle in [
         "[ ok ] instance metadata (IMDSv2)",
         "[ ok ] Auto Scaling (DescribeAutoScalingInstances): group",
@@ -587,6 +610,35 @@ async fn check_reports_which_sources_will_work() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
+    assert!(!text.contains("maxReceiveCount"), "{text}");
+    // A dead-letter queue whose maxReceiveCount suits a small group but not this one's MaxSize:
+    // in an instance refresh each message passes through about as many wrong instances as
+    // are leaving.
+    let (_, dlq_arn) = queue(&aws, &format!("{}-dlq", g.name)).await;
+    aws.sqs
+        .set_queue_attributes()
+        .queue_url(&g.queue_url)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+            json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 150}).to_string(),
+        )
+        .send()
+        .await
+        .expect("set the redrive policy");
+    aws.asg
+        .update_auto_scaling_group()
+        .auto_scaling_group_name(&g.name)
+        .max_size(100)
+        .send()
+        .await
+        .expect("set the group's MaxSize");
+    let (code, text) = n.stdout_of(&["check"]);
+    assert_eq!(code, Some(0), "a warning, not a failure: {text}");
+    assert!(
+        text.contains("[warn] the queue's dead-letter maxReceiveCount is 150 and the group can have 100 instances")
+            && text.contains("a count below 200 (2 x MaxSize)"),
+        "{text}"
+    );
     // Since November 2025 a group's instance lifecycle policy can keep an abandoned instance:
     // check says what ABANDON will do, and warns when lastcall would send it.
     aws.asg
@@ -618,12 +670,7 @@ async fn check_reports_which_sources_will_work() {
             .replace("{queue}", &g.queue_url),
     )
     .expect("config");
-    let out = n
-        .command(&["check"])
-        .stdout(std::process::Stdio::piped())
-        .output()
-        .expect("check");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, text) = n.stdout_of(&["check"]);
     assert!(
         text.contains("TerminateHookAbandon = retain: ABANDON")
             && text.contains("[warn] on_failure_result = \"ABANDON\": an instance whose step failed stays in Terminating:Retained"),
@@ -648,13 +695,8 @@ async fn check_reports_which_sources_will_work() {
         &GroupSpec::default(),
     )
     .await;
-    let out = n
-        .command(&["check"])
-        .stdout(std::process::Stdio::piped())
-        .output()
-        .expect("check");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = n.stdout_of(&["check"]);
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("[FAIL] terminating hook (DescribeLifecycleHooks)")
             && text.contains("set [lifecycle] hook_name"),

@@ -910,15 +910,7 @@ const STEPPING_ASIDE: &str = "stepping out of the queue's way";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staying_instances_step_aside_and_the_leaving_one_gets_its_message_first() {
     let aws = aws().await;
-    let g = group(
-        &aws,
-        "aside",
-        GroupSpec {
-            size: 4,
-            ..Default::default()
-        },
-    )
-    .await;
+    let g = group(&aws, "aside", GroupSpec::of(4)).await;
     let steps = marker("mark", "ran");
     let mut nodes = Vec::new();
     for i in &g.instances {
@@ -1037,20 +1029,9 @@ async fn an_instance_that_cannot_step_aside_does_not_spin_on_others_messages() {
         .await;
     }
     n.wait_log("message for another instance", LONG).await;
-    let receives = || async {
-        let v: Value = reqwest::get(format!("{}/calls", emulator().control))
-            .await
-            .expect("GET /calls")
-            .json()
-            .await
-            .expect("json");
-        v["keys"][key.as_str()]["sqs"]["ReceiveMessage"]
-            .as_u64()
-            .unwrap_or(0)
-    };
-    let before = receives().await;
+    let before = receives_by(&key).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let during = receives().await - before;
+    let during = receives_by(&key).await - before;
     assert!(during <= 12, "{during} receives in 4 s");
     assert!(during >= 2, "it keeps polling: {during}");
 }
@@ -1080,4 +1061,134 @@ async fn step_aside_zero_turns_it_off() {
     n.wait_log("another instance's message again", LONG).await;
     assert!(n.log().contains("step_aside_s=0"), "{}", n.log());
     assert!(!n.log().contains(STEPPING_ASIDE), "{}", n.log());
+}
+
+/// ReceiveMessage calls made with access key `key` (see [`Node::start_with_key`]).
+async fn receives_by(key: &str) -> u64 {
+    calls_by(key).await["sqs"]["ReceiveMessage"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+const DEPARTED: &str = "no more receiving from the lifecycle queue";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_instance_stops_receiving_even_after_a_reload() {
+    // Once its own termination is over, an instance's receives only take others' messages out
+    // of their owners' sight; and on AWS a long poll cut short by the shutdown is still served,
+    // hiding what it took for the visibility timeout (aws/aws-sdk-js#2350).
+    let aws = aws().await;
+    let g = group(&aws, "depart", GroupSpec::of(2)).await;
+    let steps = marker("mark", "ran");
+    let mut nodes = Vec::new();
+    let mut keys = Vec::new();
+    for i in &g.instances {
+        let mut n = Node::new(i, &g.queue_url, &config("", &steps)).await;
+        keys.push(n.start_with_key("DEPART"));
+        nodes.push(n);
+    }
+    set_desired(&aws, &g.name, 1).await;
+    let victim = wait_victim(&aws, &g.instances, LONG).await;
+    wait_terminated(&aws, &victim, LONG).await;
+    let v = nodes
+        .iter()
+        .position(|n| n.instance == victim)
+        .expect("the victim's node");
+    nodes[v].wait_log(DEPARTED, LONG).await;
+    assert_eq!(lines(&nodes[v].path("ran")), [format!("{victim} 0")]);
+    // A reload does not bring it back to the queue.
+    nodes[v].signal(Signal::SIGHUP);
+    nodes[v]
+        .wait_log("not receiving from the lifecycle queue again", LONG)
+        .await;
+    let before = receives_by(&keys[v]).await;
+    // Another message comes: only the instance that stays receives it.
+    let id = send(
+        &aws,
+        &g.queue_url,
+        &flat_termination(&g, "i-0ccccccccccccccc1"),
+    )
+    .await;
+    let other = &nodes[1 - v];
+    other.wait_log(&format!("message_id={id}"), LONG).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        receives_by(&keys[v]).await,
+        before,
+        "the departed instance received again: {}",
+        nodes[v].log()
+    );
+    assert!(!nodes[v].log().contains(&id), "{}", nodes[v].log());
+    // It is still a daemon that exits cleanly.
+    sigterm_exits_within_a_second(&mut nodes[v]).await;
+}
+
+const HELD: &str = "held out of every consumer's sight for a while";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_instance_holds_no_message_back_from_its_owner() {
+    // A message that keeps coming back after a minute in the queue is held out of sight for a
+    // while (1, 2, 4… s): it is probably a dead instance's. The hold hides it from every
+    // consumer, its owner included; in a mass departure the owners are alive and leaving too.
+    // So a leaving instance holds nothing, while one that cannot tell still does.
+    let aws = aws().await;
+    let g = group(&aws, "noheld", GroupSpec::default()).await;
+    let queue_name = g
+        .queue_url
+        .rsplit('/')
+        .next()
+        .expect("queue name")
+        .to_string();
+    // Messages that look a minute and a half old.
+    realism_queue(&queue_name, json!({"sent_age": 90})).await;
+    let me = g.instances[0].clone();
+    let mut leaving = Node::new(&me, &g.queue_url, &config("", "")).await;
+    imds_override(
+        &leaving.imds,
+        "/latest/meta-data/autoscaling/target-lifecycle-state",
+        200,
+        "Terminated",
+    )
+    .await;
+    let mut unsure = Node::new(&me, &g.queue_url, &config("", "")).await;
+    imds_override(
+        &unsure.imds,
+        "/latest/meta-data/autoscaling/target-lifecycle-state",
+        404,
+        "",
+    )
+    .await;
+    let id = send(
+        &aws,
+        &g.queue_url,
+        &flat_termination(&g, "i-0ccccccccccccccc2"),
+    )
+    .await;
+    // One after the other, so that each sees the message alone.
+    for (n, holds) in [(&mut unsure, true), (&mut leaving, false)] {
+        n.start();
+        let again = format!("message_id={id}");
+        wait_for("five receptions of the message", LONG, || async {
+            let seen = n
+                .log()
+                .lines()
+                .filter(|l| l.contains(&again) && l.contains("releasing it"))
+                .count();
+            (seen >= 5).then_some(())
+        })
+        .await;
+        n.signal(Signal::SIGTERM);
+        assert_eq!(n.wait_exit(LONG).await, Some(0));
+        let log = n.log();
+        let held: Vec<&str> = log.lines().filter(|l| l.contains(HELD)).collect();
+        if holds {
+            // Released at once twice, then held 1 s, 2 s…
+            assert!(held.len() >= 2, "{log}");
+            assert!(held[0].contains("hold_s=1"), "{log}");
+            assert!(held[1].contains("hold_s=2"), "{log}");
+        } else {
+            assert!(held.is_empty(), "a leaving instance held a message: {log}");
+            assert!(log.contains("releasing others' messages at once"), "{log}");
+        }
+    }
 }

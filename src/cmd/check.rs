@@ -25,6 +25,10 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DAEMON_TIMEOUT_STOP: Duration = Duration::from_secs(15 * 60);
 /// A dead-letter `maxReceiveCount` below this is warned about for a shared queue.
 const LOW_MAX_RECEIVE_COUNT: u64 = 100;
+/// A dead-letter `maxReceiveCount` below this many times the group's MaxSize is warned about:
+/// with all of N = 100 instances leaving at once, a message was received up to 110 times
+/// (bench/RESULTS.md, section 5).
+const MASS_DEPARTURE_RECEIVES: u64 = 2;
 
 /// How one check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,14 +117,17 @@ pub async fn online(cli: &Cli) -> Exit {
             lines.extend(owned_hook(&asg, &hooks, &identity, group, Transition::Launching).await);
         }
     }
+    let mut max_size = None;
     if let Some(group) = &group {
-        lines.extend(abandon(&asg, &config, group).await);
+        let (facts, max) = group_facts(&asg, &config, group).await;
+        lines.extend(facts);
+        max_size = max;
     }
     if let (Some(group), Some(hook)) = (&group, &config.lifecycle.hook_name) {
         lines.push(configured_hook(&asg, group, hook).await);
     }
     if let Some(s) = &config.sqs {
-        lines.extend(queue(&sdk, s).await);
+        lines.extend(queue(&sdk, s, max_size).await);
     }
     let action = Action::new(
         &identity.instance_id,
@@ -322,15 +329,19 @@ async fn heartbeat_permission(
 
 /// What ABANDON does in this group (its instance lifecycle policy), and a warning when lastcall
 /// would send it on a failed step and the instance would then be retained.
-async fn abandon(asg: &AutoScaling, config: &Config, group: &str) -> Vec<Line> {
+async fn group_facts(asg: &AutoScaling, config: &Config, group: &str) -> (Vec<Line>, Option<u64>) {
     const WHAT: &str = "instance lifecycle policy (DescribeAutoScalingGroups)";
-    match asg.abandon_does(group).await {
-        Ok(AbandonDoes::Terminate) => vec![Line::new(
+    let facts = match asg.group_facts(group).await {
+        Ok(f) => f,
+        Err(e) => return (vec![Line::new(false, WHAT, e.to_string())], None),
+    };
+    let lines = match facts.abandon {
+        AbandonDoes::Terminate => vec![Line::new(
             true,
             WHAT,
             "ABANDON (on_failure_result, or a hook's DefaultResult at its timeout) terminates the instance",
         )],
-        Ok(AbandonDoes::Retain) => {
+        AbandonDoes::Retain => {
             let mut v = vec![Line::new(
                 true,
                 WHAT,
@@ -345,8 +356,8 @@ async fn abandon(asg: &AutoScaling, config: &Config, group: &str) -> Vec<Line> {
             }
             v
         }
-        Err(e) => vec![Line::new(false, WHAT, e.to_string())],
-    }
+    };
+    (lines, facts.max_size)
 }
 
 /// The configured hook and its timeouts.
@@ -371,8 +382,9 @@ async fn configured_hook(asg: &AutoScaling, group: &str, hook: &str) -> Line {
     }
 }
 
-/// The queue, and whether its dead-letter redrive suits a shared queue.
-async fn queue(sdk: &aws_config::SdkConfig, s: &SqsConfig) -> Vec<Line> {
+/// The queue, and whether its dead-letter redrive suits a shared queue for a group of at most
+/// `max_size` instances.
+async fn queue(sdk: &aws_config::SdkConfig, s: &SqsConfig, max_size: Option<u64>) -> Vec<Line> {
     const WHAT: &str = "queue (GetQueueAttributes)";
     let client = crate::aws::sqs(sdk, &s.queue_url, s.wait_time);
     let out = match client
@@ -403,14 +415,33 @@ async fn queue(sdk: &aws_config::SdkConfig, s: &SqsConfig) -> Vec<Line> {
             v.get("maxReceiveCount")
                 .and_then(|m| m.as_u64().or_else(|| m.as_str()?.parse().ok()))
         });
-    if let Some(max) = max.filter(|m| *m < LOW_MAX_RECEIVE_COUNT) {
+    if let Some(detail) = max.and_then(|m| low_max_receive_count(m, max_size)) {
         lines.push(Line {
             status: Status::Warn,
             what: String::new(),
-            detail: format!("the queue's dead-letter maxReceiveCount is {max}: with a shared queue every instance receives every message, so a low count moves messages to the dead-letter queue before their owner sees them (use 1000 or more)"),
+            detail,
         });
     }
     lines
+}
+
+/// Why a dead-letter `maxReceiveCount` of `max` is too low for a shared queue of a group of at
+/// most `max_size` instances, if it is.
+fn low_max_receive_count(max: u64, max_size: Option<u64>) -> Option<String> {
+    let enough = max_size
+        .map(|n| n.saturating_mul(MASS_DEPARTURE_RECEIVES))
+        .unwrap_or(0)
+        .max(LOW_MAX_RECEIVE_COUNT);
+    if max >= enough {
+        return None;
+    }
+    Some(match max_size {
+        Some(n) if n.saturating_mul(MASS_DEPARTURE_RECEIVES) > LOW_MAX_RECEIVE_COUNT => format!(
+            "the queue's dead-letter maxReceiveCount is {max} and the group can have {n} instances: when many leave at once (an instance refresh), each message passes through about as many wrong instances as are leaving, so a count below {enough} ({MASS_DEPARTURE_RECEIVES} x MaxSize) can move a live termination's message to the dead-letter queue before its owner sees it (the maximum is 1000; for groups of over {} instances, use no redrive policy)",
+            1000 / MASS_DEPARTURE_RECEIVES
+        ),
+        _ => format!("the queue's dead-letter maxReceiveCount is {max}: with a shared queue every instance receives every message, so a low count moves messages to the dead-letter queue before their owner sees them (use 1000 or more)"),
+    })
 }
 
 /// What a step's service says, for the kinds that talk to one.
@@ -440,4 +471,38 @@ async fn step_service(step: &Step, ctx: &Context) -> Option<Line> {
         Ok(detail) => Line::new(true, what, detail),
         Err(e) => Line::new(false, what, e.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::low_max_receive_count;
+
+    #[test]
+    fn a_dead_letter_count_is_weighed_against_the_groups_max_size() {
+        // Enough: at least 100, and at least twice the group's MaxSize.
+        assert_eq!(low_max_receive_count(1000, Some(100)), None);
+        assert_eq!(low_max_receive_count(200, Some(100)), None);
+        assert_eq!(low_max_receive_count(100, Some(20)), None);
+        assert_eq!(low_max_receive_count(100, None), None);
+        // Too low for the group.
+        let w = low_max_receive_count(150, Some(100)).expect("a warning");
+        assert!(
+            w.contains("can have 100 instances") && w.contains("below 200"),
+            "{w}"
+        );
+        // Beyond what a redrive policy allows: say so.
+        let w = low_max_receive_count(1000, Some(800)).expect("a warning");
+        assert!(
+            w.contains("below 1600") && w.contains("over 500 instances, use no redrive policy"),
+            "{w}"
+        );
+        // Too low for any shared queue, whatever the size.
+        for size in [None, Some(3), Some(50)] {
+            let w = low_max_receive_count(10, size).expect("a warning");
+            assert!(
+                w.contains("maxReceiveCount is 10: with a shared queue"),
+                "{w}"
+            );
+        }
+    }
 }

@@ -32,6 +32,8 @@ pub async fn run(cli: &Cli) -> Exit {
     let mut first = true;
     // What the metadata source learned, carried over a reload.
     let mut progress = None;
+    // The queue source saw this instance's termination through: a reload does not restart it.
+    let mut departed = false;
     loop {
         let mut parts = match build(&base, config.clone(), &shutdown) {
             Ok(p) => p,
@@ -40,6 +42,7 @@ pub async fn run(cli: &Cli) -> Exit {
         if let Some(p) = progress.take() {
             parts.metadata = parts.metadata.take().map(|src| src.with_progress(p));
         }
+        parts.sqs = parts.sqs.take().map(|src| src.departed(departed));
         if first {
             parts.handler.report_hook_choice().await;
             // Failures are logged there; their notifications bring them back.
@@ -52,8 +55,9 @@ pub async fn run(cli: &Cli) -> Exit {
         // The sources stop on SIGTERM or SIGHUP; a pipeline that is running finishes first.
         let (stop_sources, sources_shutdown) = shutdown::channel();
         let sqs = async {
-            if let Some(src) = parts.sqs {
-                src.run(&parts.handler, sources_shutdown.clone()).await;
+            match parts.sqs {
+                Some(src) => src.run(&parts.handler, sources_shutdown.clone()).await,
+                None => false,
             }
         };
         let metadata = async {
@@ -71,8 +75,9 @@ pub async fn run(cli: &Cli) -> Exit {
             stop_sources.fire();
             reload
         };
-        let (_, learned, reload) = tokio::join!(sqs, metadata, reload);
+        let (gone, learned, reload) = tokio::join!(sqs, metadata, reload);
         progress = learned;
+        departed |= gone;
         if !reload || shutdown.is_requested() {
             break;
         }

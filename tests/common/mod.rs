@@ -207,6 +207,16 @@ pub struct GroupSpec {
     pub default_result: &'static str,
 }
 
+impl GroupSpec {
+    /// `size` instances, the rest as by default.
+    pub fn of(size: i32) -> Self {
+        Self {
+            size,
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for GroupSpec {
     fn default() -> Self {
         Self {
@@ -407,14 +417,24 @@ pub async fn wait_terminated(aws: &Aws, instance: &str, timeout: Duration) {
     .await
 }
 
-/// Lifecycle actions as the emulator records them.
-pub async fn actions(instance: &str) -> Vec<Value> {
-    let v: Value = reqwest::get(format!("{}/actions", emulator().control))
+/// A JSON answer of the emulator's control API, e.g. `/actions` or `/calls`.
+pub async fn control(path: &str) -> Value {
+    reqwest::get(format!("{}{path}", emulator().control))
         .await
-        .expect("GET /actions")
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
         .json()
         .await
-        .expect("json");
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// What the emulator counted for one access key (`GET /calls`): `{service: {action: n}}`.
+pub async fn calls_by(key: &str) -> Value {
+    control("/calls").await["keys"][key].clone()
+}
+
+/// Lifecycle actions as the emulator records them.
+pub async fn actions(instance: &str) -> Vec<Value> {
+    let v = control("/actions").await;
     v.as_array()
         .expect("array")
         .iter()
@@ -576,6 +596,19 @@ impl Node {
             .stdout(Stdio::null())
             .stderr(log);
         c
+    }
+
+    /// Runs a `lastcall` command to the end: its exit code and what it printed on stdout.
+    pub fn stdout_of(&mut self, args: &[&str]) -> (Option<i32>, String) {
+        let out = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .output()
+            .unwrap_or_else(|e| panic!("run lastcall {args:?}: {e}"));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     /// Starts `lastcall run`.

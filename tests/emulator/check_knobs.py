@@ -270,7 +270,7 @@ def lifecycle(emu: Emulator) -> None:
 
 
 def receive(emu: Emulator) -> None:
-    print("receive_sample, receive_order, latency")
+    print("receive_sample, receive_order, latency, sent_age")
     _, sqs, _ = emu.clients("sqs")
 
     def queue(name: str, n: int, **knobs: Any) -> str:
@@ -325,6 +325,18 @@ def receive(emu: Emulator) -> None:
     t = time.monotonic()
     got = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0).get("Messages", [])
     check(len(got) == 1 and time.monotonic() - t >= 0.4, "latency on a receive too")
+
+    def sent(url: str) -> float:
+        got = sqs.receive_message(QueueUrl=url, AttributeNames=["SentTimestamp"], VisibilityTimeout=60)
+        return int(got["Messages"][0]["Attributes"]["SentTimestamp"]) / 1000
+
+    old_url = queue("aged", 0, sent_age=3600)
+    sqs.send_message(QueueUrl=old_url, MessageBody="x")
+    age = time.time() - sent(old_url)
+    check(3599 <= age < 3610, f"sent_age 3600: SentTimestamp {age:.1f}s in the past")
+    young_url = queue("young", 1)
+    age = time.time() - sent(young_url)
+    check(0 <= age < 10, f"knob off: SentTimestamp is the sending time ({age:.1f}s ago)")
 
 
 def seed(emu: Emulator) -> None:

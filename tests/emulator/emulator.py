@@ -171,9 +171,11 @@ INSTANCE_KNOBS = ("imds_target_lag",)
 #     however many were asked for (a standard queue samples a subset of its servers);
 #   receive_sample: probability that a visible message is included in one receive pass;
 #   receive_order: shuffle (default) | oldest_first | oldest_first_jitter;
-#   latency: extra seconds added to every SQS call on that queue (half before, half after).
+#   latency: extra seconds added to every SQS call on that queue (half before, half after);
+#   sent_age: messages sent to the queue from now on carry a SentTimestamp this many seconds
+#     in the past (as if they had been circulating for that long).
 QUEUE_REALISM: dict[str, dict[str, Any]] = {}
-QUEUE_KNOBS = ("receive_max", "receive_sample", "receive_order", "latency")
+QUEUE_KNOBS = ("receive_max", "receive_sample", "receive_order", "latency", "sent_age")
 RECEIVE_ORDERS = ("shuffle", "oldest_first", "oldest_first_jitter")
 # oldest_first_jitter: a message at rank i sorts by i + uniform(0, ORDER_JITTER), so it can
 # come before at most the ORDER_JITTER - 1 messages sent just before it.
@@ -1170,6 +1172,20 @@ def install_patches() -> None:
 
     SQSBackend.receive_message = receive_message
 
+    # sent_age: a message that has been in the queue for a while (its owner died, say), without
+    # waiting that long in a test. Only SentTimestamp moves (retention counts from it as well).
+    # send_message_batch sends each entry through send_message.
+    orig_send_message = SQSBackend.send_message
+
+    def send_message(self: Any, queue_name: str, *args: Any, **kwargs: Any) -> Any:
+        message = orig_send_message(self, queue_name, *args, **kwargs)
+        age = float(QUEUE_REALISM.get(queue_name, {}).get("sent_age", 0) or 0)
+        if age > 0 and message.sent_timestamp is not None:
+            message.sent_timestamp -= int(age * 1000)
+        return message
+
+    SQSBackend.send_message = send_message
+
 
 # ---------------------------------------------------------------------------
 # Live instance data for IMDS
@@ -1525,8 +1541,13 @@ class ImdsHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            # The instance's lastcall was stopped mid-request (a test or the bench ends it):
+            # nobody is left to answer, and a traceback would only bury the output.
+            self.close_connection = True
 
     def _drain(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)

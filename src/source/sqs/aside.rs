@@ -6,7 +6,7 @@ use std::time::Instant;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use tracing::{debug, info};
 
-use super::{SqsSource, STAYING, STEP_ASIDE_WATCH};
+use super::{SqsSource, LEAVING_FRESH, STAYING, STEP_ASIDE_WATCH};
 use crate::handler::Handler;
 use crate::imds::TARGET_STATE;
 use crate::shutdown::Shutdown;
@@ -58,6 +58,27 @@ impl SqsSource {
                 return Aside::Back;
             }
         }
+    }
+
+    /// True when instance metadata says this instance is leaving its group (a target state that
+    /// is not a staying one), read at most once per [`LEAVING_FRESH`]; false when it cannot be
+    /// read or there is none yet.
+    pub(super) async fn leaving(&mut self, handler: &Handler) -> bool {
+        if let Some((at, leaving)) = self.leaving {
+            if at.elapsed() < LEAVING_FRESH {
+                return leaving;
+            }
+        }
+        let leaving = match handler.imds().poll(TARGET_STATE).await {
+            Ok(Some(s)) => !STAYING.contains(&s.trim()),
+            Ok(None) => false,
+            Err(e) => {
+                debug!(error = %DisplayErrorContext(&e), "cannot read the target lifecycle state; holding as if staying");
+                false
+            }
+        };
+        self.leaving = Some((Instant::now(), leaving));
+        leaving
     }
 
     /// `Some(target state)` when this instance can step aside: its launch (if launch steps are

@@ -25,6 +25,13 @@
 //! soon as that changes. Leaving instances never step aside; when the state cannot be read
 //! (no IMDS, 404 before the first transition) nobody does; with launch steps, not before this
 //! instance's launch has been handled, since a launching instance also reads `InService`.
+//!
+//! Leaving the queue: once this instance's own termination is over (its action completed, not
+//! to a warm pool, and its message deleted) the daemon stops receiving. The instance is going
+//! away: each further receive only holds others' messages back from their owners, and a long
+//! poll cut short by the shutdown is still served by SQS, which then hides what it took for the
+//! visibility timeout (aws/aws-sdk-js#2350, aws/aws-sdk-java#2083). In a mass departure the
+//! queue's consumers thin out as their terminations end, as the instances themselves do.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -35,7 +42,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::autoscaling::{HookChoiceError, HookNames};
 use crate::config::SqsConfig;
-use crate::event::LifecycleEvent;
+use crate::event::{LifecycleEvent, Transition};
 use crate::handler::{Action, Handler, HandlerError, Outcome};
 use crate::shutdown::Shutdown;
 
@@ -78,6 +85,9 @@ const STAYING: [&str; 3] = ["InService", "Standby", "Detached"];
 
 /// Unix time this process first built a queue source (launches handled since then count).
 static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// How long a target lifecycle state read to decide on holds is trusted.
+const LEAVING_FRESH: Duration = Duration::from_secs(1);
 
 /// What one receive did.
 #[derive(Debug, Default)]
@@ -136,10 +146,15 @@ pub struct SqsSource {
     seen: HashMap<String, (Instant, u32)>,
     /// No launch of this instance is pending (no launch steps, or the launch was handled).
     launch_settled: bool,
-    /// This instance's messages whose action was not (yet) seen waiting: how many times.
+    /// This instance's messages whose action was not (yet) seen waiting, or was being handled
+    /// by another pipeline: how many times in a row.
     unverified: HashMap<String, u32>,
     /// Others' messages kept out of sight until `poll_all` ends (`once` only).
     deferred: Option<Vec<(Message, i32)>>,
+    /// This instance's termination is over and its message deleted: nothing more to receive.
+    departed: bool,
+    /// Whether instance metadata said this instance is leaving its group, and when it was read.
+    leaving: Option<(Instant, bool)>,
 }
 
 impl SqsSource {
@@ -162,18 +177,38 @@ impl SqsSource {
             launch_settled: !launch,
             unverified: HashMap::new(),
             deferred: None,
+            departed: false,
+            leaving: None,
         }
     }
 
-    /// Long-polls until shutdown, surviving every error.
-    pub async fn run(mut self, handler: &Handler, mut shutdown: Shutdown) {
+    /// A source for an instance whose termination this process has already seen through (a
+    /// reload after it): it receives nothing.
+    pub fn departed(mut self, departed: bool) -> Self {
+        self.departed = departed;
+        self
+    }
+
+    /// Long-polls until shutdown (or until this instance's termination is over), surviving
+    /// every error; true when this instance's termination is over.
+    pub async fn run(mut self, handler: &Handler, mut shutdown: Shutdown) -> bool {
         let started = *STARTED.get_or_init(crate::journal::unix_now);
+        if self.departed {
+            info!(queue = %self.cfg.queue_url, "this instance's termination is over; not receiving from the lifecycle queue again");
+            shutdown.requested().await;
+            return true;
+        }
         info!(queue = %self.cfg.queue_url, instance_id = %self.me,
             step_aside_s = self.cfg.step_aside.as_secs(), "polling the lifecycle queue");
         let mut backoff = BACKOFF_FIRST;
         // Receives in a row that brought nothing but others' messages.
         let mut spin: u32 = 0;
         while !shutdown.is_requested() {
+            if self.departed {
+                info!(queue = %self.cfg.queue_url, "this instance's termination is over; no more receiving from the lifecycle queue (its receives would only hold others' messages back)");
+                shutdown.requested().await;
+                return true;
+            }
             let wait = self.cfg.wait_time;
             // Only the receive is cut short by shutdown: handling what was received is not,
             // so that a running step finishes and the journal stays consistent.
@@ -240,6 +275,7 @@ impl SqsSource {
             }
         }
         info!("stopped polling the lifecycle queue");
+        self.departed
     }
 
     /// One receive of up to ten messages, waiting up to `wait`, and everything that follows.
@@ -327,7 +363,7 @@ impl SqsSource {
         };
         let now = SystemTime::now();
         self.seen.retain(|_, (t, _)| t.elapsed() < SEEN_TTL);
-        let mut release = Vec::new();
+        let mut release: Vec<(Message, i32)> = Vec::new();
         let mut mine = Vec::new();
         for m in messages {
             let id = m.message_id().unwrap_or("-").to_string();
@@ -399,6 +435,23 @@ impl SqsSource {
                 Route::Mine(ev) => mine.push((m, ev)),
             }
         }
+        // Holds keep a queue of messages nobody takes (dead instances', another group's) from
+        // spinning this instance; they hide a message from its owner too. A leaving instance
+        // holds nothing: in a mass departure (an instance refresh, a big scale-in) the others'
+        // messages are live owners', and it is gone within its hook's life anyway.
+        if release.iter().any(|(_, hold)| *hold > 0) && self.leaving(handler).await {
+            debug!(
+                count = release.len(),
+                "this instance is leaving: releasing others' messages at once, holding none"
+            );
+            for (_, hold) in &mut release {
+                *hold = 0;
+            }
+        }
+        for (m, hold) in release.iter().filter(|(_, hold)| *hold > 0) {
+            debug!(message_id = %m.message_id().unwrap_or("-"), hold_s = hold,
+                "another's message keeps coming back: held out of every consumer's sight for a while");
+        }
         match &mut self.deferred {
             // `once` keeps others' messages out of sight while it looks through the queue, so
             // that each receive brings messages it has not seen; never while it runs a
@@ -446,13 +499,22 @@ impl SqsSource {
                 Outcome::Completed { .. } | Outcome::AlreadyCompleted => {
                     if self.delete(&m).await {
                         report.deleted += 1;
+                        // A termination's action, however it was completed (or timed out),
+                        // ends with the instance terminated; a warm-pool return does not.
+                        if ev.transition == Transition::Terminating && !ev.to_warm_pool() {
+                            self.departed = true;
+                        }
                     } else {
                         report.left += 1;
                     }
                 }
                 // Not (yet) seen waiting: ask again soon, with back-off, rather than after the
-                // whole visibility timeout, which can outlast the hook (design §2.1).
-                Outcome::NotWaiting { .. } => {
+                // whole visibility timeout, which can outlast the hook (design §2.1). Busy: another
+                // pipeline (the metadata source, a `once`) runs the action; once it is completed
+                // the message must come back to be deleted while this instance is still there,
+                // not after the visibility timeout, when the instance may be gone and its
+                // message would circulate among the others until `stale_after`.
+                Outcome::NotWaiting { .. } | Outcome::Busy => {
                     let tries = self.unverified.entry(id.clone()).or_insert(0);
                     *tries += 1;
                     let again = NOT_WAITING_FIRST
@@ -470,9 +532,9 @@ impl SqsSource {
                         report.left += 1;
                     }
                 }
-                Outcome::Busy | Outcome::Interrupted | Outcome::Failed { .. } => report.left += 1,
+                Outcome::Interrupted | Outcome::Failed { .. } => report.left += 1,
             }
-            if !matches!(handled, Outcome::NotWaiting { .. }) {
+            if !matches!(handled, Outcome::NotWaiting { .. } | Outcome::Busy) {
                 self.unverified.remove(&id);
             }
             report.handled.push(handled);
