@@ -73,7 +73,7 @@ else
   # Mass departure (issue 14): half, then all of N = 100 leaving at once, the emulator's realism
   # knobs on. report.py does not render these yet: RESULTS.md's "Mass departure" section is by hand.
   for f in 0.5 1.0; do
-    "$py" bench/fleet.py "$bin" --sizes 100 --rounds 2 --idle 10 --round-cap 120 --modes sqs,imds --fraction "$f" --realistic --json --name "fleet-mass-$f"
+    "$py" bench/fleet.py "$bin" --sizes 100 --rounds 2 --idle 10 --round-cap 300 --modes sqs,imds,both --fraction "$f" --realistic --json --name "fleet-mass-$f"
   done
   "$py" bench/idle_footprint.py "$bin" --seconds 600 --rss-seconds 60 --once-runs 20 --json
   mode=full
