@@ -9,8 +9,11 @@
 set -euo pipefail
 
 STATE=${ZBX_STATE_DIR:-/tmp/lastcall-zabbix}
+# Both below Linux's ephemeral range (32768-60999 by default): the tests' own servers bind port 0
+# and their clients' sockets take ports from that range, and one of them once held 55432 (the old
+# default) just when PostgreSQL started ("could not bind ... Address already in use").
 PORT=${ZBX_PORT:-18080}
-PG_PORT=${ZBX_PG_PORT:-55432}
+PG_PORT=${ZBX_PG_PORT:-15432}
 PHP_WORKERS=${ZBX_PHP_WORKERS:-4}
 ADMIN_USER=Admin
 ADMIN_PASSWORD=zabbix
