@@ -253,16 +253,7 @@ async fn chaos(nodes: usize, rounds: Option<usize>, minutes: u64) {
     let name = unique("chaos");
     let (dlq_url, dlq_arn) = queue(&aws, &format!("{name}-dlq")).await;
     let (queue_url, queue_arn) = queue(&aws, &name).await;
-    aws.sqs
-        .set_queue_attributes()
-        .queue_url(&queue_url)
-        .attributes(
-            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
-            json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 1000}).to_string(),
-        )
-        .send()
-        .await
-        .expect("redrive");
+    set_redrive(&aws, &queue_url, &dlq_arn, 1000).await;
     // The hook's HeartbeatTimeout: lastcall heartbeats only once it has verified the action, and
     // under throttling that takes a while (AWS's default timeout is 3600 s; 300 s is a common
     // setting).

@@ -615,16 +615,7 @@ async fn check_reports_which_sources_will_work() {
     // in an instance refresh each message passes through about as many wrong instances as
     // are leaving.
     let (_, dlq_arn) = queue(&aws, &format!("{}-dlq", g.name)).await;
-    aws.sqs
-        .set_queue_attributes()
-        .queue_url(&g.queue_url)
-        .attributes(
-            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
-            json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 150}).to_string(),
-        )
-        .send()
-        .await
-        .expect("set the redrive policy");
+    set_redrive(&aws, &g.queue_url, &dlq_arn, 150).await;
     aws.asg
         .update_auto_scaling_group()
         .auto_scaling_group_name(&g.name)

@@ -428,15 +428,13 @@ async fn queue(sdk: &aws_config::SdkConfig, s: &SqsConfig, max_size: Option<u64>
 /// Why a dead-letter `maxReceiveCount` of `max` is too low for a shared queue of a group of at
 /// most `max_size` instances, if it is.
 fn low_max_receive_count(max: u64, max_size: Option<u64>) -> Option<String> {
-    let enough = max_size
-        .map(|n| n.saturating_mul(MASS_DEPARTURE_RECEIVES))
-        .unwrap_or(0)
-        .max(LOW_MAX_RECEIVE_COUNT);
+    let for_group = max_size.map(|n| (n, n.saturating_mul(MASS_DEPARTURE_RECEIVES)));
+    let enough = for_group.map_or(0, |(_, f)| f).max(LOW_MAX_RECEIVE_COUNT);
     if max >= enough {
         return None;
     }
-    Some(match max_size {
-        Some(n) if n.saturating_mul(MASS_DEPARTURE_RECEIVES) > LOW_MAX_RECEIVE_COUNT => format!(
+    Some(match for_group {
+        Some((n, f)) if f > LOW_MAX_RECEIVE_COUNT => format!(
             "the queue's dead-letter maxReceiveCount is {max} and the group can have {n} instances: when many leave at once (an instance refresh), each message passes through about as many wrong instances as are leaving, so a count below {enough} ({MASS_DEPARTURE_RECEIVES} x MaxSize) can move a live termination's message to the dead-letter queue before its owner sees it (the maximum is 1000; for groups of over {} instances, use no redrive policy)",
             1000 / MASS_DEPARTURE_RECEIVES
         ),

@@ -242,6 +242,21 @@ pub async fn queue(aws: &Aws, name: &str) -> (String, String) {
     (url, arn)
 }
 
+/// Gives queue `url` a dead-letter queue (`dlq_arn`) after `max_receive_count` receives.
+pub async fn set_redrive(aws: &Aws, url: &str, dlq_arn: &str, max_receive_count: u32) {
+    aws.sqs
+        .set_queue_attributes()
+        .queue_url(url)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+            serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count})
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("set the redrive policy");
+}
+
 /// Creates a queue, a group of `spec.size` instances and a terminating hook to the queue.
 pub async fn group(aws: &Aws, prefix: &str, spec: GroupSpec) -> Group {
     let name = unique(prefix);

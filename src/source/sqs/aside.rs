@@ -61,24 +61,31 @@ impl SqsSource {
     }
 
     /// True when instance metadata says this instance is leaving its group (a target state that
-    /// is not a staying one), read at most once per [`LEAVING_FRESH`]; false when it cannot be
-    /// read or there is none yet.
+    /// is not a staying one), from a reading at most [`LEAVING_FRESH`] old; false when it cannot
+    /// be read or there is none yet.
     pub(super) async fn leaving(&mut self, handler: &Handler) -> bool {
-        if let Some((at, leaving)) = self.leaving {
-            if at.elapsed() < LEAVING_FRESH {
-                return leaving;
-            }
+        match self.leaving {
+            Some((at, leaving)) if at.elapsed() < LEAVING_FRESH => leaving,
+            _ => self
+                .target_state(handler)
+                .await
+                .is_some_and(|s| !STAYING.contains(&s.as_str())),
         }
-        let leaving = match handler.imds().poll(TARGET_STATE).await {
-            Ok(Some(s)) => !STAYING.contains(&s.trim()),
-            Ok(None) => false,
+    }
+
+    /// This instance's target lifecycle state, read now (None when there is none yet or it
+    /// cannot be read); every reading also answers [`Self::leaving`] for a while.
+    async fn target_state(&mut self, handler: &Handler) -> Option<String> {
+        let state = match handler.imds().poll(TARGET_STATE).await {
+            Ok(s) => s.map(|s| s.trim().to_string()),
             Err(e) => {
-                debug!(error = %DisplayErrorContext(&e), "cannot read the target lifecycle state; holding as if staying");
-                false
+                debug!(error = %DisplayErrorContext(&e), "cannot read the target lifecycle state");
+                None
             }
         };
+        let leaving = state.as_deref().is_some_and(|s| !STAYING.contains(&s));
         self.leaving = Some((Instant::now(), leaving));
-        leaving
+        state
     }
 
     /// `Some(target state)` when this instance can step aside: its launch (if launch steps are
@@ -91,13 +98,8 @@ impl SqsSource {
             }
             self.launch_settled = true;
         }
-        match handler.imds().poll(TARGET_STATE).await {
-            Ok(Some(s)) if STAYING.contains(&s.trim()) => Some(s.trim().to_string()),
-            Ok(_) => None,
-            Err(e) => {
-                debug!(error = %DisplayErrorContext(&e), "cannot read the target lifecycle state; not stepping aside");
-                None
-            }
-        }
+        self.target_state(handler)
+            .await
+            .filter(|s| STAYING.contains(&s.as_str()))
     }
 }

@@ -146,9 +146,9 @@ pub struct SqsSource {
     seen: HashMap<String, (Instant, u32)>,
     /// No launch of this instance is pending (no launch steps, or the launch was handled).
     launch_settled: bool,
-    /// This instance's messages whose action was not (yet) seen waiting, or was being handled
-    /// by another pipeline: how many times in a row.
-    unverified: HashMap<String, u32>,
+    /// This instance's messages kept for another look (their action was not seen waiting yet,
+    /// or another pipeline was handling it): how many times in a row.
+    kept: HashMap<String, u32>,
     /// Others' messages kept out of sight until `poll_all` ends (`once` only).
     deferred: Option<Vec<(Message, i32)>>,
     /// This instance's termination is over and its message deleted: nothing more to receive.
@@ -175,7 +175,7 @@ impl SqsSource {
             launch,
             seen: HashMap::new(),
             launch_settled: !launch,
-            unverified: HashMap::new(),
+            kept: HashMap::new(),
             deferred: None,
             departed: false,
             leaving: None,
@@ -363,7 +363,7 @@ impl SqsSource {
         };
         let now = SystemTime::now();
         self.seen.retain(|_, (t, _)| t.elapsed() < SEEN_TTL);
-        let mut release: Vec<(Message, i32)> = Vec::new();
+        let mut release = Vec::new();
         let mut mine = Vec::new();
         for m in messages {
             let id = m.message_id().unwrap_or("-").to_string();
@@ -515,7 +515,7 @@ impl SqsSource {
                 // not after the visibility timeout, when the instance may be gone and its
                 // message would circulate among the others until `stale_after`.
                 Outcome::NotWaiting { .. } | Outcome::Busy => {
-                    let tries = self.unverified.entry(id.clone()).or_insert(0);
+                    let tries = self.kept.entry(id.clone()).or_insert(0);
                     *tries += 1;
                     let again = NOT_WAITING_FIRST
                         .saturating_mul(1 << (*tries - 1).min(4))
@@ -535,7 +535,7 @@ impl SqsSource {
                 Outcome::Interrupted | Outcome::Failed { .. } => report.left += 1,
             }
             if !matches!(handled, Outcome::NotWaiting { .. } | Outcome::Busy) {
-                self.unverified.remove(&id);
+                self.kept.remove(&id);
             }
             report.handled.push(handled);
         }
