@@ -8,15 +8,22 @@
 //! A journal that cannot be written (a full or read-only disk, a common reason an instance is
 //! being replaced) never stops an action (design §5): the failure is logged as an error and the
 //! pipeline carries on with its record in memory; only a resume after a restart is lost. Locks
-//! are then held within this process.
+//! are then held within this process. A write that does not return (a hung disk: an impaired EBS
+//! volume leaves processes in D state, and such an instance is the kind Auto Scaling replaces) is
+//! given up after [`WRITE_TIMEOUT`], and the journal is in memory from then on: otherwise the
+//! pipeline would wait for ever while heartbeats keep the action alive for up to 48 h.
+//!
+//! Temporary files are created anew (`O_CREAT|O_EXCL`, which never follows a symbolic link), so
+//! a state directory someone else could write to cannot make lastcall overwrite another file.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +37,9 @@ pub const REBALANCE_TRANSITION: &str = "ec2:REBALANCE_RECOMMENDATION";
 const TERMINATING: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
 /// Format version of a record.
 const VERSION: u32 = 1;
+/// The longest one journal write (two fsyncs and a rename) may take before the journal gives
+/// up on the disk and carries on in memory.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A journal operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +154,9 @@ pub struct Record {
     pub steps: Vec<StepRecord>,
     /// Set once the action is completed.
     pub completion: Option<Completion>,
+    /// Auto Scaling accepted a heartbeat with the record's token: the token is the action's.
+    #[serde(default)]
+    pub confirmed: bool,
 }
 
 impl Record {
@@ -171,6 +184,7 @@ impl Record {
             created_at: unix_now(),
             steps: Vec::new(),
             completion: None,
+            confirmed: false,
         }
     }
 
@@ -227,6 +241,22 @@ pub fn key(instance_id: &str, hook: &str, transition: &str) -> String {
     format!("{}.{}.{}", esc(instance_id), esc(hook), esc(t))
 }
 
+/// Creates `path` anew for writing, mode 0600, removing a left-over file first: `O_EXCL` never
+/// follows a symbolic link (a link planted there by someone else is removed, not written
+/// through).
+pub fn create_new(path: &Path) -> std::io::Result<File> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// The seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -255,8 +285,11 @@ impl Drop for ActionLock {
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
-    /// False when the state directory could not be created: records live in memory only.
-    disk: bool,
+    /// False when the state directory could not be created, or a write hung: records live in
+    /// memory only.
+    disk: Arc<AtomicBool>,
+    /// How long a write may take (see [`WRITE_TIMEOUT`]).
+    write_timeout: Duration,
     /// Actions claimed by this process (the lock files cover other processes).
     held: Arc<Mutex<HashSet<String>>>,
 }
@@ -271,7 +304,8 @@ impl Journal {
                 tracing::error!(error = %e, "the journal cannot be used; carrying on in memory: steps run and actions are completed, but an action interrupted by a restart cannot be resumed");
                 Self {
                     dir: state_dir.join("actions"),
-                    disk: false,
+                    disk: Arc::new(AtomicBool::new(false)),
+                    write_timeout: WRITE_TIMEOUT,
                     held: Arc::default(),
                 }
             }
@@ -291,9 +325,21 @@ impl Journal {
             })?;
         Ok(Self {
             dir,
-            disk: true,
+            disk: Arc::new(AtomicBool::new(true)),
+            write_timeout: WRITE_TIMEOUT,
             held: Arc::default(),
         })
+    }
+
+    /// The same journal with another write timeout (tests).
+    pub fn with_write_timeout(mut self, t: Duration) -> Self {
+        self.write_timeout = t;
+        self
+    }
+
+    /// True while records are kept on disk.
+    fn disk(&self) -> bool {
+        self.disk.load(Ordering::Relaxed)
     }
 
     fn path(&self, key: &str, ext: &str) -> PathBuf {
@@ -314,7 +360,7 @@ impl Journal {
             key: key.to_string(),
             held: self.held.clone(),
         };
-        if !self.disk {
+        if !self.disk() {
             return Some(lock);
         }
         let path = self.path(key, "lock");
@@ -339,7 +385,7 @@ impl Journal {
 
     /// Reads an action's record.
     pub fn load(&self, key: &str) -> Result<Option<Record>, JournalError> {
-        if !self.disk {
+        if !self.disk() {
             return Ok(None);
         }
         let path = self.path(key, "json");
@@ -367,7 +413,7 @@ impl Journal {
     /// A failure is logged as an error and otherwise ignored: the caller carries on with the
     /// record in memory (a full or read-only disk must not stop an action).
     pub async fn save(&self, rec: &Record) {
-        if !self.disk {
+        if !self.disk() {
             return;
         }
         let (j, r) = (self.clone(), rec.clone());
@@ -379,7 +425,7 @@ impl Journal {
     /// Moves a finished record out of the way (see [`Journal::archive_now`]), off the async
     /// thread; a failure is logged.
     pub async fn archive(&self, rec: &Record) {
-        if !self.disk {
+        if !self.disk() {
             return;
         }
         let (j, r) = (self.clone(), rec.clone());
@@ -388,17 +434,32 @@ impl Journal {
         }
     }
 
+    /// Runs a write on a blocking thread, for at most the write timeout: a write that has not
+    /// returned by then (a hung disk) is left behind, and the journal keeps records in memory
+    /// from then on (logged once, as an error).
     async fn blocking(
         &self,
         f: impl FnOnce() -> Result<(), JournalError> + Send + 'static,
     ) -> Result<(), JournalError> {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| JournalError::Io {
+        let write = tokio::task::spawn_blocking(f);
+        match tokio::time::timeout(self.write_timeout, write).await {
+            Ok(r) => r.map_err(|e| JournalError::Io {
                 op: "write to",
                 path: self.dir.clone(),
                 source: std::io::Error::other(e),
-            })?
+            })?,
+            Err(_) => {
+                if self.disk.swap(false, Ordering::Relaxed) {
+                    tracing::error!(dir = %self.dir.display(), timeout_s = self.write_timeout.as_secs(),
+                        "a journal write has not returned (a hung disk?); the journal is kept in memory from now on: steps run and the action is completed, but a restart cannot resume it");
+                }
+                Err(JournalError::Io {
+                    op: "write to",
+                    path: self.dir.clone(),
+                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                })
+            }
+        }
     }
 
     /// Writes an action's record atomically, on this thread.
@@ -417,13 +478,7 @@ impl Journal {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
+        let mut f = create_new(&tmp).map_err(io("create", &tmp))?;
         f.write_all(&body).map_err(io("write", &tmp))?;
         f.sync_all().map_err(io("fsync", &tmp))?;
         fs::rename(&tmp, &path).map_err(io("rename into place", &path))?;
@@ -482,7 +537,7 @@ impl Journal {
     /// in service: a `Warmed:*` target state after that is a return to the warm pool, before it
     /// a launch into the pool.
     pub fn note_in_service(&self, instance_id: &str) {
-        if self.disk {
+        if self.disk() {
             let path = self.path(&key(instance_id, "", "in-service"), "mark");
             if !path.exists() {
                 if let Err(e) = File::create(&path) {
@@ -494,7 +549,7 @@ impl Journal {
 
     /// True when [`Journal::note_in_service`] was called for this instance.
     pub fn was_in_service(&self, instance_id: &str) -> bool {
-        self.disk
+        self.disk()
             && self
                 .path(&key(instance_id, "", "in-service"), "mark")
                 .exists()
@@ -505,7 +560,7 @@ impl Journal {
     /// so that another trigger of the same departure does not run them again.
     pub fn done_for_departure(&self, instance_id: &str) -> std::collections::BTreeSet<String> {
         let mut done = std::collections::BTreeSet::new();
-        if !self.disk {
+        if !self.disk() {
             return done;
         }
         let Ok(entries) = fs::read_dir(&self.dir) else {
@@ -535,7 +590,7 @@ impl Journal {
 
     /// Every record of this instance that is not completed.
     pub fn incomplete(&self, instance_id: &str) -> Result<Vec<Record>, JournalError> {
-        if !self.disk {
+        if !self.disk() {
             return Ok(Vec::new());
         }
         let entries = fs::read_dir(&self.dir).map_err(|source| JournalError::Io {
@@ -674,6 +729,45 @@ mod tests {
         assert_eq!(j.load(&r.key()).expect("load"), None);
         assert!(j.incomplete("i-0abc").expect("list").is_empty());
         drop(lock);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_hangs_is_given_up_and_the_journal_goes_on_in_memory() {
+        // A hung disk: the write never returns. Before, save() waited for ever (and with it the
+        // pipeline, while heartbeats kept the action alive).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(dir.path())
+            .expect("open")
+            .with_write_timeout(Duration::from_millis(200));
+        let hung = j.blocking(|| {
+            std::thread::sleep(Duration::from_secs(5));
+            Ok(())
+        });
+        let r = tokio::time::timeout(Duration::from_secs(2), hung).await;
+        assert!(matches!(r, Ok(Err(JournalError::Io { .. }))), "{r:?}");
+        // From then on in memory: saves return at once and keep nothing.
+        let rec = rec();
+        let t = std::time::Instant::now();
+        j.save(&rec).await;
+        assert!(t.elapsed() < Duration::from_millis(100));
+        assert_eq!(j.load(&rec.key()).expect("load"), None);
+        assert!(j.try_lock("other").is_some(), "claims still work");
+    }
+
+    #[test]
+    fn a_planted_symbolic_link_is_never_written_through() {
+        // `lastcall simulate` and a state directory others can write to: a link at the
+        // temporary file's name must not make root overwrite its target.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(dir.path()).expect("open");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").expect("write");
+        let r = rec();
+        let tmp = dir.path().join(format!("actions/{}.json.tmp", r.key()));
+        std::os::unix::fs::symlink(&victim, &tmp).expect("symlink");
+        j.save_now(&r).expect("save");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "precious");
+        assert_eq!(j.load(&r.key()).expect("load"), Some(r));
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! - Each step kind is a file in [`steps`]; the API steps share one retry loop
 //!   ([`steps::api`]) over one HTTP client ([`http_client`]), and the steps that run programs
 //!   share one runner ([`steps::process`]). Secrets come through [`secret`]; placeholders are
-//!   [`template`]s. [`aws`] builds the AWS clients; [`shutdown`] carries SIGTERM to every loop.
+//!   [`template`]s. [`aws`] builds the AWS clients; [`shutdown`] carries SIGTERM to every loop;
+//!   [`backoff`] spreads every waiting loop's calls with jitter.
 //!
 //! - [`sweep`] is `lastcall sweep`: the monitoring hosts of instances that died without their
 //!   steps, matched to what EC2 says, removed with the steps' own API clients.
@@ -26,6 +27,7 @@
 
 pub mod autoscaling;
 pub mod aws;
+pub mod backoff;
 pub mod cli;
 pub mod cmd;
 pub mod config;

@@ -101,7 +101,8 @@ fn exit_for(handled: &[Outcome]) -> Exit {
             Outcome::Completed { steps, .. } if steps.failed > 0 => Exit::StepsFailed,
             Outcome::NotWaiting {
                 api_error: false, ..
-            } => Exit::NotActed,
+            }
+            | Outcome::Refused => Exit::NotActed,
             Outcome::NotWaiting {
                 api_error: true, ..
             }

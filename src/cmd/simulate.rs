@@ -104,9 +104,23 @@ pub async fn simulate(
         super::plan::print_steps("Steps (dry run: nothing is run)", steps, &ctx, applies);
         return Exit::Ok;
     }
-    // A journal of its own, so that the real one never sees a simulated action.
-    let dir = std::env::temp_dir().join(format!("lastcall-simulate-{}", std::process::id()));
-    let journal = match Journal::open(&dir) {
+    // A journal of its own, so that the real one never sees a simulated action: in a new
+    // directory of a random name, created 0700 and exclusively (a predictable name under /tmp
+    // could be a directory another local user made, with links in it for root to write through).
+    let tmp = match tempfile::Builder::new()
+        .prefix("lastcall-simulate-")
+        .tempdir()
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "lastcall: cannot create a temporary directory for the simulation's journal under {}: {e}",
+                std::env::temp_dir().display()
+            );
+            return Exit::Failure;
+        }
+    };
+    let journal = match Journal::open(tmp.path()) {
         Ok(j) => j,
         Err(e) => {
             eprintln!("lastcall: {e}");
@@ -133,7 +147,7 @@ pub async fn simulate(
         &Shutdown::never(),
     )
     .await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
     let result = if outcome.failed == 0 {
         ActionResult::Continue
     } else {

@@ -12,10 +12,11 @@ pub mod action;
 pub mod heartbeat;
 mod hooks;
 mod spot;
+mod verify;
 
 pub use action::{context, Action};
 
-use crate::autoscaling::{ActionResult, AutoScaling, CallOutcome, Hook, LifecycleError};
+use crate::autoscaling::{ActionResult, AutoScaling, CallOutcome, LifecycleError};
 use crate::config::{Config, Step};
 use crate::event::Transition;
 use crate::imds::{Identity, Imds};
@@ -24,6 +25,7 @@ use crate::pipeline::{self, Tally};
 use crate::shutdown::Shutdown;
 use crate::template::Context;
 use heartbeat::Heartbeats;
+use verify::{Beat, Verified};
 
 /// How long one verification asks Auto Scaling whether the instance waits (Auto Scaling is
 /// eventually consistent: the notification can arrive before the state is visible). Short: the
@@ -40,6 +42,15 @@ const COMPLETE_DEADLINE: Duration = Duration::from_secs(300);
 /// while the group still shows the instance waiting: IMDS can report the target state before the
 /// action exists.
 const NOT_YET_ACTIVE_DEADLINE: Duration = Duration::from_secs(60);
+/// How long Auto Scaling may refuse a message's token while the group shows the instance
+/// waiting before lastcall concludes that no live action has that token (it expired, or the
+/// message is not Auto Scaling's). Until then the message comes back with back-off: a second
+/// hook can hold the instance in the wait state after lastcall's own action ended, and the API
+/// has been seen refusing an action that Describe shows (PrairieLearn PR #15586, where retrying
+/// every 5 s fixed it; aws-behaviour.md §1.4).
+const REFUSAL_WINDOW: Duration = Duration::from_secs(120);
+/// A record older than this cannot be of a live action (the longest GlobalTimeout, 48 h).
+const LONGEST_ACTION: Duration = Duration::from_secs(48 * 3600);
 
 /// How handling an action ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +85,11 @@ pub enum Outcome {
         /// What the steps did.
         steps: Tally,
     },
+    /// Auto Scaling has refused the message's token for [`REFUSAL_WINDOW`] while the group
+    /// showed the instance waiting, and the token was never accepted: no live action has it (it
+    /// expired before lastcall saw it, or the message is not Auto Scaling's). Nothing ran and
+    /// nothing is recorded; the message can go.
+    Refused,
     /// Handling failed (logged); the action is tried again when it is seen again.
     Failed {
         /// Why.
@@ -81,27 +97,13 @@ pub enum Outcome {
     },
 }
 
-/// What verification found.
-#[derive(Debug)]
-enum Verified {
-    /// Auto Scaling accepted a heartbeat with the message's token: the action is alive, and its
-    /// first heartbeat is sent.
-    Beaten,
-    /// The group shows the instance waiting for the action.
-    Waiting,
-    /// It shows something else.
-    Elsewhere(String),
-    /// Auto Scaling did not answer.
-    Unknown(String),
-}
-
 /// Handling failed in a way that needs an operator.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// Auto Scaling refused the notification's token while it still shows the instance
-    /// waiting: the message did not come from this action.
-    #[error("CompleteLifecycleAction for {instance_id} (hook {hook}) answered \"No active Lifecycle Action\" for the message's token while the group still shows the instance waiting: the message is not the action's (forged or garbled); the action is not recorded as done")]
-    NotTheAction {
+    /// The configured hook is not one of the group's, and Auto Scaling refuses to complete it
+    /// while the instance waits (for the group's real hook).
+    #[error("Auto Scaling has no active action of hook {hook} for {instance_id} while the group shows it waiting, and the group's hooks do not list {hook}: check [lifecycle] hook_name; the action is not recorded as done")]
+    UnknownHook {
         /// The instance.
         instance_id: String,
         /// The hook.
@@ -121,8 +123,10 @@ pub struct Handler {
     asg: AutoScaling,
     journal: Journal,
     shutdown: Shutdown,
-    /// The groups' hooks, described once per group.
-    described: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<Hook>>>>,
+    /// The groups' hooks as last described (see [`hooks`]).
+    described: hooks::Described,
+    /// Tokens Auto Scaling refused while the instance waited, and when first.
+    refused: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>,
 }
 
 impl Handler {
@@ -144,6 +148,7 @@ impl Handler {
             journal,
             shutdown,
             described: Arc::default(),
+            refused: Arc::default(),
         }
     }
 
@@ -234,6 +239,7 @@ impl Handler {
             warn!(error = %e, "the journal record cannot be read; starting the action afresh");
             None
         });
+        let mut earlier = None;
         let mut rec = match loaded {
             Some(r) if r.completion.is_some() && same_action(&r, action) => {
                 if !action.owned {
@@ -250,11 +256,10 @@ impl Handler {
             // warm-pool return whose action expired while lastcall was down) must not make the
             // real termination skip the steps it did then. It is archived; this one starts
             // afresh, as after a completed earlier action.
+            // It is archived only once this action is verified: a message with another token
+            // (forged, or an old duplicate) must not push the real action's record aside.
             stale => {
-                if let Some(old) = stale.filter(|r| r.completion.is_none()) {
-                    warn!(instance_id = %a.instance_id, hook = %a.hook, "the journal's unfinished record is of an earlier action; archiving it and starting afresh");
-                    self.journal.archive(&old).await;
-                }
+                earlier = stale.filter(|r| r.completion.is_none());
                 let mut r = Record::new(
                     &a.instance_id,
                     &a.group,
@@ -299,13 +304,30 @@ impl Handler {
         // The hook's timer has run since the wait began (a late notification, a resume after a
         // restart): one heartbeat at once, then at the interval, until completion has returned.
         // With a token, that first heartbeat also proves the message is the action's: Auto
-        // Scaling refuses a token that is not (a forged or garbled message) while the group
-        // still shows the instance waiting, and then nothing runs.
+        // Scaling refuses a token that is not while the group still shows the instance waiting
+        // (see `first_heartbeat`).
         let beaten = beaten
             || match &a.token {
-                Some(_) if action.owned => self.first_heartbeat(action).await?,
+                Some(_) if action.owned => match self.first_heartbeat(action, &rec).await {
+                    Beat::Sent => true,
+                    Beat::NotSent => false,
+                    Beat::Later(seen) => {
+                        return Ok(Outcome::NotWaiting {
+                            seen,
+                            api_error: false,
+                        })
+                    }
+                    Beat::Refused => return Ok(Outcome::Refused),
+                },
                 _ => false,
             };
+        if beaten && !rec.confirmed {
+            rec.confirmed = true;
+        }
+        if let Some(old) = earlier {
+            warn!(instance_id = %a.instance_id, hook = %a.hook, "the journal's unfinished record is of an earlier action; archiving it and starting afresh");
+            self.journal.archive(&old).await;
+        }
         if departure {
             self.mark_done_for_departure(&mut rec);
         }
@@ -399,6 +421,7 @@ impl Handler {
     async fn complete(&self, action: &Action, result: ActionResult) -> Result<bool, HandlerError> {
         let a = &action.aref;
         let start = Instant::now();
+        let mut hook_checked = false;
         loop {
             match self.asg.complete(a, result, COMPLETE_DEADLINE).await {
                 Ok(CallOutcome::Done) => return Ok(true),
@@ -410,17 +433,30 @@ impl Handler {
                     if !self.shows_waiting(action).await {
                         return Ok(false);
                     }
+                    // Auto Scaling answers the same "No active…" for a hook it does not have
+                    // (aws-behaviour.md §3): a configured name the group lacks would otherwise
+                    // be recorded done while the real hook's action waits out its timeout.
+                    if !hook_checked {
+                        hook_checked = true;
+                        if self.hook_listed(&a.group, &a.hook).await == Some(false) {
+                            let e = HandlerError::UnknownHook {
+                                instance_id: a.instance_id.clone(),
+                                hook: a.hook.clone(),
+                            };
+                            error!(instance_id = %a.instance_id, hook = %a.hook, "{e}");
+                            return Err(e);
+                        }
+                    }
                     debug!(instance_id = %a.instance_id, "no active lifecycle action yet; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                // With a token, "No active Lifecycle Action" is final, unless the group still
-                // shows the instance waiting: then the token was not the action's (a forged or
-                // garbled message), and recording it done would leave the real action waiting.
+                // With a token, "No active Lifecycle Action" means the action is done or
+                // expired (design §4), also while the group shows the instance waiting: another
+                // hook can hold it there after lastcall's own action expired, or the answer to
+                // an accepted completion was lost and the SDK's retry was refused.
                 Ok(CallOutcome::NoActiveAction) if a.token.is_some() => {
-                    return match self.shows_waiting(action).await {
-                        true => Err(not_the_action(action)),
-                        false => Ok(false),
-                    };
+                    info!(instance_id = %a.instance_id, hook = %a.hook, "CompleteLifecycleAction: no active lifecycle action for the message's token: it was completed already or it expired; recorded as done");
+                    return Ok(false);
                 }
                 Ok(CallOutcome::NoActiveAction) => return Ok(false),
                 Err(e) => {
@@ -431,77 +467,20 @@ impl Handler {
         }
     }
 
+    /// True when some pipeline (of this process or another) holds this action now (no AWS
+    /// call).
+    pub fn is_busy(&self, instance_id: &str, hook: &str, transition: &Transition) -> bool {
+        let key = journal::key(instance_id, hook, transition.as_str());
+        self.journal.try_lock(&key).is_none()
+    }
+
     /// True when the journal shows this action completed (no AWS call).
+    /// Only a record of a real termination counts (not a warm-pool return whose archiving
+    /// failed), and only one young enough to be of a live action.
     pub fn completed(&self, instance_id: &str, hook: &str, transition: &Transition) -> bool {
         let key = journal::key(instance_id, hook, transition.as_str());
-        matches!(self.journal.load(&key), Ok(Some(r)) if r.completion.is_some())
-    }
-
-    /// Sends the first heartbeat of an action that has a token; `Ok(true)` when it was sent, and
-    /// [`HandlerError::NotTheAction`] when Auto Scaling refuses the token while the group still
-    /// shows the instance waiting.
-    async fn first_heartbeat(&self, action: &Action) -> Result<bool, HandlerError> {
-        let a = &action.aref;
-        match self.asg.heartbeat(a).await {
-            Ok(CallOutcome::Done) => Ok(true),
-            Ok(CallOutcome::NoActiveAction) if self.shows_waiting(action).await => {
-                error!(instance_id = %a.instance_id, hook = %a.hook, "Auto Scaling refuses the message's token while the instance waits: the message is not the action's (forged or garbled); running nothing");
-                Err(not_the_action(action))
-            }
-            // The action ended meanwhile (expired, or completed elsewhere): the instance is
-            // going away all the same, so the steps still run.
-            Ok(CallOutcome::NoActiveAction) => Ok(false),
-            Err(e) => {
-                warn!(error = %e, "the first heartbeat failed; the heartbeat task tries again");
-                Ok(false)
-            }
-        }
-    }
-
-    /// True when the group shows the instance waiting for this action now (one describe; an
-    /// error counts as not waiting).
-    async fn shows_waiting(&self, action: &Action) -> bool {
-        let a = &action.aref;
-        matches!(self.asg.instance(&a.instance_id).await,
-            Ok(Some(s)) if s.state == action.wait_state() && s.group == a.group)
-    }
-
-    /// Whether this action is alive: a heartbeat with the message's token accepted, or else the
-    /// group showing the instance waiting for it. Auto Scaling is eventually consistent (the
-    /// notification can arrive before DescribeAutoScalingInstances shows the wait state), so it
-    /// asks again with back-off for up to [`VERIFY_WINDOW`]; the caller (the queue source) tries
-    /// again soon after that, for as long as the action can live.
-    async fn verify(&self, action: &Action) -> Verified {
-        let a = &action.aref;
-        // With a token, a heartbeat is the first question: Auto Scaling accepts it only for an
-        // active action of this instance, group and hook with this very token, which proves the
-        // message is the action's; and it keeps the action alive from the first moment, while
-        // DescribeAutoScalingInstances may lag (eventual consistency) or be throttled (the limits
-        // are per account and Region, shared by a whole fleet leaving at once). Refused or
-        // unanswered, the group is asked.
-        if a.token.is_some()
-            && action.owned
-            && matches!(self.asg.heartbeat(a).await, Ok(CallOutcome::Done))
-        {
-            return Verified::Beaten;
-        }
-        let want = action.wait_state();
-        let until = tokio::time::Instant::now() + VERIFY_WINDOW;
-        let mut pause = VERIFY_FIRST_PAUSE;
-        loop {
-            let v = match self.asg.instance(&a.instance_id).await {
-                Ok(Some(s)) if s.state == want && s.group == a.group => return Verified::Waiting,
-                Ok(Some(s)) => Verified::Elsewhere(format!("{} in group {}", s.state, s.group)),
-                Ok(None) => Verified::Elsewhere("not in any Auto Scaling group".into()),
-                Err(e) => Verified::Unknown(e.to_string()),
-            };
-            debug!(instance_id = %a.instance_id, seen = ?v, want, "not (yet) seen waiting");
-            if tokio::time::Instant::now() + pause > until {
-                return v;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(VERIFY_MAX_PAUSE);
-        }
+        matches!(self.journal.load(&key), Ok(Some(r)) if r.completion.is_some()
+            && !r.warm_pool && !too_old(&r, None))
     }
 
     /// Placeholder values for this action.
@@ -517,20 +496,25 @@ impl Handler {
     }
 }
 
-/// The error for a message whose token Auto Scaling refuses while the instance waits.
-fn not_the_action(action: &Action) -> HandlerError {
-    HandlerError::NotTheAction {
-        instance_id: action.aref.instance_id.clone(),
-        hook: action.aref.hook.clone(),
-    }
-}
-
 /// True when `rec` is the record of `action`: the same token when both have one (queue mode),
 /// and the same destination (a warm-pool return and the real termination share a key).
+///
+/// Without a token on both sides (instance metadata gives none), a record older than the hook's
+/// GlobalTimeout (48 h when unknown) is of an earlier action: a warm-pool return weeks ago whose
+/// action was interrupted must not make this one skip its steps.
 fn same_action(rec: &Record, action: &Action) -> bool {
     let token = match (&rec.token, &action.aref.token) {
         (Some(x), Some(y)) => x == y,
-        _ => true,
+        _ => !too_old(rec, action.timeouts.map(|t| t.global)),
     };
     token && rec.warm_pool == action.warm_pool
+}
+
+/// True when `rec` was created longer ago than any action can live (`global`, or 48 h).
+fn too_old(rec: &Record, global: Option<Duration>) -> bool {
+    let limit = global
+        .unwrap_or(LONGEST_ACTION)
+        .min(LONGEST_ACTION)
+        .as_secs();
+    journal::unix_now().saturating_sub(rec.created_at) > limit
 }

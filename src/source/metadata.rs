@@ -108,6 +108,16 @@ impl Case {
 
 /// How long an action another process holds is left alone before this source looks again.
 const BUSY_PAUSE: Duration = Duration::from_secs(30);
+/// While the target state says an action is coming but the group does not show it waiting yet
+/// (or cannot be asked), DescribeAutoScalingInstances is asked again after this, doubling (with
+/// jitter) up to [`DESCRIBE_MAX_PAUSE`]. Auto Scaling deregisters a terminating instance from its
+/// load balancers before the hooks run, and connection draining lasts 300 s by default (EC2 Auto
+/// Scaling User Guide, "Amazon EC2 Auto Scaling instance lifecycle"): a fixed 2 s poll would be
+/// 150 describes per leaving instance out of the account's shared Auto Scaling budget.
+const DESCRIBE_FIRST_PAUSE: Duration = Duration::from_secs(2);
+/// The longest such pause: also the longest this source is late to see the action waiting,
+/// well within the shortest HeartbeatTimeout (30 s), since the first heartbeat goes at once.
+const DESCRIBE_MAX_PAUSE: Duration = Duration::from_secs(20);
 
 /// The metadata source of one instance.
 #[derive(Debug)]
@@ -140,6 +150,9 @@ pub struct Progress {
     busy_until: Option<Instant>,
     /// When the current target state was first read (Unix seconds).
     target_since: u64,
+    /// The group is not asked again before this (see [`DESCRIBE_FIRST_PAUSE`]), and how many
+    /// times in a row it was asked in vain.
+    describe_after: Option<(Instant, u32)>,
     /// The spot and rebalance items as last read (a change is a new notice).
     notices: std::collections::HashMap<Episode, String>,
 }
@@ -246,6 +259,7 @@ impl MetadataSource {
                 .done
                 .retain(|d| matches!(d, Episode::Spot | Episode::Rebalance));
             self.p.busy_until = None;
+            self.p.describe_after = None;
             self.p.target_since = crate::journal::unix_now();
             self.p.last = Some(target.clone());
         }
@@ -305,6 +319,13 @@ impl MetadataSource {
             self.p.done.insert(episode);
             return None;
         }
+        if self
+            .p
+            .describe_after
+            .is_some_and(|(t, _)| Instant::now() < t)
+        {
+            return None;
+        }
         let state = match self.asg.instance(&self.me).await {
             Ok(Some(s)) => s,
             Ok(None) => {
@@ -314,7 +335,8 @@ impl MetadataSource {
                 return None;
             }
             Err(e) => {
-                warn!(error = %e, "cannot read this instance's lifecycle state; will try again");
+                let pause = self.describe_later();
+                warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "cannot read this instance's lifecycle state; will try again");
                 return Some(Outcome::Failed {
                     error: e.to_string(),
                 });
@@ -322,7 +344,8 @@ impl MetadataSource {
         };
         if state.state != case.wait_state() {
             if case.on_the_way(&state.state) {
-                debug!(instance_id = %self.me, state = %state.state, "the lifecycle action is not waiting yet");
+                let pause = self.describe_later();
+                debug!(instance_id = %self.me, state = %state.state, retry_in_ms = pause.as_millis() as u64, "the lifecycle action is not waiting yet");
             } else {
                 debug!(instance_id = %self.me, state = %state.state, "no lifecycle action waiting");
                 self.p.done.insert(episode);
@@ -330,7 +353,7 @@ impl MetadataSource {
             return None;
         }
         let (warm_pool, from_pool) = (case.to_pool(), case == Case::TerminateFromPool);
-        let action = match handler.owned_hook(&state.group, &transition).await {
+        let action = match handler.owned_hook(&state.group, &transition, None).await {
             Ok(Ok(hook)) => Action::seen_waiting(
                 &self.me,
                 &state.group,
@@ -346,11 +369,14 @@ impl MetadataSource {
                 a.seen_waiting = true;
                 a
             }
+            // No hook (yet: one may be added while the instance waits) or no answer: asked
+            // again with back-off, not every poll.
             Ok(Err(e)) => {
                 let msg = e.to_string();
                 if self.logged.insert(msg.clone()) {
                     error!(group = %state.group, "{msg}");
                 }
+                self.describe_later();
                 return None;
             }
             Err(e) => {
@@ -358,6 +384,7 @@ impl MetadataSource {
                 if self.logged.insert(msg.clone()) {
                     error!(group = %state.group, "{msg}");
                 }
+                self.describe_later();
                 return Some(Outcome::Failed { error: msg });
             }
         };
@@ -383,6 +410,18 @@ impl MetadataSource {
                 })
             }
         }
+    }
+
+    /// Puts the next DescribeAutoScalingInstances off, with back-off and jitter; the pause.
+    fn describe_later(&mut self) -> Duration {
+        let tries = self.p.describe_after.map_or(0, |(_, n)| n);
+        let pause = crate::backoff::jitter(
+            DESCRIBE_FIRST_PAUSE
+                .saturating_mul(1 << tries.min(10))
+                .min(DESCRIBE_MAX_PAUSE),
+        );
+        self.p.describe_after = Some((Instant::now() + pause, tries + 1));
+        pause
     }
 
     /// True (and the episode's "done" forgotten) when an item's content changed: a new notice.

@@ -66,7 +66,7 @@ impl Missing {
                 .create(dir)?;
         }
         let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = crate::journal::create_new(&tmp)?;
         f.write_all(&serde_json::to_vec_pretty(&self.since).map_err(std::io::Error::other)?)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path)

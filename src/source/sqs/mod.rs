@@ -132,6 +132,8 @@ enum Ownership {
     Unowned,
     /// Another hook is lastcall's (named here).
     Other(String),
+    /// The group's hooks cannot be described (and none is named): whose it is cannot be told.
+    Unknown,
 }
 
 /// The shared-queue source.
@@ -155,6 +157,11 @@ pub struct SqsSource {
     departed: bool,
     /// Whether instance metadata said this instance is leaving its group, and when it was read.
     leaving: Option<(Instant, bool)>,
+    /// Set when another pipeline completed this instance's termination and its message was
+    /// deleted (see `watch_busy`).
+    done_elsewhere: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Messages of this instance whose action another pipeline runs, watched (by message id).
+    watched: HashMap<String, tokio::task::JoinHandle<()>>,
 }
 
 impl SqsSource {
@@ -179,6 +186,8 @@ impl SqsSource {
             deferred: None,
             departed: false,
             leaving: None,
+            done_elsewhere: std::sync::Arc::default(),
+            watched: HashMap::new(),
         }
     }
 
@@ -204,6 +213,9 @@ impl SqsSource {
         // Receives in a row that brought nothing but others' messages.
         let mut spin: u32 = 0;
         while !shutdown.is_requested() {
+            self.departed |= self
+                .done_elsewhere
+                .load(std::sync::atomic::Ordering::Relaxed);
             if self.departed {
                 info!(queue = %self.cfg.queue_url, "this instance's termination is over; no more receiving from the lifecycle queue (its receives would only hold others' messages back)");
                 shutdown.requested().await;
@@ -227,8 +239,14 @@ impl SqsSource {
                         break;
                     }
                     // Others' messages and nothing of this instance's (unparseable ones stay
-                    // out of sight, so they cannot make it spin).
-                    let only_others = report.not_ours > 0 && report.handled.is_empty();
+                    // out of sight, so they cannot make it spin). A notification of this
+                    // instance that no hook of lastcall's owns (several hooks, none named) is
+                    // as good as another's once its steps ran: released, not handled.
+                    let only_others = report.not_ours > 0
+                        && report
+                            .handled
+                            .iter()
+                            .all(|h| matches!(h, Outcome::Unowned { .. }));
                     let aside = match only_others && !self.cfg.step_aside.is_zero() {
                         true => {
                             self.step_aside(
@@ -476,6 +494,17 @@ impl SqsSource {
                     ev.transition.clone(),
                     ev.to_warm_pool(),
                 ),
+                Ownership::Unknown => {
+                    let again = self.again(&id);
+                    if self.release(&[(m, again.as_secs() as i32)]).await == 0 {
+                        report.left += 1;
+                    }
+                    report.handled.push(Outcome::NotWaiting {
+                        seen: "unknown (the group's hooks cannot be described)".into(),
+                        api_error: true,
+                    });
+                    continue;
+                }
                 Ownership::Other(owner) => {
                     info!(message_id = %id, hook = %ev.hook_name, owner = %owner, "this instance's notification for a hook that is not lastcall's (the group's only one of that transition is); releasing it");
                     report.released += self.release(&[(m, 0)]).await;
@@ -514,27 +543,59 @@ impl SqsSource {
                 // the message must come back to be deleted while this instance is still there,
                 // not after the visibility timeout, when the instance may be gone and its
                 // message would circulate among the others until `stale_after`.
+                // Busy (the daemon only; `once` exits and cannot watch): another pipeline runs
+                // it; watched, and deleted the moment that pipeline completes it.
+                Outcome::Busy if self.deferred.is_none() => {
+                    self.watched.retain(|_, t| !t.is_finished());
+                    if !self.watched.contains_key(&id) {
+                        debug!(message_id = %id, "another pipeline runs this instance's action; its notification is kept out of sight and deleted once the action is completed");
+                        let t = self.watch_busy(handler, m, &ev, self.done_elsewhere.clone());
+                        self.watched.insert(id.clone(), t);
+                    }
+                }
                 Outcome::NotWaiting { .. } | Outcome::Busy => {
-                    let tries = self.kept.entry(id.clone()).or_insert(0);
-                    *tries += 1;
-                    let again = NOT_WAITING_FIRST
-                        .saturating_mul(1 << (*tries - 1).min(4))
-                        .min(NOT_WAITING_MAX)
-                        .min(self.cfg.visibility_timeout);
+                    let again = self.again(&id);
                     info!(message_id = %id, retry_in_s = again.as_secs(), "this instance's notification is kept; it is looked at again soon");
                     if self.release(&[(m, again.as_secs() as i32)]).await == 0 {
                         report.left += 1;
                     }
                 }
+                // No live action has the message's token: nothing ran, nothing is recorded, and
+                // keeping it would only bring it back.
+                Outcome::Refused => {
+                    if self.delete(&m).await {
+                        report.deleted += 1;
+                    } else {
+                        report.left += 1;
+                    }
+                }
                 // Not lastcall's to complete or delete: its hook's owner (or timeout) ends it.
+                // Released at once the first time (its owner may be another consumer of this
+                // queue), then held 5, 10, 20… up to 60 s: this instance gets it back at once
+                // every time (the journal answers), and without a hold it would receive it at
+                // round-trip speed, driving it to the dead-letter queue before its owner sees
+                // it (every receive counts towards maxReceiveCount).
                 Outcome::Unowned { .. } => {
-                    if self.release(&[(m, 0)]).await == 0 {
+                    let tries = self.kept.entry(id.clone()).or_insert(0);
+                    *tries += 1;
+                    let hold = match *tries {
+                        1 => Duration::ZERO,
+                        n => NOT_WAITING_FIRST
+                            .saturating_mul(1 << (n - 2).min(4))
+                            .min(NOT_WAITING_MAX)
+                            .min(self.cfg.visibility_timeout),
+                    };
+                    report.not_ours += 1;
+                    if self.release(&[(m, hold.as_secs() as i32)]).await == 0 {
                         report.left += 1;
                     }
                 }
                 Outcome::Interrupted | Outcome::Failed { .. } => report.left += 1,
             }
-            if !matches!(handled, Outcome::NotWaiting { .. } | Outcome::Busy) {
+            if !matches!(
+                handled,
+                Outcome::NotWaiting { .. } | Outcome::Busy | Outcome::Unowned { .. }
+            ) {
                 self.kept.remove(&id);
             }
             report.handled.push(handled);
@@ -548,18 +609,39 @@ impl SqsSource {
         if self.hooks.get(&ev.transition).is_some() {
             return Ownership::Mine; // routing already kept only the named hook's
         }
-        match handler.owned_hook(&ev.group, &ev.transition).await {
+        // A list that does not name the message's hook is described again first (a hook
+        // created or replaced since: see `Handler::owned_hook`).
+        match handler
+            .owned_hook(&ev.group, &ev.transition, Some(&ev.hook_name))
+            .await
+        {
             Ok(Ok(h)) if h.name == ev.hook_name => Ownership::Mine,
             Ok(Ok(h)) => Ownership::Other(h.name),
             Ok(Err(HookChoiceError::Several { .. })) => Ownership::Unowned,
-            // No such hook listed (a describe that lags behind a new hook) or no answer: the
-            // message's own hook, as before; verification and the first heartbeat check it.
+            // No hook of the transition listed even when described again (a describe lagging
+            // behind a new hook): the message's own hook; verification and the first
+            // heartbeat check it.
             Ok(Err(_)) => Ownership::Mine,
+            // With several hooks and none named, taking it as lastcall's would complete another
+            // tool's hook: it is looked at again later instead.
             Err(e) => {
-                warn!(error = %e, "cannot describe the group's hooks; taking the notification's hook as lastcall's");
-                Ownership::Mine
+                warn!(error = %e, "cannot describe the group's hooks, and [lifecycle] hook_name is not set: whose notification this is cannot be told; it is looked at again soon");
+                Ownership::Unknown
             }
         }
+    }
+}
+
+impl SqsSource {
+    /// When this instance's own message `id`, kept for another look, comes back: 5, 10, 20, 40,
+    /// then 60 s (never past the visibility timeout), counting the times in a row.
+    fn again(&mut self, id: &str) -> Duration {
+        let tries = self.kept.entry(id.to_string()).or_insert(0);
+        *tries += 1;
+        NOT_WAITING_FIRST
+            .saturating_mul(1 << (*tries - 1).min(4))
+            .min(NOT_WAITING_MAX)
+            .min(self.cfg.visibility_timeout)
     }
 }
 

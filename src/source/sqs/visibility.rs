@@ -1,13 +1,20 @@
 //! Deleting, releasing and holding messages, and keeping this instance's own message out of
 //! sight while its pipeline runs.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, Message};
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use super::{SqsSource, FREE_RELEASES, HOLD_MAX, HOLD_MIN_AGE};
+use crate::event::{LifecycleEvent, Transition};
+use crate::handler::Handler;
+
+/// How often the journal is read while another pipeline runs this instance's action.
+const BUSY_WATCH: Duration = Duration::from_secs(1);
 
 impl SqsSource {
     /// Deletes a message by its receipt handle; false (and a log line) when that failed.
@@ -104,6 +111,86 @@ impl SqsSource {
             }
         }
         ok
+    }
+
+    /// This instance's message whose action another pipeline runs (the metadata source, a
+    /// `once`): kept out of sight while that runs, and deleted as soon as the journal shows the
+    /// action completed, while the instance is still there (after completion it may be powered
+    /// off within seconds, and its message would circulate among the survivors). If that
+    /// pipeline ends without completing it, the message is released at once. Costs no AWS call
+    /// but the visibility extensions and the final delete; `done` is set when the deleted
+    /// message ended this instance's termination.
+    pub(super) fn watch_busy(
+        &self,
+        handler: &Handler,
+        m: Message,
+        ev: &LifecycleEvent,
+        done: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let client = self.client.clone();
+        let queue = self.cfg.queue_url.clone();
+        let handler = handler.clone();
+        let (instance, hook, transition) = (
+            ev.instance_id.clone(),
+            ev.hook_name.clone(),
+            ev.transition.clone(),
+        );
+        let departure = ev.transition == Transition::Terminating && !ev.to_warm_pool();
+        let vt = self.cfg.visibility_timeout;
+        let extend_every = (vt / 3).max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            let handle = m.receipt_handle().unwrap_or_default().to_string();
+            let id = m.message_id().unwrap_or("-").to_string();
+            let mut extended = Instant::now();
+            // Never longer than an action can live.
+            let until = Instant::now() + Duration::from_secs(48 * 3600);
+            while Instant::now() < until {
+                tokio::time::sleep(BUSY_WATCH).await;
+                if handler.completed(&instance, &hook, &transition) {
+                    let r = client
+                        .delete_message()
+                        .queue_url(&queue)
+                        .receipt_handle(&handle)
+                        .send()
+                        .await;
+                    match r {
+                        Ok(_) => {
+                            info!(message_id = %id, "the action was completed by another pipeline; its notification is deleted");
+                            if departure {
+                                done.store(true, Ordering::Relaxed);
+                            }
+                        }
+                        Err(e) => {
+                            warn!(message_id = %id, error = %DisplayErrorContext(&e), "DeleteMessage failed; the message will be received again and recognised")
+                        }
+                    }
+                    return;
+                }
+                let visibility = match handler.is_busy(&instance, &hook, &transition) {
+                    // Ended without completing it: back to the queue (and to this instance).
+                    false => Some(0),
+                    true if extended.elapsed() >= extend_every => Some(vt.as_secs() as i32),
+                    true => None,
+                };
+                if let Some(v) = visibility {
+                    let r = client
+                        .change_message_visibility()
+                        .queue_url(&queue)
+                        .receipt_handle(&handle)
+                        .visibility_timeout(v)
+                        .send()
+                        .await;
+                    if let Err(e) = r {
+                        warn!(message_id = %id, error = %DisplayErrorContext(&e), "could not change the message's visibility");
+                    }
+                    extended = Instant::now();
+                    if v == 0 {
+                        debug!(message_id = %id, "the other pipeline ended without completing the action; the message is back in the queue");
+                        return;
+                    }
+                }
+            }
+        })
     }
 
     /// Keeps a message invisible while its pipeline runs, so that no other instance takes it.
