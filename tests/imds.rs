@@ -788,3 +788,114 @@ async fn plan_and_simulate_show_and_run_the_steps_without_lifecycle_calls() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("would leave it to its owner"));
 }
+
+/// DescribeAutoScalingInstances calls the emulator counted for one access key.
+async fn describes(key: &str) -> u64 {
+    calls_by(key).await["autoscaling"]["DescribeAutoScalingInstances"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_added_after_the_daemon_started_is_handled() {
+    // The packaged default config (no hook_name) on a group whose hook is added later (the
+    // imds-mode stack added to a running group). Before: the hook list was described once, at
+    // start, and every termination of the running fleet waited out the hook's timeout with no
+    // step run ("has no terminating lifecycle hook").
+    let aws = aws().await;
+    let name = unique("latehook");
+    let g = group_with_target(&aws, &name, None, GroupSpec::default()).await;
+    aws.asg
+        .delete_lifecycle_hook()
+        .auto_scaling_group_name(&g.name)
+        .lifecycle_hook_name(&g.hook)
+        .send()
+        .await
+        .expect("delete the hook");
+    let me = g.instances[0].clone();
+    let mut n = Node::new(&me, "", &imds_config("", &marker("mark", "ran", ""))).await;
+    n.start();
+    n.wait_log("target lifecycle state target_state=InService", LONG)
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spec = GroupSpec {
+        default_result: "CONTINUE",
+        ..Default::default()
+    };
+    add_hook(
+        &aws,
+        &g.name,
+        "added-later",
+        "autoscaling:EC2_INSTANCE_TERMINATING",
+        None,
+        &spec,
+    )
+    .await;
+    terminate(&aws, &me).await;
+    wait_terminated(&aws, &me, Duration::from_secs(60)).await;
+    assert_eq!(lines(&n.path("ran")).len(), 1, "{}", n.log());
+    let acts = actions(&me).await;
+    assert_eq!(acts[0]["hook"], "added-later", "{acts:?}");
+    assert_eq!(acts[0]["state"], "completed", "{acts:?}");
+    assert_eq!(acts[0]["result"], "CONTINUE", "{acts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_group_lags_behind_metadata_its_describes_back_off() {
+    // Instance metadata says Terminated while DescribeAutoScalingInstances still shows the
+    // state before the wait (on AWS: the load balancer's deregistration delay, 300 s by default,
+    // runs before the hooks). Before: one describe per poll (here every 200 ms, 2 s by default)
+    // for as long as that lasts, and the same after errors.
+    let aws = aws().await;
+    let g = group(&aws, "lagdesc", GroupSpec::default()).await;
+    realism(&g.name, json!({"describe_lag": 20})).await;
+    let me = g.instances[0].clone();
+    let mut n = Node::new(&me, "", &imds_config("", &marker("mark", "ran", ""))).await;
+    let key = n.start_with_key("LAGKEY");
+    n.wait_log("target lifecycle state target_state=InService", LONG)
+        .await;
+    let before = describes(&key).await;
+    terminate(&aws, &me).await;
+    wait_terminated(&aws, &me, Duration::from_secs(60)).await;
+    let during = describes(&key).await - before;
+    assert_eq!(lines(&n.path("ran")).len(), 1, "{}", n.log());
+    // 2, 4, 8, 16 s (with jitter: at least half of each), then at most every 20 s: about 6 in
+    // 20 s; a fixed 200 ms poll made about 100.
+    assert!(
+        (2..=12).contains(&during),
+        "{during} DescribeAutoScalingInstances calls during a 20 s lag"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_that_waited_for_the_metadata_pipeline_is_deleted_at_its_completion() {
+    // Both sources; instance metadata runs the pipeline (20 s of steps) and the queue source
+    // finds the action busy. Before: the message came back after 5, 10, 20, 40 then 60 s, so
+    // after completion it waited up to a minute while the instance shut down within seconds,
+    // and then circulated among the survivors until the dead-letter queue or 48 h.
+    let aws = aws().await;
+    let g = group(&aws, "busywatch", GroupSpec::of(1)).await;
+    // The notification comes a little after the wait began (as through SNS or EventBridge).
+    realism(&g.name, json!({"notification_delay": 1})).await;
+    let victim = g.instances[0].clone();
+    let n = queue_and_metadata(&g, "", "20s").await;
+    terminate(&aws, &victim).await;
+    n.wait_log("another lastcall process is handling this action", LONG)
+        .await;
+    wait_terminated(&aws, &victim, LONG).await;
+    // The instance powers off soon after completion.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    n.signal(nix::sys::signal::Signal::SIGKILL);
+    let (visible, in_flight) = queue_counts(&aws, &g.queue_url).await;
+    assert_eq!(
+        (visible, in_flight),
+        (0, 0),
+        "the notification is deleted at completion: {}",
+        n.log()
+    );
+    assert!(
+        n.log().contains("completed by another pipeline"),
+        "{}",
+        n.log()
+    );
+}

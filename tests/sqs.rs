@@ -1208,3 +1208,55 @@ async fn a_leaving_instance_holds_no_message_back_from_its_owner() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_that_expired_while_another_hook_holds_the_instance_is_done() {
+    // lastcall's hook (named) and a second terminating hook that nobody completes; heartbeats
+    // off and a step longer than the hook's HeartbeatTimeout: lastcall's action expires (its
+    // DefaultResult CONTINUE), the other hook keeps the instance in Terminating:Wait. Before:
+    // "not the action's (forged or garbled)", the message kept and the error again every
+    // visibility timeout for as long as the other hook waits.
+    let aws = aws().await;
+    let spec = GroupSpec {
+        heartbeat_timeout: 3,
+        default_result: "CONTINUE",
+        ..Default::default()
+    };
+    let g = group(&aws, "expired2", spec).await;
+    add_hook(
+        &aws,
+        &g.name,
+        &format!("{}-other", g.name),
+        "autoscaling:EC2_INSTANCE_TERMINATING",
+        None,
+        &GroupSpec::default(),
+    )
+    .await;
+    let victim = g.instances[0].clone();
+    let steps = format!(
+        "{}\n[[step]]\nkind = \"sleep\"\nduration = \"6s\"\n",
+        marker("mark", "ran")
+    );
+    let cfg = config(
+        &format!("hook_name = \"{}\"\nheartbeat = \"off\"", g.hook),
+        &steps,
+    );
+    let mut n = Node::new(&victim, &g.queue_url, &cfg).await;
+    n.start();
+    terminate(&aws, &victim).await;
+    n.wait_log("termination handled", LONG).await;
+    assert!(
+        n.log().contains("completed already or it expired"),
+        "{}",
+        n.log()
+    );
+    assert!(n.log().contains("accepted=false"), "{}", n.log());
+    assert_eq!(
+        state(&aws, &victim).await.as_deref(),
+        Some("Terminating:Wait"),
+        "the other hook holds it"
+    );
+    wait_queue_empty(&aws, &g.queue_url, Duration::from_secs(10)).await;
+    assert_eq!(lines(&n.path("ran")).len(), 1, "{}", n.log());
+    assert!(!n.log().contains("forged"), "{}", n.log());
+}

@@ -518,3 +518,46 @@ fn too_old(rec: &Record, global: Option<Duration>) -> bool {
         .as_secs();
     journal::unix_now().saturating_sub(rec.created_at) > limit
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(token: Option<&str>, age_s: u64, warm_pool: bool) -> Record {
+        let mut r = Record::new(
+            "i-0abc",
+            "g",
+            "h",
+            Transition::Terminating.as_str(),
+            token,
+            None,
+            "imds",
+        );
+        r.created_at = journal::unix_now() - age_s;
+        r.warm_pool = warm_pool;
+        r
+    }
+
+    #[test]
+    fn a_record_is_one_actions() {
+        let mut imds = Action::new("i-0abc", "g", "h", Transition::Terminating, true);
+        // Token-less (instance metadata): a fresh record is this action's; one older than any
+        // action can live is an earlier one's (before: any record of the key and destination,
+        // so a warm-pool return weeks later skipped the steps the earlier one did).
+        assert!(same_action(&record(None, 60, true), &imds));
+        assert!(!same_action(&record(None, 3 * 24 * 3600, true), &imds));
+        imds.timeouts = Some(crate::autoscaling::HookTimeouts {
+            heartbeat: Duration::from_secs(30),
+            global: Duration::from_secs(3000),
+        });
+        assert!(!same_action(&record(None, 3600, true), &imds));
+        assert!(same_action(&record(None, 600, true), &imds));
+        // Another destination is another action.
+        assert!(!same_action(&record(None, 60, false), &imds));
+        // Tokens decide when both have one.
+        let mut q = Action::new("i-0abc", "g", "h", Transition::Terminating, false);
+        q.aref.token = Some("a".into());
+        assert!(same_action(&record(Some("a"), 3600, false), &q));
+        assert!(!same_action(&record(Some("b"), 60, false), &q));
+    }
+}
