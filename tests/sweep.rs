@@ -216,17 +216,16 @@ async fn sweep_removes_the_hosts_of_gone_instances_and_nothing_else() {
     let (code, out, log) = sweep(&mut n, &[], &[]);
     assert_eq!(code, 0, "{out}\n{log}");
     let hosts = mackerel_hosts().await;
-    for (id, what) in [
-        (&m_terminated, "terminated"),
-        (&m_unknown_old, "unknown to EC2 for longer than min_age"),
-    ] {
-        assert!(retired(&hosts, id), "{what}: {out}");
-    }
+    assert!(retired(&hosts, &m_terminated), "terminated: {out}");
     for (id, what) in [
         (&m_running, "running"),
         (&m_stopped, "stopped (a warm pool's instances are stopped)"),
         (&m_terminated_young, "younger than min_age"),
         (&m_unknown_young, "unknown but young"),
+        // EC2 answers for its own region and account only: an instance it never showed alive
+        // may be another region's or account's, alive (before: retired once min_age passed,
+        // and so were other regions' hosts in a shared Zabbix group).
+        (&m_unknown_old, "unknown to EC2 and never seen alive here"),
         (&m_other_region, "another region's"),
         (&m_not_ec2, "not an EC2 instance's"),
         (&other_service, "another service's"),
@@ -242,10 +241,11 @@ async fn sweep_removes_the_hosts_of_gone_instances_and_nothing_else() {
     ] {
         assert!(zabbix_exists(z, &h).await, "{h} must be kept: {out}");
     }
-    // A Zabbix host has no creation time: unknown to EC2 waits for min_age from the first sighting.
     assert!(zabbix_exists(z, &zh(&unknown_old)).await, "{out}");
     assert!(
-        out.contains(&format!("{unknown_old}: unknown to EC2 -> keep for now: unknown to EC2 (since the sweep first saw it missing")),
+        out.contains(&format!(
+            "{unknown_old}: unknown to EC2 -> keep: unknown to EC2 and never seen alive here"
+        )),
         "{out}"
     );
     assert!(
@@ -351,10 +351,14 @@ async fn sweep_zabbix_host_unknown_to_ec2_goes_once_min_age_has_passed_since_fir
     let z = zabbix();
     let me = launch(&aws).await;
     let alive = launch(&aws).await;
+    // Seen alive by an earlier sweep of this region and account, and forgotten by EC2 since
+    // (EC2 forgets a terminated instance within about an hour).
     let gone = unknown_id(11);
+    // Never seen alive: another region's or account's instance, perhaps alive.
+    let stranger = unknown_id(12);
     let (group, gid) = zabbix_group(z).await;
     // The instance id in the inventory's asset tag, as many Zabbix set-ups keep it.
-    for (host, instance) in [("a", &alive), ("g", &gone)] {
+    for (host, instance) in [("a", &alive), ("g", &gone), ("s", &stranger)] {
         let name = format!("{host}-{}", unique("inv"));
         zabbix_host_named(
             z,
@@ -372,6 +376,7 @@ async fn sweep_zabbix_host_unknown_to_ec2_goes_once_min_age_has_passed_since_fir
         &format!("zabbix_group = \"{group}\"\nzabbix_instance_id = \"inventory:asset_tag\"\nmin_age = \"3s\"\n"),
     );
     let mut n = Node::new(&me, "", &cfg).await;
+    seen_alive(&n, &[&gone]);
     let (code, out, log) = sweep(&mut n, &[], &[]);
     assert_eq!(code, 0, "{out}\n{log}");
     assert!(
@@ -398,5 +403,68 @@ async fn sweep_zabbix_host_unknown_to_ec2_goes_once_min_age_has_passed_since_fir
     .as_array()
     .cloned()
     .unwrap_or_default();
-    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        out.contains(&format!(
+            "{stranger}: unknown to EC2 -> keep: unknown to EC2 and never seen alive here"
+        )),
+        "{out}"
+    );
+}
+
+/// Notes in the node's state directory that an earlier sweep saw `instances` alive.
+fn seen_alive(n: &Node, instances: &[&str]) {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    let v: serde_json::Map<String, Value> = instances
+        .iter()
+        .map(|i| (i.to_string(), json!(now - 7200)))
+        .collect();
+    std::fs::create_dir_all(n.path("state")).expect("state dir");
+    std::fs::write(
+        n.path("state/sweep-alive.json"),
+        Value::Object(v).to_string(),
+    )
+    .expect("write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_off_instance_sweep_whose_ec2_knows_none_of_the_hosts_removes_none() {
+    // `lastcall sweep --region` from a laptop with another account's credentials: every host's
+    // instance is unknown to that EC2, and an off-instance sweep has no instance of its own to
+    // notice it with. Before: every old host was retired on the first run (final in Mackerel),
+    // up to max_delete. Here even a state directory that says they were alive does not help.
+    let aws = aws().await;
+    let me = launch(&aws).await;
+    let service = unique("web");
+    let old = Duration::from_secs(3 * 3600);
+    let ids = [unknown_id(21), unknown_id(22), unknown_id(23)];
+    let mut hosts = Vec::new();
+    for i in &ids {
+        hosts.push(mackerel_host(&service, i, old, "us-east-1a").await);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = mackerel_key().await;
+    let cfg = config(
+        dir.path(),
+        &key,
+        &format!("mackerel_service = \"{service}\"\n"),
+    );
+    let mut n = Node::new(&me, "", &cfg).await;
+    seen_alive(&n, &[&ids[0], &ids[1], &ids[2]]);
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let (code, out, log) = sweep(
+        &mut n,
+        &["--region", "us-east-1"],
+        &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", closed.as_str())],
+    );
+    assert_eq!(code, 1, "{out}\n{log}");
+    assert!(out.contains("(not from an instance)"), "{out}");
+    assert!(out.contains("knows none of the 3 mackerel hosts"), "{out}");
+    let all = mackerel_hosts().await;
+    for h in &hosts {
+        assert!(!retired(&all, h), "{out}");
+    }
 }

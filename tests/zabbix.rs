@@ -182,3 +182,43 @@ async fn check_is_read_only() {
     );
     assert_eq!(zabbix_get(z, &h).await.len(), 1, "check deleted nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_the_user_may_read_but_not_change_is_a_failure_not_gone_already() {
+    // Zabbix answers "No permissions to referred object or it does not exist!" both for a host
+    // that is gone and for one the API user may only read (a role with Read, not Read-write, on
+    // the host's group). Before: "is gone already", the step ok, the host left alerting.
+    let z = zabbix();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (h, _, _) = zabbix_host(z).await;
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let ug = format!("lastcall-readonly-{}-{n}", std::process::id());
+    // Host-group permissions: `rights` until 6.0, `hostgroup_rights` from 6.2 on.
+    let rights = json!([{"permission": 2, "id": z.group}]);
+    let params = if z.version < (6, 2) {
+        json!({"name": ug, "rights": rights})
+    } else {
+        json!({"name": ug, "hostgroup_rights": rights})
+    };
+    let r = zabbix_rpc(z, "usergroup.create", params).await;
+    let ugid = r["usrgrpids"][0].as_str().expect("user group").to_string();
+    let user = format!("lastcall-ro-{}-{n}", std::process::id());
+    zabbix_rpc(
+        z,
+        "user.create",
+        // "Admin role" (id 2): may call host.delete, on the hosts its groups may change.
+        json!({ "username": user, "passwd": "Correct-horse-42!", "roleid": "2", "usrgrps": [{"usrgrpid": ugid}] }),
+    )
+    .await;
+    let pw = secret_file(dir.path(), "pw", "Correct-horse-42!");
+    let kind = step(&format!(
+        "username = \"{user}\"\npassword_file = \"{}\"\nhost = \"{h}\"",
+        pw.display()
+    ));
+    let err = run(&kind, "unused").await.expect_err("a failure");
+    assert!(
+        err.to_string().contains("can read it but not change it"),
+        "{err}"
+    );
+    assert_eq!(zabbix_get(z, &h).await.len(), 1, "the host is still there");
+}

@@ -432,7 +432,27 @@ impl ZabbixStep {
                 "{done} Zabbix host {name} (id {id}, Zabbix {}.{})",
                 rpc.version.0, rpc.version.1
             )),
-            Err(e) if e.is_absent() => Ok(format!("Zabbix host {name} (id {id}) is gone already")),
+            // Zabbix answers this one error both for a host that is gone and for one the API
+            // user may read but not change (CHost::validateDelete re-reads the hosts with
+            // `editable`: zabbix/zabbix ui/include/classes/api/services/CHost.php): asked again
+            // without `editable`, a host still there is a permission problem, not a success.
+            Err(e) if e.is_absent() => {
+                let still = self
+                    .get(
+                        rpc,
+                        "host.get",
+                        json!({"output": ["hostid"], "hostids": [id]}),
+                    )
+                    .await?;
+                if still.is_empty() {
+                    Ok(format!("Zabbix host {name} (id {id}) is gone already"))
+                } else {
+                    Err(StepError::Failed(format!(
+                        "Zabbix refused to {} host {name} (id {id}): the API user can read it but not change it (\"No permissions to referred object or it does not exist!\"); give the user's role Read-write on the host's groups",
+                        if self.disable { "disable" } else { "delete" }
+                    )))
+                }
+            }
             Err(e) => Err(self.fail(method, e)),
         }
     }

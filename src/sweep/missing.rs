@@ -1,5 +1,10 @@
-//! When the sweep first saw a host's instance missing from EC2, for hosts whose API gives no
-//! creation time (Zabbix): `<state_dir>/sweep-missing.json`, written atomically.
+//! What the sweep remembers between runs, in the state directory, written atomically:
+//! - when it first saw a host's instance missing from EC2, for hosts whose API gives no creation
+//!   time (Zabbix): `sweep-missing.json`;
+//! - which instances (and agent IPs) EC2 in this region and account showed alive:
+//!   `sweep-alive.json`. "Not known to EC2" proves an instance gone only for one of those
+//!   (design §6): EC2 answers for its own region and account only, so another region's or
+//!   account's live instance looks exactly like a forgotten dead one.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -9,6 +14,8 @@ use std::time::{Duration, SystemTime};
 
 /// The record's file name in the state directory.
 pub const FILE: &str = "sweep-missing.json";
+/// The file of instances (and IPs) seen alive.
+pub const ALIVE_FILE: &str = "sweep-alive.json";
 
 /// Host key (`service:id`) → first seen missing, in seconds since the epoch.
 pub struct Missing {
@@ -19,7 +26,16 @@ pub struct Missing {
 impl Missing {
     /// Reads the record; a missing or unreadable one starts empty (hosts then wait longer).
     pub fn load(state_dir: &Path) -> Self {
-        let path = state_dir.join(FILE);
+        Self::load_file(state_dir, FILE)
+    }
+
+    /// Reads the record of instances seen alive (same form: key → first seen, Unix seconds).
+    pub fn load_alive(state_dir: &Path) -> Self {
+        Self::load_file(state_dir, ALIVE_FILE)
+    }
+
+    fn load_file(state_dir: &Path, file: &str) -> Self {
+        let path = state_dir.join(file);
         let since = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
                 tracing::warn!(file = %path.display(), error = %e, "the sweep's record is not readable; starting it again");

@@ -34,13 +34,16 @@ pub enum Verdict {
     Wait(String),
 }
 
-/// Decides one host from what EC2 said (`seen`: `None` = unknown to EC2), the host's age and
-/// when the sweep first saw its instance missing.
+/// Decides one host from what EC2 said (`seen`: `None` = unknown to EC2), the host's age,
+/// when the sweep first saw its instance missing, and whether EC2 in this region and account
+/// ever showed it alive (`known_alive`): an instance EC2 does not know and never knew may be
+/// another region's or account's, alive.
 pub fn decide(
     host: &Host,
     seen: Option<&Seen>,
     now: SystemTime,
     first_missing: Option<SystemTime>,
+    known_alive: bool,
     min_age: Duration,
 ) -> Verdict {
     let age = |t: SystemTime| now.duration_since(t).unwrap_or_default();
@@ -58,6 +61,9 @@ pub fn decide(
     match seen {
         Some(Seen::Alive(state)) => Verdict::Keep(format!("instance is {state}")),
         Some(Seen::Gone(state)) => Verdict::Remove(format!("instance is {state}")),
+        None if !known_alive => Verdict::Keep(
+            "unknown to EC2 and never seen alive here: perhaps another region's or account's instance; kept".into(),
+        ),
         None => {
             // By the host's own age where the API gives it, else by our first sighting.
             let (missing_for, by) = match (host_age, first_missing) {
@@ -230,7 +236,27 @@ pub async fn sweep(
 
     let now = SystemTime::now();
     let mut record = missing::Missing::load(&config.lifecycle.state_dir);
+    let mut alive = missing::Missing::load_alive(&config.lifecycle.state_dir);
     let mut seen_keys = Vec::new();
+    let mut alive_keys = Vec::new();
+    // A service none of whose hosts' instances EC2 knows is seen through the wrong region or
+    // credentials (an off-instance sweep has no instance of its own to check that with).
+    let mut blind = Vec::new();
+    for service in [Service::Mackerel, Service::Zabbix] {
+        let mine: Vec<&Host> = found.iter().filter(|h| h.service == service).collect();
+        let known = mine.iter().any(|h| match &h.key {
+            Key::Instance(i) => by_id.contains_key(i),
+            Key::Ip(ip) => by_ip.contains_key(ip),
+        });
+        if !mine.is_empty() && !known {
+            report.errors.push(format!(
+                "EC2 in region {} knows none of the {} {service} hosts' instances: a wrong region or credentials? none of them removed",
+                place.region,
+                mine.len()
+            ));
+            blind.push(service);
+        }
+    }
     for host in found {
         let record_key = format!("{}:{}", host.service, host.id);
         let (seen, state) = match &host.key {
@@ -248,14 +274,29 @@ pub async fn sweep(
         } else {
             record.forget(&record_key);
         }
+        let alive_key = match &host.key {
+            Key::Instance(i) => i.clone(),
+            Key::Ip(ip) => format!("ip:{ip}"),
+        };
+        if matches!(seen, Some(Seen::Alive(_))) {
+            alive.first_seen_missing(&alive_key, now);
+        }
         seen_keys.push(record_key.clone());
-        let verdict = decide(
+        alive_keys.push(alive_key.clone());
+        let mut verdict = decide(
             &host,
             seen.as_ref(),
             now,
             record.get(&record_key),
+            alive.get(&alive_key).is_some(),
             sweep.min_age,
         );
+        if blind.contains(&host.service) && matches!(verdict, Verdict::Remove(_)) {
+            verdict = Verdict::Keep(format!(
+                "EC2 knows none of this service's hosts' instances; kept ({})",
+                state
+            ));
+        }
         report.rows.push(Row {
             host,
             state,
@@ -264,6 +305,7 @@ pub async fn sweep(
         });
     }
     record.keep_only(&seen_keys);
+    alive.keep_only(&alive_keys);
 
     let doomed = report
         .rows
@@ -289,6 +331,9 @@ pub async fn sweep(
     if !dry_run {
         if let Err(e) = record.save() {
             tracing::warn!(error = %e, "cannot save when hosts were first seen missing; hosts without a creation time wait longer");
+        }
+        if let Err(e) = alive.save() {
+            tracing::warn!(error = %e, "cannot save which instances were seen alive; hosts of instances EC2 forgot are kept");
         }
     }
     report
@@ -381,7 +426,7 @@ mod tests {
         let wait = |v: Verdict| matches!(v, Verdict::Wait(_));
         // A stopped instance is alive (warm pools).
         assert!(matches!(
-            decide(&host(Some(7200)), Some(&alive), now, None, hour),
+            decide(&host(Some(7200)), Some(&alive), now, None, true, hour),
             Verdict::Keep(_)
         ));
         assert!(remove(decide(
@@ -389,20 +434,59 @@ mod tests {
             Some(&gone),
             now,
             None,
+            true,
             hour
         )));
-        assert!(remove(decide(&host(None), Some(&gone), now, None, hour)));
+        assert!(remove(decide(
+            &host(None),
+            Some(&gone),
+            now,
+            None,
+            true,
+            hour
+        )));
         // Never a host younger than min_age, whatever EC2 says.
-        assert!(wait(decide(&host(Some(60)), Some(&gone), now, None, hour)));
-        assert!(wait(decide(&host(Some(60)), None, now, None, hour)));
+        assert!(wait(decide(
+            &host(Some(60)),
+            Some(&gone),
+            now,
+            None,
+            true,
+            hour
+        )));
+        assert!(wait(decide(&host(Some(60)), None, now, None, true, hour)));
         // Unknown: by the host's age, else by the first sighting.
-        assert!(remove(decide(&host(Some(7200)), None, now, None, hour)));
-        assert!(wait(decide(&host(None), None, now, None, hour)));
+        assert!(remove(decide(
+            &host(Some(7200)),
+            None,
+            now,
+            None,
+            true,
+            hour
+        )));
+        // Unknown and never seen alive here: another region's or account's, perhaps alive.
+        assert!(matches!(
+            decide(&host(Some(7200)), None, now, None, false, hour),
+            Verdict::Keep(_)
+        ));
+        assert!(matches!(
+            decide(
+                &host(None),
+                None,
+                now,
+                Some(now - Duration::from_secs(9000)),
+                false,
+                hour
+            ),
+            Verdict::Keep(_)
+        ));
+        assert!(wait(decide(&host(None), None, now, None, true, hour)));
         assert!(wait(decide(
             &host(None),
             None,
             now,
             Some(now - Duration::from_secs(60)),
+            true,
             hour
         )));
         assert!(remove(decide(
@@ -410,6 +494,7 @@ mod tests {
             None,
             now,
             Some(now - Duration::from_secs(3700)),
+            true,
             hour
         )));
     }
