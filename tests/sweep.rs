@@ -468,3 +468,75 @@ async fn an_off_instance_sweep_whose_ec2_knows_none_of_the_hosts_removes_none() 
         assert!(!retired(&all, h), "{out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_on_a_secondary_ip_of_a_live_instance_is_kept() {
+    // zabbix_instance_id = "ip" and an agent on a secondary private IP (a second address or a
+    // second network interface: multi-ENI instances, EKS nodes). Before: DescribeInstances'
+    // `private-ip-address` filter matches primary addresses only, so the live host looked dead
+    // and was deleted once min_age had passed.
+    let aws = aws().await;
+    let z = zabbix();
+    let me = launch(&aws).await;
+    let alive = launch(&aws).await;
+    let d = aws
+        .ec2
+        .describe_instances()
+        .instance_ids(&alive)
+        .send()
+        .await
+        .expect("describe");
+    let eni = d.reservations()[0].instances()[0].network_interfaces()[0]
+        .network_interface_id()
+        .expect("eni")
+        .to_string();
+    aws.ec2
+        .assign_private_ip_addresses()
+        .network_interface_id(&eni)
+        .secondary_private_ip_address_count(1)
+        .send()
+        .await
+        .expect("a secondary IP");
+    let d = aws
+        .ec2
+        .describe_instances()
+        .instance_ids(&alive)
+        .send()
+        .await
+        .expect("describe");
+    let i = &d.reservations()[0].instances()[0];
+    let primary = i.private_ip_address().expect("primary").to_string();
+    let secondary = i.network_interfaces()[0]
+        .private_ip_addresses()
+        .iter()
+        .filter_map(|a| a.private_ip_address())
+        .find(|ip| *ip != primary)
+        .expect("the secondary IP")
+        .to_string();
+    let (group, gid) = zabbix_group(z).await;
+    let host = unique("web-secondary");
+    zabbix_host_named(
+        z,
+        &gid,
+        &host,
+        json!({"interfaces": [{"type": 1, "main": 1, "useip": 1, "ip": secondary, "dns": "", "port": "10050"}]}),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = mackerel_key().await;
+    let cfg = config(
+        dir.path(),
+        &key,
+        &format!("zabbix_group = \"{group}\"\nzabbix_instance_id = \"ip\"\nmin_age = \"1s\"\n"),
+    );
+    let mut n = Node::new(&me, "", &cfg).await;
+    // An earlier sweep saw the address alive: only EC2's answer now decides.
+    seen_alive(&n, &[&format!("ip:{secondary}")]);
+    for _ in 0..2 {
+        let (code, out, log) = sweep(&mut n, &[], &[]);
+        assert_eq!(code, 0, "{out}\n{log}");
+        assert!(out.contains(&format!("{alive} running -> keep")), "{out}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert!(zabbix_exists(z, &host).await);
+}

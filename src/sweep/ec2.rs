@@ -60,28 +60,38 @@ impl Ec2 {
     }
 
     /// The private IPs among `ips` that a live (not shutting-down or terminated) instance has,
-    /// with that instance's id and state.
+    /// on any of its network interfaces, with that instance's id and state. The filter is
+    /// `network-interface.addresses.private-ip-address`: `private-ip-address` "can only be used
+    /// to filter by the primary IP address of the network interface attached to the instance"
+    /// (DescribeInstances API reference, "Filters"), and a host on a secondary IP or a second
+    /// ENI would look dead.
     pub async fn by_private_ip(
         &self,
         ips: &[String],
     ) -> Result<BTreeMap<String, (String, String)>, String> {
         let mut out = BTreeMap::new();
         for chunk in ips.chunks(BATCH) {
-            for (id, ip, state) in self.query("private-ip-address", chunk).await? {
+            for (id, addresses, state) in self
+                .query("network-interface.addresses.private-ip-address", chunk)
+                .await?
+            {
                 if matches!(Seen::from_state(&state), Seen::Alive(_)) {
-                    out.insert(ip, (id, state));
+                    for ip in addresses.into_iter().filter(|ip| chunk.contains(ip)) {
+                        out.insert(ip, (id.clone(), state.clone()));
+                    }
                 }
             }
         }
         Ok(out)
     }
 
-    /// (instance id, private IP, state name) of every instance matching the filter, every page.
+    /// (instance id, every private IP of every interface, state name) of every instance matching
+    /// the filter, every page.
     async fn query(
         &self,
         filter: &str,
         values: &[String],
-    ) -> Result<Vec<(String, String, String)>, String> {
+    ) -> Result<Vec<(String, Vec<String>, String)>, String> {
         let mut pages = self
             .client
             .describe_instances()
@@ -114,11 +124,22 @@ impl Ec2 {
                             i.instance_id()
                         ));
                     };
-                    out.push((
-                        id.to_string(),
-                        i.private_ip_address().unwrap_or_default().to_string(),
-                        state.to_string(),
-                    ));
+                    let mut ips: Vec<String> = i
+                        .private_ip_address()
+                        .map(str::to_string)
+                        .into_iter()
+                        .collect();
+                    for ip in i
+                        .network_interfaces()
+                        .iter()
+                        .flat_map(|n| n.private_ip_addresses())
+                        .filter_map(|a| a.private_ip_address())
+                    {
+                        if !ips.iter().any(|x| x == ip) {
+                            ips.push(ip.to_string());
+                        }
+                    }
+                    out.push((id.to_string(), ips, state.to_string()));
                 }
             }
         }

@@ -171,7 +171,7 @@ pub async fn zabbix_hosts(
     match how {
         ZabbixInstanceId::Tag(_) => params["selectTags"] = json!(["tag", "value"]),
         ZabbixInstanceId::Inventory(field) => params["selectInventory"] = json!([field]),
-        ZabbixInstanceId::Ip => params["selectInterfaces"] = json!(["ip", "type", "main"]),
+        ZabbixInstanceId::Ip => params["selectInterfaces"] = json!(["ip", "type", "main", "useip"]),
         ZabbixInstanceId::Host | ZabbixInstanceId::VisibleName => {}
     }
     let hosts = session.get("host.get", params).await?;
@@ -213,12 +213,19 @@ pub fn zabbix_host(h: &Value, how: &ZabbixInstanceId) -> Result<Host, Skipped> {
                 i.iter()
                     .find(|x| x["type"].as_str() == Some("1") && x["main"].as_str() == Some("1"))
             });
-            match main_agent
-                .and_then(|x| x["ip"].as_str())
-                .filter(|ip| !ip.is_empty())
-            {
-                Some(ip) => Ok(Key::Ip(ip.to_string())),
-                None => Err(skip("no main agent interface with an IP".into())),
+            // `useip = 0`: the agent is reached by DNS name, and `ip` may hold anything (often
+            // a placeholder such as 127.0.0.1): not evidence of which instance it is.
+            match main_agent {
+                Some(x) if x["useip"].as_str() == Some("0") => Err(skip(
+                    "its main agent interface connects by DNS name (useip = 0), not by IP".into(),
+                )),
+                _ => match main_agent
+                    .and_then(|x| x["ip"].as_str())
+                    .filter(|ip| !ip.is_empty())
+                {
+                    Some(ip) => Ok(Key::Ip(ip.to_string())),
+                    None => Err(skip("no main agent interface with an IP".into())),
+                },
             }
         }
     }?;
@@ -313,6 +320,10 @@ mod tests {
             Ok(Key::Instance("i-00000002".into()))
         );
         assert_eq!(key(ZabbixInstanceId::Ip), Ok(Key::Ip("10.0.0.7".into())));
+        // Connected by DNS name: its `ip` says nothing about which instance it is.
+        let dns = json!({"hostid":"2","host":"h","name":"h",
+            "interfaces":[{"ip":"127.0.0.1","type":"1","main":"1","useip":"0"}]});
+        assert!(zabbix_host(&dns, &ZabbixInstanceId::Ip).is_err());
         assert!(key(ZabbixInstanceId::Tag("other".into())).is_err());
         let no_inventory = json!({"hostid":"1","host":"h","name":"h","inventory":[]});
         assert!(zabbix_host(

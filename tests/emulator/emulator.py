@@ -725,8 +725,32 @@ def target_instance_count(group: FakeAutoScalingGroup) -> int:
     return -(-on_demand // weight) + -(-spot // weight)  # ceil divisions
 
 
+def filter_by_every_private_ip() -> None:
+    """DescribeInstances' filter `network-interface.addresses.private-ip-address`: every private
+    IPv4 address of every network interface, secondary ones included (`private-ip-address` only
+    matches the primary address: aws-sdk-ec2 DescribeInstances input, "Filters"). moto 5.2.5
+    raises NotImplementedError for it."""
+    from moto.ec2 import utils as ec2_utils
+    from moto.ec2.models.instances import Instance as Ec2Instance
+
+    def every_private_ip(self: Any) -> list[str]:
+        ips = [self.private_ip] if getattr(self, "private_ip", None) else []
+        for nic in getattr(self, "nics", {}).values():
+            for a in getattr(nic, "private_ip_addresses", None) or []:
+                ip = a.get("PrivateIpAddress") if isinstance(a, dict) else None
+                if ip and ip not in ips:
+                    ips.append(ip)
+        return ips
+
+    Ec2Instance.lastcall_every_private_ip = property(every_private_ip)  # type: ignore[attr-defined]
+    ec2_utils.filter_dict_attribute_mapping["network-interface.addresses.private-ip-address"] = (
+        "lastcall_every_private_ip"
+    )
+
+
 def install_patches() -> None:
     keep_ecs_tasks_running()
+    filter_by_every_private_ip()
     orig_set_desired = FakeAutoScalingGroup.set_desired_capacity
     orig_replace = FakeAutoScalingGroup.replace_autoscaling_group_instances
     orig_terminate_instance = AutoScalingBackend.terminate_instance
