@@ -29,6 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::autoscaling::ActionResult;
 
+mod marks;
+
 /// The transition under which spot interruption notices are journaled.
 pub const SPOT_TRANSITION: &str = "ec2:SPOT_INSTANCE_INTERRUPTION";
 /// The transition under which rebalance recommendations are journaled.
@@ -506,86 +508,6 @@ impl Journal {
                 path: self.dir.clone(),
                 source,
             })
-    }
-
-    /// True when an action of `instance_id` with this transition (e.g.
-    /// `autoscaling:EC2_INSTANCE_LAUNCHING`) was completed and archived at or after `since`
-    /// (Unix seconds), by whichever source. Only archived (repeatable) actions are found.
-    pub fn archived_since(&self, instance_id: &str, transition: &str, since: u64) -> bool {
-        // Archived names are `{instance}.{hook}.{transition}.{unix}.done`, each part escaped
-        // by `key`, so none holds a dot.
-        let probe = key(instance_id, "x", transition);
-        let mut parts = probe.split('.');
-        let (Some(inst), Some(_), Some(t)) = (parts.next(), parts.next(), parts.next()) else {
-            return false;
-        };
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return false;
-        };
-        entries.flatten().any(|e| {
-            let name = e.file_name();
-            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".done")) else {
-                return false;
-            };
-            let p: Vec<&str> = stem.split('.').collect();
-            matches!(p.as_slice(), [i, _, tr, at] if *i == inst && *tr == t
-                && at.parse::<u64>().is_ok_and(|at| at >= since))
-        })
-    }
-
-    /// Records (in the state directory, so that it survives restarts) that this instance was
-    /// in service: a `Warmed:*` target state after that is a return to the warm pool, before it
-    /// a launch into the pool.
-    pub fn note_in_service(&self, instance_id: &str) {
-        if self.disk() {
-            let path = self.path(&key(instance_id, "", "in-service"), "mark");
-            if !path.exists() {
-                if let Err(e) = File::create(&path) {
-                    tracing::warn!(file = %path.display(), error = %e, "cannot note that this instance is in service");
-                }
-            }
-        }
-    }
-
-    /// True when [`Journal::note_in_service`] was called for this instance.
-    pub fn was_in_service(&self, instance_id: &str) -> bool {
-        self.disk()
-            && self
-                .path(&key(instance_id, "", "in-service"), "mark")
-                .exists()
-    }
-
-    /// The names of the steps that succeeded for this instance's departure under any trigger (a
-    /// termination's hook, not a warm-pool return; a spot interruption notice that terminates),
-    /// so that another trigger of the same departure does not run them again.
-    pub fn done_for_departure(&self, instance_id: &str) -> std::collections::BTreeSet<String> {
-        let mut done = std::collections::BTreeSet::new();
-        if !self.disk() {
-            return done;
-        }
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return done;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(key) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            let Ok(Some(r)) = self.load(key) else {
-                continue;
-            };
-            let departure = (r.transition == TERMINATING && !r.warm_pool)
-                || (r.transition == SPOT_TRANSITION && r.metadata.as_deref() == Some("terminate"));
-            if r.instance_id == instance_id && departure {
-                done.extend(
-                    r.steps
-                        .iter()
-                        .filter(|s| s.state == StepState::Ok)
-                        .map(|s| s.name.clone()),
-                );
-            }
-        }
-        done
     }
 
     /// Every record of this instance that is not completed.
