@@ -28,47 +28,10 @@ pub fn jitter(d: Duration) -> Duration {
     Duration::from_millis(half + random_below(ms - half + 1))
 }
 
-/// Pauses that start at `first` and double up to `max`, each with [`jitter`].
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    first: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    /// A back-off from `first` doubling to `max`.
-    pub fn new(first: Duration, max: Duration) -> Self {
-        Self {
-            first,
-            max,
-            attempt: 0,
-        }
-    }
-
-    /// The next pause (with jitter); each call doubles the next one, up to the maximum.
-    pub fn next_pause(&mut self) -> Duration {
-        let d = self.peek();
-        self.attempt = self.attempt.saturating_add(1);
-        jitter(d)
-    }
-
-    /// The next pause without jitter, without counting it.
-    pub fn peek(&self) -> Duration {
-        self.first
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.max)
-    }
-
-    /// Back to the first pause (the thing waited for changed).
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    /// How many pauses were taken since the last reset.
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
+/// The `n`th pause (0-based) of a back-off that starts at `first` and doubles up to `max`,
+/// without jitter.
+pub fn doubling(first: Duration, n: u32, max: Duration) -> Duration {
+    first.saturating_mul(1u32 << n.min(20)).min(max)
 }
 
 #[cfg(test)]
@@ -76,20 +39,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pauses_double_to_the_maximum_within_their_jitter() {
-        let mut b = Backoff::new(Duration::from_secs(2), Duration::from_secs(30));
-        let want = [2, 4, 8, 16, 30, 30];
-        for w in want {
-            let p = b.next_pause();
-            let w = Duration::from_secs(w);
-            assert!(
-                p >= w / 2 && p <= w,
-                "{p:?} not within [{:?}, {w:?}]",
-                w / 2
-            );
-        }
-        b.reset();
-        assert_eq!(b.peek(), Duration::from_secs(2));
+    fn pauses_double_to_the_maximum() {
+        let (first, max) = (Duration::from_secs(2), Duration::from_secs(30));
+        let got: Vec<u64> = (0..7).map(|n| doubling(first, n, max).as_secs()).collect();
+        assert_eq!(got, [2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(doubling(first, u32::MAX, max), max);
     }
 
     #[test]

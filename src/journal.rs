@@ -333,8 +333,9 @@ impl Journal {
         })
     }
 
-    /// The same journal with another write timeout (tests).
-    pub fn with_write_timeout(mut self, t: Duration) -> Self {
+    /// The same journal with another write timeout.
+    #[cfg(test)]
+    fn with_write_timeout(mut self, t: Duration) -> Self {
         self.write_timeout = t;
         self
     }

@@ -139,7 +139,7 @@ impl Handler {
             return action; // the metadata source read the hook itself
         }
         let a = &action.aref;
-        let listed = |hooks: &[crate::autoscaling::Hook]| hooks.iter().any(|h| h.name == a.hook);
+        let listed = |hooks: &[Hook]| hooks.iter().any(|h| h.name == a.hook);
         let hooks = match self.group_hooks(&a.group, false).await {
             Ok(h) if !listed(&h) => self.group_hooks(&a.group, true).await,
             other => other,

@@ -278,10 +278,11 @@ impl Handler {
             rec.token = a.token.clone();
         }
         let mut beaten = false;
+        let mut token_refused = false;
         if self.config.lifecycle.verify && !action.seen_waiting {
             match self.verify(action).await {
                 Verified::Beaten => beaten = true,
-                Verified::Waiting => {}
+                Verified::Waiting { refused } => token_refused = refused,
                 Verified::Elsewhere(seen) => {
                     warn!(instance_id = %a.instance_id, group = %a.group, hook = %a.hook, expected = action.wait_state(), seen = %seen,
                         "suspicious notification: Auto Scaling does not show this instance waiting in this group; running nothing for now");
@@ -306,21 +307,25 @@ impl Handler {
         // With a token, that first heartbeat also proves the message is the action's: Auto
         // Scaling refuses a token that is not while the group still shows the instance waiting
         // (see `first_heartbeat`).
-        let beaten = beaten
-            || match &a.token {
-                Some(_) if action.owned => match self.first_heartbeat(action, &rec).await {
-                    Beat::Sent => true,
-                    Beat::NotSent => false,
-                    Beat::Later(seen) => {
-                        return Ok(Outcome::NotWaiting {
-                            seen,
-                            api_error: false,
-                        })
-                    }
-                    Beat::Refused => return Ok(Outcome::Refused),
-                },
-                _ => false,
-            };
+        let beat = match &a.token {
+            _ if beaten => Beat::Sent,
+            // Verification has just seen the token refused and the instance waiting: judged
+            // without another heartbeat and describe.
+            Some(_) if action.owned && token_refused => self.refusal(action, &rec),
+            Some(_) if action.owned => self.first_heartbeat(action, &rec).await,
+            _ => Beat::NotSent,
+        };
+        let beaten = match beat {
+            Beat::Sent => true,
+            Beat::NotSent => false,
+            Beat::Later(seen) => {
+                return Ok(Outcome::NotWaiting {
+                    seen,
+                    api_error: false,
+                })
+            }
+            Beat::Refused => return Ok(Outcome::Refused),
+        };
         if beaten && !rec.confirmed {
             rec.confirmed = true;
         }

@@ -15,8 +15,13 @@ pub(super) enum Verified {
     /// Auto Scaling accepted a heartbeat with the message's token: the action is alive, and its
     /// first heartbeat is sent.
     Beaten,
-    /// The group shows the instance waiting for the action.
-    Waiting,
+    /// The group shows the instance waiting for the action; `refused`: Auto Scaling refused a
+    /// heartbeat with the message's token just before (judged by [`Handler::refusal`] without
+    /// asking again).
+    Waiting {
+        /// The token's heartbeat was refused.
+        refused: bool,
+    },
     /// It shows something else.
     Elsewhere(String),
     /// Auto Scaling did not answer.
@@ -46,45 +51,53 @@ impl Handler {
     /// [`REFUSAL_WINDOW`]; a token accepted once (`rec.confirmed`) is of an action that ended.
     pub(super) async fn first_heartbeat(&self, action: &Action, rec: &Record) -> Beat {
         let a = &action.aref;
-        let token = a.token.clone().unwrap_or_default();
         match self.asg.heartbeat(a).await {
             Ok(CallOutcome::Done) => {
-                if let Ok(mut r) = self.refused.lock() {
-                    r.remove(&token);
+                if let (Ok(mut r), Some(t)) = (self.refused.lock(), &a.token) {
+                    r.remove(t);
                 }
                 Beat::Sent
             }
-            Ok(CallOutcome::NoActiveAction) if rec.confirmed => {
-                info!(instance_id = %a.instance_id, hook = %a.hook, "the action's token was accepted before and is refused now: the action expired or was completed; the remaining steps still run");
-                Beat::NotSent
-            }
             Ok(CallOutcome::NoActiveAction) if self.shows_waiting(action).await => {
-                let first = self
-                    .refused
-                    .lock()
-                    .map(|mut r| {
-                        r.retain(|_, t| t.elapsed() < REFUSAL_WINDOW * 10);
-                        *r.entry(token).or_insert_with(Instant::now)
-                    })
-                    .unwrap_or_else(|_| Instant::now());
-                if first.elapsed() < REFUSAL_WINDOW {
-                    info!(instance_id = %a.instance_id, hook = %a.hook, refused_for_s = first.elapsed().as_secs(),
-                        "Auto Scaling refuses the message's token while the group shows the instance waiting (not active yet, or another hook holds the instance); running nothing for now");
-                    Beat::Later(format!(
-                        "{} with the message's token refused",
-                        action.wait_state()
-                    ))
-                } else {
-                    warn!(instance_id = %a.instance_id, hook = %a.hook, refused_for_s = first.elapsed().as_secs(),
-                        "Auto Scaling has refused the message's token for minutes while the instance waits, and never accepted it: no live action has it (it expired before lastcall saw it, or the message is not Auto Scaling's); running nothing, deleting the message");
-                    Beat::Refused
-                }
+                self.refusal(action, rec)
             }
             Ok(CallOutcome::NoActiveAction) => Beat::NotSent,
             Err(e) => {
                 warn!(error = %e, "the first heartbeat failed; the heartbeat task tries again");
                 Beat::NotSent
             }
+        }
+    }
+
+    /// Judges a token Auto Scaling refused while the group shows the instance waiting (no AWS
+    /// call): a token accepted once is of an action that ended; else the message comes back
+    /// later, until the token has been refused for [`REFUSAL_WINDOW`].
+    pub(super) fn refusal(&self, action: &Action, rec: &Record) -> Beat {
+        let a = &action.aref;
+        let token = a.token.clone().unwrap_or_default();
+        if rec.confirmed {
+            info!(instance_id = %a.instance_id, hook = %a.hook, "the action's token was accepted before and is refused now: the action expired or was completed; the remaining steps still run");
+            return Beat::NotSent;
+        }
+        let first = self
+            .refused
+            .lock()
+            .map(|mut r| {
+                r.retain(|_, t| t.elapsed() < REFUSAL_WINDOW * 10);
+                *r.entry(token).or_insert_with(Instant::now)
+            })
+            .unwrap_or_else(|_| Instant::now());
+        if first.elapsed() < REFUSAL_WINDOW {
+            info!(instance_id = %a.instance_id, hook = %a.hook, refused_for_s = first.elapsed().as_secs(),
+                "Auto Scaling refuses the message's token while the group shows the instance waiting (not active yet, or another hook holds the instance); running nothing for now");
+            Beat::Later(format!(
+                "{} with the message's token refused",
+                action.wait_state()
+            ))
+        } else {
+            warn!(instance_id = %a.instance_id, hook = %a.hook, refused_for_s = first.elapsed().as_secs(),
+                "Auto Scaling has refused the message's token for minutes while the instance waits, and never accepted it: no live action has it (it expired before lastcall saw it, or the message is not Auto Scaling's); running nothing, deleting the message");
+            Beat::Refused
         }
     }
 
@@ -109,18 +122,22 @@ impl Handler {
         // DescribeAutoScalingInstances may lag (eventual consistency) or be throttled (the limits
         // are per account and Region, shared by a whole fleet leaving at once). Refused or
         // unanswered, the group is asked.
-        if a.token.is_some()
-            && action.owned
-            && matches!(self.asg.heartbeat(a).await, Ok(CallOutcome::Done))
-        {
-            return Verified::Beaten;
+        let mut refused = false;
+        if a.token.is_some() && action.owned {
+            match self.asg.heartbeat(a).await {
+                Ok(CallOutcome::Done) => return Verified::Beaten,
+                Ok(CallOutcome::NoActiveAction) => refused = true,
+                Err(_) => {}
+            }
         }
         let want = action.wait_state();
         let until = tokio::time::Instant::now() + VERIFY_WINDOW;
         let mut pause = VERIFY_FIRST_PAUSE;
         loop {
             let v = match self.asg.instance(&a.instance_id).await {
-                Ok(Some(s)) if s.state == want && s.group == a.group => return Verified::Waiting,
+                Ok(Some(s)) if s.state == want && s.group == a.group => {
+                    return Verified::Waiting { refused }
+                }
                 Ok(Some(s)) => Verified::Elsewhere(format!("{} in group {}", s.state, s.group)),
                 Ok(None) => Verified::Elsewhere("not in any Auto Scaling group".into()),
                 Err(e) => Verified::Unknown(e.to_string()),

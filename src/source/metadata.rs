@@ -415,11 +415,11 @@ impl MetadataSource {
     /// Puts the next DescribeAutoScalingInstances off, with back-off and jitter; the pause.
     fn describe_later(&mut self) -> Duration {
         let tries = self.p.describe_after.map_or(0, |(_, n)| n);
-        let pause = crate::backoff::jitter(
-            DESCRIBE_FIRST_PAUSE
-                .saturating_mul(1 << tries.min(10))
-                .min(DESCRIBE_MAX_PAUSE),
-        );
+        let pause = crate::backoff::jitter(crate::backoff::doubling(
+            DESCRIBE_FIRST_PAUSE,
+            tries,
+            DESCRIBE_MAX_PAUSE,
+        ));
         self.p.describe_after = Some((Instant::now() + pause, tries + 1));
         pause
     }

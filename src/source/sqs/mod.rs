@@ -485,7 +485,7 @@ impl SqsSource {
                     ev.to_warm_pool(),
                 ),
                 Ownership::Unknown => {
-                    let again = self.again(&id);
+                    let again = self.again(&id, 0);
                     if self.release(&[(m, again.as_secs() as i32)]).await == 0 {
                         report.left += 1;
                     }
@@ -544,7 +544,7 @@ impl SqsSource {
                     }
                 }
                 Outcome::NotWaiting { .. } | Outcome::Busy => {
-                    let again = self.again(&id);
+                    let again = self.again(&id, 0);
                     info!(message_id = %id, retry_in_s = again.as_secs(), "this instance's notification is kept; it is looked at again soon");
                     if self.release(&[(m, again.as_secs() as i32)]).await == 0 {
                         report.left += 1;
@@ -566,15 +566,7 @@ impl SqsSource {
                 // round-trip speed, driving it to the dead-letter queue before its owner sees
                 // it (every receive counts towards maxReceiveCount).
                 Outcome::Unowned { .. } => {
-                    let tries = self.kept.entry(id.clone()).or_insert(0);
-                    *tries += 1;
-                    let hold = match *tries {
-                        1 => Duration::ZERO,
-                        n => NOT_WAITING_FIRST
-                            .saturating_mul(1 << (n - 2).min(4))
-                            .min(NOT_WAITING_MAX)
-                            .min(self.cfg.visibility_timeout),
-                    };
+                    let hold = self.again(&id, 1);
                     report.not_ours += 1;
                     if self.release(&[(m, hold.as_secs() as i32)]).await == 0 {
                         report.left += 1;

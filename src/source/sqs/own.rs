@@ -50,14 +50,16 @@ impl SqsSource {
         }
     }
 
-    /// When this instance's own message `id`, kept for another look, comes back: 5, 10, 20, 40,
-    /// then 60 s (never past the visibility timeout), counting the times in a row.
-    pub(super) fn again(&mut self, id: &str) -> Duration {
+    /// When this instance's own message `id`, kept for another look, comes back: at once the
+    /// first `free` times, then 5, 10, 20, 40, then 60 s (never past the visibility timeout),
+    /// counting the times in a row.
+    pub(super) fn again(&mut self, id: &str, free: u32) -> Duration {
         let tries = self.kept.entry(id.to_string()).or_insert(0);
         *tries += 1;
-        NOT_WAITING_FIRST
-            .saturating_mul(1 << (*tries - 1).min(4))
-            .min(NOT_WAITING_MAX)
-            .min(self.cfg.visibility_timeout)
+        match tries.checked_sub(free + 1) {
+            None => Duration::ZERO,
+            Some(n) => crate::backoff::doubling(NOT_WAITING_FIRST, n, NOT_WAITING_MAX)
+                .min(self.cfg.visibility_timeout),
+        }
     }
 }

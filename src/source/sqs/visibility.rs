@@ -13,27 +13,30 @@ use super::{SqsSource, FREE_RELEASES, HOLD_MAX, HOLD_MIN_AGE};
 use crate::event::{LifecycleEvent, Transition};
 use crate::handler::Handler;
 
+/// Deletes a message by its receipt handle; false (and a log line) when that failed.
+async fn delete(client: &aws_sdk_sqs::Client, queue: &str, m: &Message) -> bool {
+    let r = client
+        .delete_message()
+        .queue_url(queue)
+        .receipt_handle(m.receipt_handle().unwrap_or_default())
+        .send()
+        .await;
+    match r {
+        Ok(_) => true,
+        Err(e) => {
+            warn!(message_id = %m.message_id().unwrap_or("-"), error = %DisplayErrorContext(&e), "DeleteMessage failed; the message will be received again and recognised");
+            false
+        }
+    }
+}
+
 /// How often the journal is read while another pipeline runs this instance's action.
 const BUSY_WATCH: Duration = Duration::from_secs(1);
 
 impl SqsSource {
     /// Deletes a message by its receipt handle; false (and a log line) when that failed.
     pub(super) async fn delete(&self, m: &Message) -> bool {
-        let id = m.message_id().unwrap_or("-");
-        let r = self
-            .client
-            .delete_message()
-            .queue_url(&self.cfg.queue_url)
-            .receipt_handle(m.receipt_handle().unwrap_or_default())
-            .send()
-            .await;
-        match r {
-            Ok(_) => true,
-            Err(e) => {
-                warn!(message_id = %id, error = %DisplayErrorContext(&e), "DeleteMessage failed; the message will be received again and recognised");
-                false
-            }
-        }
+        delete(&self.client, &self.cfg.queue_url, m).await
     }
 
     /// How long to keep a message that is not ours out of our way when releasing it: not at all
@@ -147,21 +150,10 @@ impl SqsSource {
             while Instant::now() < until {
                 tokio::time::sleep(BUSY_WATCH).await;
                 if handler.completed(&instance, &hook, &transition) {
-                    let r = client
-                        .delete_message()
-                        .queue_url(&queue)
-                        .receipt_handle(&handle)
-                        .send()
-                        .await;
-                    match r {
-                        Ok(_) => {
-                            info!(message_id = %id, "the action was completed by another pipeline; its notification is deleted");
-                            if departure {
-                                done.store(true, Ordering::Relaxed);
-                            }
-                        }
-                        Err(e) => {
-                            warn!(message_id = %id, error = %DisplayErrorContext(&e), "DeleteMessage failed; the message will be received again and recognised")
+                    if delete(&client, &queue, &m).await {
+                        info!(message_id = %id, "the action was completed by another pipeline; its notification is deleted");
+                        if departure {
+                            done.store(true, Ordering::Relaxed);
                         }
                     }
                     return;
