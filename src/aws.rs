@@ -31,7 +31,8 @@ pub async fn load(region: &str) -> SdkConfig {
         .await
 }
 
-/// An SQS client whose calls may outlast a long poll of `wait`.
+/// An SQS client whose calls may outlast a long poll of `wait`, and whose answers' `Date`
+/// headers keep [`crate::clock`] up to date.
 ///
 /// Stalled-stream protection is off: a long poll is a stream that stalls on purpose for up to
 /// 20 s, and the protection checks its throughput every 100 ms meanwhile (aws-smithy-runtime's
@@ -46,7 +47,9 @@ pub fn sqs(conf: &SdkConfig, queue_url: &str, wait: Duration) -> aws_sdk_sqs::Cl
                 .operation_timeout(wait + OPERATION_TIMEOUT)
                 .build(),
         )
-        .stalled_stream_protection(aws_sdk_sqs::config::StalledStreamProtectionConfig::disabled());
+        .stalled_stream_protection(aws_sdk_sqs::config::StalledStreamProtectionConfig::disabled())
+        // Messages' ages are judged by AWS's clock (G14).
+        .interceptor(crate::clock::DateWatch);
     // A queue in another region than the instance is addressed in its own region.
     if let Some(region) = queue_region(queue_url) {
         b = b.region(Region::new(region));

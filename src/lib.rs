@@ -17,7 +17,8 @@
 //!   ([`steps::api`]) over one HTTP client ([`http_client`]), and the steps that run programs
 //!   share one runner ([`steps::process`]). Secrets come through [`secret`]; placeholders are
 //!   [`template`]s. [`aws`] builds the AWS clients; [`shutdown`] carries SIGTERM to every loop;
-//!   [`backoff`] spreads every waiting loop's calls with jitter.
+//!   [`backoff`] spreads every waiting loop's calls with jitter; [`clock`] is AWS's clock, as
+//!   its answers' `Date` tells it.
 //!
 //! - [`sweep`] is `lastcall sweep`: the monitoring hosts of instances that died without their
 //!   steps, matched to what EC2 says, removed with the steps' own API clients.
@@ -29,6 +30,7 @@ pub mod autoscaling;
 pub mod aws;
 pub mod backoff;
 pub mod cli;
+pub mod clock;
 pub mod cmd;
 pub mod config;
 pub mod event;

@@ -380,6 +380,17 @@ async fn launch_steps_run_when_hook_name_names_the_terminating_hook() {
     assert_eq!(state(&aws, &id).await.as_deref(), Some("InService"));
     assert_eq!(lines(&n.path("launched")), [id], "{}", n.log());
     assert!(n.log().contains("launch handled"), "{}", n.log());
+    // G13: restarted after its launch (the installer restarts the unit on a config change),
+    // the daemon still steps out of the queue's way for another instance's message. Before,
+    // only a launch handled by this very process counted, so it never stepped aside again.
+    sigterm_exits_within_a_second(&mut n).await;
+    // (The journal's times are whole seconds: the restart comes in a later one.)
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    n.start();
+    let runs = n.log();
+    send(&aws, &url, &flat_termination(&g, "i-0ddddddddddddddd1")).await;
+    n.wait_log(STEPPING_ASIDE, LONG).await;
+    assert!(!runs.contains(STEPPING_ASIDE), "{runs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1137,6 +1148,43 @@ async fn a_terminated_instance_stops_receiving_even_after_a_reload() {
     assert!(!nodes[v].log().contains(&id), "{}", nodes[v].log());
     // It is still a daemon that exits cleanly.
     sigterm_exits_within_a_second(&mut nodes[v]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_days_ahead_takes_no_fresh_message_for_stale() {
+    // G14: this machine's clock runs three days ahead of AWS's. The emulator shows it as AWS
+    // would: its answers' Date header, the messages' SentTimestamp and the notification's
+    // Time all three days behind this machine's clock. Before, the age was judged by the local
+    // clock: another instance's fresh notification was "older than any lifecycle action can
+    // live" and deleted.
+    const SKEW: u64 = 3 * 86400;
+    let aws = aws().await;
+    let g = group(&aws, "skew", GroupSpec::default()).await;
+    let queue_name = g
+        .queue_url
+        .rsplit('/')
+        .next()
+        .expect("queue name")
+        .to_string();
+    realism_queue(&queue_name, json!({"sent_age": SKEW, "date_behind": SKEW})).await;
+    let me = g.instances[0].clone();
+    let mut n = Node::new(&me, &g.queue_url, &config("", "")).await;
+    n.start();
+    n.wait_log("polling the lifecycle queue", LONG).await;
+    let then = std::time::SystemTime::now() - Duration::from_secs(SKEW);
+    let body = flat_termination_at(
+        &g,
+        "i-0ccccccccccccccc1",
+        &humantime::format_rfc3339_millis(then).to_string(),
+    );
+    let id = send(&aws, &g.queue_url, &body).await;
+    n.wait_log("message for another instance", LONG).await;
+    let log = n.log();
+    assert!(log.contains(&format!("message_id={id}")), "{log}");
+    assert!(!log.contains("older than any lifecycle action"), "{log}");
+    assert!(log.contains("this machine's clock is 259"), "{log}");
+    // (The group's test notification is deleted, as it should be; the other's message is not.)
+    assert!(!deleted(&queue_name).await.contains_key(&id), "{log}");
 }
 
 const HELD: &str = "held out of every consumer's sight for a while";

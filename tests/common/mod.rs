@@ -470,6 +470,18 @@ pub async fn realism_queue(queue: &str, knobs: Value) {
     set_realism("queue", queue, knobs).await
 }
 
+/// Every message of the queue named `queue` that was deleted, and by whose access key id (the
+/// emulator's record, `GET /deleted/QUEUE`): "deleted" is decided from this, never from a
+/// message's absence.
+pub async fn deleted(queue: &str) -> std::collections::BTreeMap<String, String> {
+    reqwest::get(format!("{}/deleted/{queue}", emulator().control))
+        .await
+        .expect("GET /deleted")
+        .json()
+        .await
+        .expect("GET /deleted: json")
+}
+
 async fn set_realism(scope: &str, name: &str, knobs: Value) {
     let mut body = knobs;
     body[scope] = Value::from(name);

@@ -270,7 +270,7 @@ def lifecycle(emu: Emulator) -> None:
 
 
 def receive(emu: Emulator) -> None:
-    print("receive_sample, receive_order, latency, sent_age")
+    print("receive_sample, receive_order, latency, sent_age, date_behind")
     _, sqs, _ = emu.clients("sqs")
 
     def queue(name: str, n: int, **knobs: Any) -> str:
@@ -338,6 +338,40 @@ def receive(emu: Emulator) -> None:
     age = time.time() - sent(young_url)
     check(0 <= age < 10, f"knob off: SentTimestamp is the sending time ({age:.1f}s ago)")
 
+    from email.utils import parsedate_to_datetime
+
+    def date(url: str) -> float:
+        got = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+        return parsedate_to_datetime(got["ResponseMetadata"]["HTTPHeaders"]["date"]).timestamp()
+
+    behind_url = queue("behind", 0, date_behind=86400)
+    lag = time.time() - date(behind_url)
+    check(86399 <= lag < 86410, f"date_behind 86400: the Date header {lag:.0f}s in the past")
+    lag = time.time() - date(young_url)
+    check(-2 < lag < 5, f"knob off: the Date header is now ({lag:.1f}s ago)")
+
+
+def deletions(emu: Emulator) -> None:
+    print("GET /deleted/QUEUE: who deleted which message")
+    _, sqs, _ = emu.clients("deleter")
+    _, other, _ = emu.clients("holder")
+    url = sqs.create_queue(QueueName="deletions")["QueueUrl"]
+    ids = [sqs.send_message(QueueUrl=url, MessageBody=str(i))["MessageId"] for i in range(3)]
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60)["Messages"]
+    check(len(got) == 3, f"three received: {len(got)}")
+    by_id = {m["MessageId"]: m["ReceiptHandle"] for m in got}
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=by_id[ids[0]])
+    sqs.delete_message_batch(QueueUrl=url, Entries=[{"Id": "b", "ReceiptHandle": by_id[ids[1]]}])
+    # Held out of sight (visibility 60 s) by another key, not deleted.
+    other.change_message_visibility(QueueUrl=url, ReceiptHandle=by_id[ids[2]], VisibilityTimeout=60)
+    # A second delete of the same handle is accepted by SQS and records nothing new.
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=by_id[ids[0]])
+    check(emu.get("/deleted/deletions") == {ids[0]: "deleter", ids[1]: "deleter"},
+          f"the deletions by key: {emu.get('/deleted/deletions')}")
+    http("POST", f"{emu.control}/calls/reset")
+    check(len(emu.get("/deleted/deletions")) == 2, "a reset of the counts keeps the deletions")
+    check(emu.get("/deleted/nosuchqueue") == {}, "a queue with none: {}")
+
 
 def seed(emu: Emulator) -> None:
     print("seed")
@@ -400,6 +434,7 @@ def main() -> None:
         throttle(emu)
         lifecycle(emu)
         receive(emu)
+        deletions(emu)
         with_fault_proxy(emu)
         seed(emu)
     finally:

@@ -175,7 +175,7 @@ INSTANCE_KNOBS = ("imds_target_lag",)
 #   sent_age: messages sent to the queue from now on carry a SentTimestamp this many seconds
 #     in the past (as if they had been circulating for that long).
 QUEUE_REALISM: dict[str, dict[str, Any]] = {}
-QUEUE_KNOBS = ("receive_max", "receive_sample", "receive_order", "latency", "sent_age")
+QUEUE_KNOBS = ("receive_max", "receive_sample", "receive_order", "latency", "sent_age", "date_behind")
 RECEIVE_ORDERS = ("shuffle", "oldest_first", "oldest_first_jitter")
 # oldest_first_jitter: a message at rank i sorts by i + uniform(0, ORDER_JITTER), so it can
 # come before at most the ORDER_JITTER - 1 messages sent just before it.
@@ -1196,6 +1196,20 @@ def install_patches() -> None:
 
     SQSBackend.receive_message = receive_message
 
+    # Who deleted which message (GET /deleted/QUEUE): a test decides "deleted" from this record,
+    # never from a message's absence (it may only be out of sight, held by a receiver).
+    # delete_message_batch deletes each entry through delete_message.
+    orig_delete_message = SQSBackend.delete_message
+
+    def delete_message(self: Any, queue_name: str, receipt_handle: str) -> None:
+        queue = self.get_queue(queue_name)
+        ids = [m.id for m in list(queue._messages) if m.had_receipt_handle(receipt_handle)]
+        orig_delete_message(self, queue_name, receipt_handle)
+        for message_id in ids:
+            DELETIONS.record(queue_name, message_id, getattr(REQUEST, "key", "-"))
+
+    SQSBackend.delete_message = delete_message
+
     # sent_age: a message that has been in the queue for a while (its owner died, say), without
     # waiting that long in a test. Only SentTimestamp moves (retention counts from it as well).
     # send_message_batch sends each entry through send_message.
@@ -1357,6 +1371,29 @@ class CallCounter:
 CALLS = CallCounter()
 
 
+class Deletions:
+    """Every SQS message deleted, per queue: message id -> the access key id that deleted it
+    (GET /deleted/QUEUE). Kept for the emulator's life (POST /calls/reset leaves it), so that a
+    reset by another test cannot hide a deletion."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_queue: dict[str, dict[str, str]] = {}
+
+    def record(self, queue: str, message_id: str, key: str) -> None:
+        with self.lock:
+            self.by_queue.setdefault(queue, {})[message_id] = key
+
+    def of(self, queue: str) -> dict[str, str]:
+        with self.lock:
+            return dict(self.by_queue.get(queue, {}))
+
+
+DELETIONS = Deletions()
+# The request this thread is answering: its access key id (set by CountingApp).
+REQUEST = threading.local()
+
+
 class CountingRequestHandler(MotoRequestHandler):
     """Counts the TCP connections the AWS endpoint accepts (GET /calls: "connections"), so that
     a benchmark can show whether clients reuse them (on AWS each new one is a TLS handshake)."""
@@ -1364,6 +1401,11 @@ class CountingRequestHandler(MotoRequestHandler):
     def setup(self) -> None:
         CALLS.connection()
         super().setup()
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        # The Date header (http.server's send_response writes it): the queue's date_behind.
+        at = getattr(REQUEST, "date_at", None)
+        return super().date_time_string(at if at is not None and timestamp is None else timestamp)
 
 
 class CountingApp:
@@ -1379,17 +1421,24 @@ class CountingApp:
             service, action, key = self.count(environ)
         except Exception:  # counting must never break a request
             log.exception("counting a request failed")
+        REQUEST.key = key
         throttle = THROTTLE
         if service == "autoscaling" and throttle is not None and not throttle.allow(key):
             CALLS.throttle(service, action, key)
             request_body(environ)  # read it, as moto would have
             return throttled(start_response)
         latency = 0.0
+        behind = 0.0
         if service == "sqs" and QUEUE_REALISM:
             try:
-                latency = float(QUEUE_REALISM.get(sqs_queue_name(environ) or "", {}).get("latency", 0) or 0)
+                knobs = QUEUE_REALISM.get(sqs_queue_name(environ) or "", {})
+                latency = float(knobs.get("latency", 0) or 0)
+                behind = float(knobs.get("date_behind", 0) or 0)
             except Exception:
                 log.exception("reading the queue of an SQS request failed")
+        # The answer's Date header (CountingRequestHandler.date_time_string): the handler thread
+        # is the one running this application.
+        REQUEST.date_at = time.time() - behind if behind > 0 else None
         if latency <= 0:
             return self.app(environ, start_response)
         # Half on the way in, half on the way out (the answer is sent once this returns).
@@ -1782,6 +1831,8 @@ class ControlHandler(BaseHTTPRequestHandler):
                 return self._json(200, [a.to_json() for a in ACTIONS.values()])
         if parts == ["calls"]:
             return self._json(200, CALLS.to_json())
+        if len(parts) == 2 and parts[0] == "deleted":
+            return self._json(200, DELETIONS.of(parts[1]))
         if parts == ["realism"]:
             with LOCK:
                 return self._json(200, realism_json())

@@ -89,7 +89,8 @@ impl SqsSource {
     }
 
     /// `Some(target state)` when this instance can step aside: its launch (if launch steps are
-    /// configured) was handled since `started`, and instance metadata says it is staying.
+    /// configured) was handled since `started` (the boot), and instance metadata says it is
+    /// staying.
     async fn staying(&mut self, handler: &Handler, started: u64) -> Option<String> {
         if !self.launch_settled {
             if !handler.launched_since(started) {
@@ -101,5 +102,35 @@ impl SqsSource {
         self.target_state(handler)
             .await
             .filter(|s| STAYING.contains(&s.as_str()))
+    }
+}
+
+/// The machine's boot time (Unix seconds), from `btime` in `/proc/stat` (proc(5)); None when it
+/// cannot be read.
+pub(super) fn boot_time() -> Option<u64> {
+    parse_btime(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_btime(stat: &str) -> Option<u64> {
+    stat.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_boot_time_is_read_from_proc_stat() {
+        assert_eq!(
+            parse_btime("cpu  1 2 3\nintr 5\nbtime 1796640000\nprocesses 9\n"),
+            Some(1796640000)
+        );
+        assert_eq!(parse_btime("cpu 1\n"), None);
+        assert_eq!(parse_btime("btime soon\n"), None);
+        // On this machine (Linux) it is there, and in the past.
+        let boot = boot_time().expect("btime in /proc/stat");
+        assert!(boot <= crate::journal::unix_now());
     }
 }

@@ -24,7 +24,8 @@
 //! reading the target state every [`STEP_ASIDE_WATCH`] meanwhile and returning to the queue as
 //! soon as that changes. Leaving instances never step aside; when the state cannot be read
 //! (no IMDS, 404 before the first transition) nobody does; with launch steps, not before this
-//! instance's launch has been handled, since a launching instance also reads `InService`.
+//! instance's launch has been handled since it booted, since a launching instance also reads
+//! `InService` (a warm-pool instance boots again for its next launch).
 //!
 //! Leaving the queue: once this instance's own termination is over (its action completed, not
 //! to a warm pool, and its message deleted) the daemon stops receiving. The instance is going
@@ -34,7 +35,7 @@
 //! queue's consumers thin out as their terminations end, as the instances themselves do.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
@@ -85,7 +86,10 @@ pub const STEP_ASIDE_WATCH: Duration = Duration::from_millis(250);
 /// Target lifecycle states of an instance that is staying in its group.
 const STAYING: [&str; 3] = ["InService", "Standby", "Detached"];
 
-/// Unix time this process first built a queue source (launches handled since then count).
+/// Unix time since which a handled launch lets this instance step aside: the machine's boot
+/// (G13: a daemon restarted after its launch, say by a config change, steps aside again; an
+/// instance started from a warm pool boots again, and its next launch is still to come), or
+/// this process's start when the boot time cannot be read.
 static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 /// How long a target lifecycle state read to decide on holds is trusted.
@@ -191,7 +195,8 @@ impl SqsSource {
     /// Long-polls until shutdown (or until this instance's termination is over), surviving
     /// every error; true when this instance's termination is over.
     pub async fn run(mut self, handler: &Handler, mut shutdown: Shutdown) -> bool {
-        let started = *STARTED.get_or_init(crate::journal::unix_now);
+        let started =
+            *STARTED.get_or_init(|| aside::boot_time().unwrap_or_else(crate::journal::unix_now));
         if self.departed {
             info!(queue = %self.cfg.queue_url, "this instance's termination is over; not receiving from the lifecycle queue again");
             shutdown.requested().await;
@@ -369,7 +374,9 @@ impl SqsSource {
             received: messages.len(),
             ..Default::default()
         };
-        let now = SystemTime::now();
+        // By AWS's clock, which stamped the messages: a machine whose clock runs ahead must
+        // not take others' fresh notifications for stale and delete them (G14).
+        let now = crate::clock::aws_now();
         self.seen.retain(|_, (t, _)| t.elapsed() < SEEN_TTL);
         let mut release = Vec::new();
         let mut mine = Vec::new();
