@@ -1067,7 +1067,17 @@ fn example_launch_template_requires_imdsv2_and_attaches_the_policy() {
     let metadata = &data["MetadataOptions"];
     assert_eq!(metadata["HttpTokens"], "required");
     assert_eq!(metadata["InstanceMetadataTags"], "enabled");
-    assert_eq!(metadata["HttpPutResponseHopLimit"], 2);
+    // G21: hop limit 1 (lastcall runs on the host) unless containers are let in on purpose.
+    assert_eq!(
+        metadata["HttpPutResponseHopLimit"],
+        serde_json::json!({"Fn::If": ["ContainersImds", 2, 1]})
+    );
+    let t = template("cloudformation/example.yaml");
+    assert_eq!(
+        t["Parameters"]["ContainersReachMetadata"]["Default"],
+        "false"
+    );
+    assert_eq!(t["Conditions"]["ContainersImds"]["Fn::Equals"][1], "true");
     assert_eq!(
         data["IamInstanceProfile"]["Arn"]["Fn::GetAtt"],
         serde_json::json!(["InstanceProfile", "Arn"])
