@@ -217,21 +217,11 @@ fn lifecycle_body(group: &str, hook: &str, instance: &str, token: &str) -> Strin
 }
 
 async fn all_actions() -> Vec<Value> {
-    reqwest::get(format!("{}/actions", emulator().control))
-        .await
-        .expect("GET /actions")
-        .json()
-        .await
-        .expect("json")
+    control_json("actions").await
 }
 
 async fn calls() -> Value {
-    reqwest::get(format!("{}/calls", emulator().control))
-        .await
-        .expect("GET /calls")
-        .json()
-        .await
-        .expect("json")
+    control_json("calls").await
 }
 
 fn env_or(name: &str, default: u64) -> u64 {

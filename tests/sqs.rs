@@ -482,7 +482,7 @@ async fn once_looks_through_a_queue_that_answers_in_samples() {
     // another's message, and left its own for the next timer run (a minute later, every time).
     let aws = aws().await;
     let g = group(&aws, "sample", GroupSpec::default()).await;
-    let queue_name = g.queue_url.rsplit('/').next().expect("name").to_string();
+    let queue_name = queue_name(&g.queue_url);
     let victim = g.instances[0].clone();
     let mut n = Node::new(&victim, &g.queue_url, &config("", &marker("mark", "ran"))).await;
     let now = now_rfc3339();
@@ -1160,12 +1160,7 @@ async fn a_clock_days_ahead_takes_no_fresh_message_for_stale() {
     const SKEW: u64 = 3 * 86400;
     let aws = aws().await;
     let g = group(&aws, "skew", GroupSpec::default()).await;
-    let queue_name = g
-        .queue_url
-        .rsplit('/')
-        .next()
-        .expect("queue name")
-        .to_string();
+    let queue_name = queue_name(&g.queue_url);
     realism_queue(&queue_name, json!({"sent_age": SKEW, "date_behind": SKEW})).await;
     let me = g.instances[0].clone();
     let mut n = Node::new(&me, &g.queue_url, &config("", "")).await;
@@ -1197,12 +1192,7 @@ async fn a_leaving_instance_holds_no_message_back_from_its_owner() {
     // So a leaving instance holds nothing, while one that cannot tell still does.
     let aws = aws().await;
     let g = group(&aws, "noheld", GroupSpec::default()).await;
-    let queue_name = g
-        .queue_url
-        .rsplit('/')
-        .next()
-        .expect("queue name")
-        .to_string();
+    let queue_name = queue_name(&g.queue_url);
     // Messages that look a minute and a half old.
     realism_queue(&queue_name, json!({"sent_age": 90})).await;
     let me = g.instances[0].clone();

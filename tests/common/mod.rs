@@ -474,12 +474,22 @@ pub async fn realism_queue(queue: &str, knobs: Value) {
 /// emulator's record, `GET /deleted/QUEUE`): "deleted" is decided from this, never from a
 /// message's absence.
 pub async fn deleted(queue: &str) -> std::collections::BTreeMap<String, String> {
-    reqwest::get(format!("{}/deleted/{queue}", emulator().control))
+    control_json(&format!("deleted/{queue}")).await
+}
+
+/// `GET /PATH` on the emulator's control server, read as JSON.
+pub async fn control_json<T: serde::de::DeserializeOwned>(path: &str) -> T {
+    reqwest::get(format!("{}/{path}", emulator().control))
         .await
-        .expect("GET /deleted")
+        .unwrap_or_else(|e| panic!("GET /{path}: {e}"))
         .json()
         .await
-        .expect("GET /deleted: json")
+        .unwrap_or_else(|e| panic!("GET /{path}: json: {e}"))
+}
+
+/// A queue's name: the last part of its URL.
+pub fn queue_name(url: &str) -> String {
+    url.rsplit('/').next().unwrap_or(url).to_string()
 }
 
 async fn set_realism(scope: &str, name: &str, knobs: Value) {

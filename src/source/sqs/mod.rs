@@ -90,7 +90,7 @@ const STAYING: [&str; 3] = ["InService", "Standby", "Detached"];
 /// (G13: a daemon restarted after its launch, say by a config change, steps aside again; an
 /// instance started from a warm pool boots again, and its next launch is still to come), or
 /// this process's start when the boot time cannot be read.
-static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+static LAUNCHES_SINCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 /// How long a target lifecycle state read to decide on holds is trusted.
 const LEAVING_FRESH: Duration = Duration::from_secs(1);
@@ -195,8 +195,8 @@ impl SqsSource {
     /// Long-polls until shutdown (or until this instance's termination is over), surviving
     /// every error; true when this instance's termination is over.
     pub async fn run(mut self, handler: &Handler, mut shutdown: Shutdown) -> bool {
-        let started =
-            *STARTED.get_or_init(|| aside::boot_time().unwrap_or_else(crate::journal::unix_now));
+        let started = *LAUNCHES_SINCE
+            .get_or_init(|| aside::boot_time().unwrap_or_else(crate::journal::unix_now));
         if self.departed {
             info!(queue = %self.cfg.queue_url, "this instance's termination is over; not receiving from the lifecycle queue again");
             shutdown.requested().await;
