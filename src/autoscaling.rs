@@ -138,6 +138,8 @@ pub enum LifecycleError {
         hook: String,
         /// The error with its causes.
         message: String,
+        /// It will not get better by retrying (a permission, a validation error).
+        permanent: bool,
     },
     /// `CompleteLifecycleAction` failed for good.
     #[error("CompleteLifecycleAction {result} for {instance_id} (hook {hook}, group {group}) failed: {message}")]
@@ -287,6 +289,7 @@ impl AutoScaling {
             Err(e) => Err(LifecycleError::Heartbeat {
                 instance_id: a.instance_id.clone(),
                 hook: a.hook.clone(),
+                permanent: classify(&e) == ErrorClass::Permanent,
                 message: DisplayErrorContext(&e).to_string(),
             }),
         }

@@ -13,7 +13,6 @@ use serde_json::Value;
 /// The largest body we look at (SQS allows 1 MiB; a lifecycle notification is under 2 KiB).
 pub const MAX_BODY: usize = 1024 * 1024;
 /// EventBridge sources of AWS's own events about instances.
-const AWS_SOURCES: [&str; 2] = ["aws.autoscaling", "aws.ec2"];
 /// How deep JSON may nest before it is refused (serde_json's own limit is 128).
 const MAX_DEPTH: usize = 32;
 
@@ -159,6 +158,9 @@ pub enum ParseError {
     UnknownTransition(String),
 }
 
+/// The `Event` (or `LifecycleTransition`) of Auto Scaling's test notification.
+const TEST_NOTIFICATION: &str = "autoscaling:TEST_NOTIFICATION";
+
 /// Parses a message body.
 pub fn parse(body: &str) -> Result<Notification, ParseError> {
     if body.len() > MAX_BODY {
@@ -225,6 +227,15 @@ fn nesting(text: &str) -> usize {
 }
 
 fn from_eventbridge(v: &Value, shape: Shape) -> Result<Notification, ParseError> {
+    // A test notification in an EventBridge event (aws-node-termination-handler's queue processor
+    // skips `Event` or `LifecycleTransition` of autoscaling:TEST_NOTIFICATION in `detail`).
+    if let Some(detail) = v.get("detail").filter(|d| d.is_object()) {
+        let is_test = |k: &str| detail.get(k).and_then(Value::as_str) == Some(TEST_NOTIFICATION);
+        if is_test("Event") || is_test("LifecycleTransition") {
+            let group = opt_str(detail, "AutoScalingGroupName")?.filter(|g| valid_group_name(g));
+            return Ok(Notification::Test { group });
+        }
+    }
     let dt = v
         .get("detail-type")
         .and_then(Value::as_str)
@@ -233,7 +244,9 @@ fn from_eventbridge(v: &Value, shape: Shape) -> Result<Notification, ParseError>
     let transition_hint = match dt {
         "EC2 Instance-terminate Lifecycle Action" => Transition::Terminating,
         "EC2 Instance-launch Lifecycle Action" => Transition::Launching,
-        other if AWS_SOURCES.contains(&source) && printable(other) => {
+        // Every AWS service's event (`aws.*`: EC2's state changes and spot warnings, AWS
+        // Health's scheduled changes, ECS's): no lifecycle action follows it (design §2.1).
+        other if source.starts_with("aws.") && printable(source) && printable(other) => {
             return Ok(Notification::Other {
                 kind: truncate(other, 80),
             })
@@ -271,8 +284,8 @@ fn from_eventbridge(v: &Value, shape: Shape) -> Result<Notification, ParseError>
 fn from_flat(v: &Value, shape: Shape) -> Result<Notification, ParseError> {
     let event = opt_str(v, "Event")?;
     let transition = opt_str(v, "LifecycleTransition")?;
-    if event.as_deref() == Some("autoscaling:TEST_NOTIFICATION")
-        || transition.as_deref() == Some("autoscaling:TEST_NOTIFICATION")
+    if event.as_deref() == Some(TEST_NOTIFICATION)
+        || transition.as_deref() == Some(TEST_NOTIFICATION)
     {
         let group = opt_str(v, "AutoScalingGroupName")?.filter(|g| valid_group_name(g));
         return Ok(Notification::Test { group });

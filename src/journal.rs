@@ -626,6 +626,32 @@ mod tests {
     }
 
     #[test]
+    fn an_archived_action_is_found_by_its_token_once_completed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(dir.path()).expect("open");
+        let launch = "autoscaling:EC2_INSTANCE_LAUNCHING";
+        let token = "602063c7-4a06-4a67-b8cf-87ccc33bdc86";
+        let mut r = Record::new("i-0abc", "web", "up", launch, Some(token), None, "sqs");
+        let k = r.key();
+        assert!(!j.archived_with_token(&k, token));
+        // An unfinished record archived (an earlier action pushed aside) is not "done".
+        j.save_now(&r).expect("save");
+        j.archive_now(&r).expect("archive");
+        assert!(!j.archived_with_token(&k, token), "archived unfinished");
+        r.completion = Some(Completion {
+            result: ActionResult::Continue,
+            at: unix_now(),
+            accepted: true,
+        });
+        j.save_now(&r).expect("save");
+        j.archive_now(&r).expect("archive");
+        assert!(j.archived_with_token(&k, token));
+        assert!(!j.archived_with_token(&k, "7a1b0f4e-0000-4000-8000-000000000000"));
+        let other = key("i-0abc", "up", "autoscaling:EC2_INSTANCE_TERMINATING");
+        assert!(!j.archived_with_token(&other, token), "another transition");
+    }
+
+    #[test]
     fn a_lock_is_exclusive_until_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let j = Journal::open(dir.path()).expect("open");

@@ -114,6 +114,7 @@ async fn the_daemon_survives_the_corpus_and_still_handles_its_own_termination() 
     let mut bad = Vec::new();
     let mut foreign = Vec::new();
     let mut other = Vec::new();
+    let mut test = Vec::new();
     for (name, bytes) in corpus() {
         let Ok(body) = String::from_utf8(bytes) else {
             continue;
@@ -132,10 +133,12 @@ async fn the_daemon_survives_the_corpus_and_still_handles_its_own_termination() 
             foreign.push((name, id));
         } else if name.starts_with("other-") {
             other.push((name, id));
+        } else if name.starts_with("test-") {
+            test.push((name, id));
         }
     }
     n.start();
-    for (name, id) in bad.iter().chain(&foreign).chain(&other) {
+    for (name, id) in bad.iter().chain(&foreign).chain(&other).chain(&test) {
         n.wait_log(&format!("message_id={id}"), LONG).await;
         let _ = name;
     }
@@ -151,17 +154,30 @@ async fn the_daemon_survives_the_corpus_and_still_handles_its_own_termination() 
             lines[0]
         );
     }
-    // AWS notifications that no lifecycle action follows (even this instance's) are deleted.
-    for (name, id) in &other {
-        let line = log
-            .lines()
-            .find(|l| l.contains(id.as_str()))
-            .unwrap_or_default();
-        assert!(
-            line.contains("no lifecycle action follows; deleting it"),
-            "{name}: {line}"
-        );
+    // AWS notifications that no lifecycle action follows (even this instance's) are deleted, and
+    // so are test notifications in every wrapping, whatever they name.
+    let said = [
+        (&other, "no lifecycle action follows; deleting it"),
+        (&test, "TEST_NOTIFICATION received; deleting it"),
+    ];
+    for (bodies, expected) in said {
+        for (name, id) in bodies {
+            let line = log
+                .lines()
+                .find(|l| l.contains(id.as_str()))
+                .unwrap_or_default();
+            assert!(line.contains(expected), "{name}: {line}");
+        }
     }
+    // Decided from the emulator's record of deletions, not from what is left in the queue.
+    let gone = deleted(&queue_name(&g.queue_url)).await;
+    for (name, id) in other.iter().chain(&test) {
+        assert!(gone.contains_key(id), "{name} was not deleted");
+    }
+    for (name, id) in bad.iter().chain(&foreign) {
+        assert!(!gone.contains_key(id), "{name} was deleted");
+    }
+    assert!(other.len() >= 12 && test.len() >= 6, "{other:?} {test:?}");
     assert!(
         lines(&n.path("ran")).is_empty(),
         "no step ran for any of them"

@@ -364,12 +364,58 @@ async fn ecs_already_draining_only_waits_and_unregistered_has_nothing_to_drain()
         "{log}"
     );
 
-    // No agent at all (a current agent serves introspection only once registered).
+    // No agent at all (a current agent serves introspection only once registered), on a host
+    // said to run none (agent_wait = "0s"): nothing to drain.
     let closed = format!("http://127.0.0.1:{}", free_port());
-    let mut n = Node::new(&me, "", &ecs_config(&closed)).await;
+    let none = ecs_config(&closed).replace(
+        "interval = \"300ms\"",
+        "agent_wait = \"0s\"\ninterval = \"300ms\"",
+    );
+    let mut n = Node::new(&me, "", &none).await;
     let (code, log) = simulate(&mut n);
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("no ECS agent answers here"), "{log}");
+    // Where an agent is expected (agent_url given), refusals past agent_wait fail the step: its
+    // tasks may still run.
+    let expected = ecs_config(&closed).replace(
+        "interval = \"300ms\"",
+        "agent_wait = \"1s\"\ninterval = \"300ms\"",
+    );
+    let mut n = Node::new(&me, "", &expected).await;
+    let (code, log) = simulate(&mut n);
+    assert_ne!(code, 0, "{log}");
+    assert!(
+        log.contains("refused connections for 1s (agent_wait"),
+        "{log}"
+    );
+    assert!(!log.contains("no ECS agent answers here"), "{log}");
+}
+
+/// G15: an agent restarted by ecs-init (or by a Docker restart) refuses connections for seconds.
+/// That is not "no agent": the step waits for it and drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecs_agent_that_restarts_is_waited_for_and_the_instance_drained() {
+    let aws = aws().await;
+    let g = group_with_target(&aws, &unique("ecsrestart"), None, GroupSpec::default()).await;
+    let me = g.instances[0].clone();
+    let (cluster, arn) = container_instance(&aws, &me).await;
+    let port = free_port();
+    let mut n = Node::new(&me, "", &ecs_config(&format!("http://127.0.0.1:{port}"))).await;
+    let mut run = n
+        .command(&["simulate", "--group", "workers", "--hook", "drain"])
+        .spawn()
+        .expect("simulate");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let port_arg = port.to_string();
+    let _agent = Double::start(
+        "fake_ecs_agent.py",
+        &["--cluster", &cluster, "--arn", &arn, "--port", &port_arg],
+    );
+    let code = run.wait().expect("simulate").code();
+    let log = n.log();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("set to DRAINING; no task left on it"), "{log}");
+    assert_eq!(ci_status(&aws, &cluster, &arn).await, "DRAINING");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,8 +428,27 @@ async fn ecs_timeout_names_the_standalone_task_that_keeps_running() {
     let agent = Double::start("fake_ecs_agent.py", &["--cluster", &cluster, "--arn", &arn]);
     let cfg = ecs_config(&agent.url).replace("timeout = \"30s\"", "timeout = \"3s\"");
     let mut n = Node::new(&me, "", &cfg).await;
-    let (code, log) = simulate(&mut n);
+    let key = unique("ecspoll").replace('-', "");
+    let code = n
+        .command(&["simulate", "--group", "workers", "--hook", "drain"])
+        .env("AWS_ACCESS_KEY_ID", &key)
+        .status()
+        .expect("simulate")
+        .code()
+        .unwrap_or(-1);
+    let log = n.log();
     assert_ne!(code, 0, "{log}");
+    // G19: each poll lists the RUNNING tasks and describes them; STOPPED is listed on the first
+    // poll only (stopped tasks stay listed for about an hour; a scale-in polls from every leaving
+    // instance at once). Before, every poll listed both.
+    let ecs = &calls_by(&key).await["ecs"];
+    let count = |a: &str| ecs[a].as_u64().unwrap_or(0);
+    let (lists, describes) = (count("ListTasks"), count("DescribeTasks"));
+    assert!(describes >= 4, "polled {describes} times in 3 s: {ecs}");
+    assert!(
+        lists <= describes + 1,
+        "{lists} ListTasks for {describes} polls: {ecs}"
+    );
     let id = task.rsplit('/').next().expect("id");
     assert!(
         log.contains("standalone tasks are not stopped by draining"),

@@ -144,6 +144,43 @@ async fn failing_heartbeats_are_survived_and_later_ones_keep_the_action_alive() 
     assert_eq!(faulted, 3);
 }
 
+/// F26: a heartbeat refused for good (AccessDenied: the role lacks
+/// autoscaling:RecordLifecycleActionHeartbeat) is not retried every quarter interval for as long
+/// as the steps run; it is logged once as an error and tried again at the interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_refused_for_good_is_not_hammered() {
+    let aws = aws().await;
+    let proxy = Proxy::start(&emulator().endpoint);
+    // HeartbeatTimeout 8 s: heartbeats every 4 s; a quarter interval is 1 s.
+    let g = group(
+        &aws,
+        "hb-denied",
+        GroupSpec {
+            size: 1,
+            heartbeat_timeout: 8,
+            default_result: "CONTINUE",
+        },
+    )
+    .await;
+    let me = g.instances[0].clone();
+    proxy.rule(json!({"match": "RecordLifecycleActionHeartbeat", "action": "error", "status": 403, "code": "AccessDenied", "message": "User: arn:aws:sts::123456789012:assumed-role/web/i is not authorized to perform: autoscaling:RecordLifecycleActionHeartbeat", "count": 0})).await;
+    let steps = "[[step]]\nkind = \"sleep\"\nduration = \"9s\"\n";
+    let mut n = Node::new(&me, &g.queue_url, &config("", steps)).await;
+    start_behind(&mut n, &proxy, None);
+    terminate(&aws, &me).await;
+    n.wait_log("step started step=sleep", LONG).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let (_, refused) = proxy.count("RecordLifecycleActionHeartbeat").await;
+    let log = n.log();
+    // At once, then at 4 and 8 s (and the one that verified the notification): not every second.
+    assert!((2..=5).contains(&refused), "{refused} heartbeats: {log}");
+    assert_eq!(
+        log.matches("retrying will not change that").count(),
+        1,
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imds_down_at_start_and_refusing_a_token_later_are_survived() {
     let aws = aws().await;

@@ -378,8 +378,50 @@ async fn launch_steps_run_when_hook_name_names_the_terminating_hook() {
     })
     .await;
     assert_eq!(state(&aws, &id).await.as_deref(), Some("InService"));
-    assert_eq!(lines(&n.path("launched")), [id], "{}", n.log());
+    assert_eq!(
+        lines(&n.path("launched")),
+        std::slice::from_ref(&id),
+        "{}",
+        n.log()
+    );
     assert!(n.log().contains("launch handled"), "{}", n.log());
+    // G18: SQS delivers at least once; a duplicate of the launch's notification, after its
+    // record was archived, is known by its token and deleted. Before, it was verified again, found
+    // InService ("not waiting") and kept for up to 48 h, a heartbeat and describes each minute.
+    let launched = actions(&id).await;
+    let token = launched
+        .iter()
+        .find(|a| a["transition"] == "autoscaling:EC2_INSTANCE_LAUNCHING")
+        .and_then(|a| a["token"].as_str())
+        .expect("the launch's token")
+        .to_string();
+    let duplicate = json!({
+        "Origin": "EC2", "Destination": "AutoScalingGroup",
+        "LifecycleHookName": format!("{name}-boot"), "AccountId": ACCOUNT,
+        "RequestId": "5d858daa-5692-135e-98ca-ef04118c2ab6",
+        "LifecycleTransition": "autoscaling:EC2_INSTANCE_LAUNCHING",
+        "AutoScalingGroupName": g.name, "Service": "AWS Auto Scaling",
+        "Time": now_rfc3339(), "EC2InstanceId": id, "LifecycleActionToken": token,
+    });
+    let dup = send(&aws, &url, &duplicate.to_string()).await;
+    wait_for("the duplicate to be deleted", LONG, || async {
+        deleted(&queue_name(&url))
+            .await
+            .contains_key(&dup)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        n.log().contains("archived journal record with this token"),
+        "{}",
+        n.log()
+    );
+    assert!(!n.log().contains("suspicious notification"), "{}", n.log());
+    assert_eq!(
+        lines(&n.path("launched")),
+        std::slice::from_ref(&id),
+        "ran once"
+    );
     // G13: restarted after its launch (the installer restarts the unit on a config change),
     // the daemon still steps out of the queue's way for another instance's message. Before,
     // only a launch handled by this very process counted, so it never stepped aside again.
@@ -899,6 +941,48 @@ async fn sighup_reloads_the_config_and_keeps_the_old_one_when_invalid() {
 /// The time now, as the hook's notifications write it.
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// G17 (F24): a long poll cut short by SIGTERM (or a reload) is still served by SQS
+/// (aws/aws-sdk-js#2350): what it takes stays hidden for as long as the receive asked. lastcall
+/// asks for 30 s, not the queue's `visibility_timeout` (here 300 s, the default), during which
+/// another instance's action (HeartbeatTimeout 300 s, say) could expire unseen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receive_cut_short_hides_another_instances_message_for_seconds_not_minutes() {
+    let aws = aws().await;
+    let g = group(&aws, "cutpoll", GroupSpec::default()).await;
+    let cfg = config("", &marker("mark", "ran"))
+        .replace("wait_time = \"1s\"", "wait_time = \"20s\"")
+        .replace(
+            "visibility_timeout = \"20s\"",
+            "visibility_timeout = \"300s\"\nstep_aside = \"0s\"",
+        );
+    let mut n = Node::new(&g.instances[0], &g.queue_url, &cfg).await;
+    n.start();
+    n.wait_log("polling the lifecycle queue", LONG).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sigterm_exits_within_a_second(&mut n).await;
+    // The poll the daemon left is still open at the emulator, as at SQS: it takes the message.
+    send(
+        &aws,
+        &g.queue_url,
+        &flat_termination(&g, "i-0eeeeeeeeeeeeeee1"),
+    )
+    .await;
+    wait_for("the cut poll to take the message", LONG, || async {
+        (queue_counts(&aws, &g.queue_url).await == (0, 1)).then_some(())
+    })
+    .await;
+    let taken = std::time::Instant::now();
+    wait_for("the message to be visible again", LONG, || async {
+        (queue_counts(&aws, &g.queue_url).await == (1, 0)).then_some(())
+    })
+    .await;
+    assert!(
+        taken.elapsed() < Duration::from_secs(40),
+        "hidden for {:?}",
+        taken.elapsed()
+    );
 }
 
 /// Sends SIGTERM and checks that the daemon exits cleanly within a second.

@@ -540,3 +540,54 @@ async fn a_host_on_a_secondary_ip_of_a_live_instance_is_kept() {
     }
     assert!(zabbix_exists(z, &host).await);
 }
+
+/// G20: every instance of a group runs the sweep timer, but only the group's InService instance
+/// with the lowest id sweeps; the others say whose turn it is and exit 0 without a call to
+/// Mackerel or Zabbix. Before, each of N instances swept every hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_groups_lowest_in_service_instance_sweeps() {
+    let aws = aws().await;
+    let g = group(&aws, "sweepturn", GroupSpec::of(2)).await;
+    let mut ids = g.instances.clone();
+    ids.sort();
+    let (lowest, other) = (ids[0].clone(), ids[1].clone());
+    let gone = launch(&aws).await;
+    aws.ec2
+        .terminate_instances()
+        .instance_ids(&gone)
+        .send()
+        .await
+        .expect("terminate");
+    let service = unique("turn");
+    let host = mackerel_host(&service, &gone, Duration::from_secs(3 * 3600), "us-east-1a").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = mackerel_key().await;
+    let cfg = config(
+        dir.path(),
+        &key,
+        &format!("mackerel_service = \"{service}\"\n"),
+    );
+
+    let mut n = Node::new(&other, "", &cfg).await;
+    let (code, out, log) = sweep(&mut n, &[], &[]);
+    assert_eq!(code, 0, "{out}\n{log}");
+    assert!(
+        out.contains(&format!("not this instance's turn: {lowest}")),
+        "{out}"
+    );
+    assert!(!retired(&mackerel_hosts().await, &host), "{out}");
+    assert!(!log.contains("Mackerel"), "no Mackerel call: {log}");
+
+    let mut n = Node::new(&lowest, "", &cfg).await;
+    let (code, out, log) = sweep(&mut n, &[], &[]);
+    assert_eq!(code, 0, "{out}\n{log}");
+    assert!(log.contains("this instance sweeps for its group"), "{log}");
+    assert!(retired(&mackerel_hosts().await, &host), "{out}");
+
+    // The lowest leaves (Terminating is not InService): the next one's turn.
+    terminate(&aws, &lowest).await;
+    let mut n = Node::new(&other, "", &cfg).await;
+    let (code, out, log) = sweep(&mut n, &["--dry-run"], &[]);
+    assert_eq!(code, 0, "{out}\n{log}");
+    assert!(!out.contains("not this instance's turn"), "{out}");
+}

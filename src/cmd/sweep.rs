@@ -7,6 +7,7 @@ use crate::event::Transition;
 use crate::handler::{context, Action};
 use crate::imds::Imds;
 use crate::sweep::hosts::Service;
+use crate::sweep::turn::Turn;
 use crate::sweep::{Place, Report, Verdict};
 use crate::template::Context;
 
@@ -48,6 +49,33 @@ pub async fn sweep(cli: &Cli, dry_run: bool, region: Option<&str>) -> Exit {
         }
     };
     let sdk = crate::aws::load(&region).await;
+    // One instance of the group sweeps per run (design §6); a dry run says whose turn it is
+    // and shows what a sweep would do all the same.
+    if let Some(me) = &instance {
+        match crate::sweep::turn::turn(&sdk, me).await {
+            Ok(Turn::Theirs { group, instance_id }) => {
+                let line = format!("not this instance's turn: {instance_id}, the InService instance of group {group} with the lowest id, sweeps");
+                info!(group = %group, sweeper = %instance_id, "{line}");
+                println!("{line}");
+                if !dry_run {
+                    return Exit::Ok;
+                }
+            }
+            Ok(Turn::Mine { group }) => {
+                info!(group = %group, "this instance sweeps for its group (the InService instance with the lowest id)")
+            }
+            Ok(Turn::NoGroup) => {}
+            Err(e) => {
+                let line =
+                    format!("cannot tell whose turn it is to sweep ({e}); not sweeping this run");
+                error!("{line}");
+                println!("error: {line}");
+                if !dry_run {
+                    return Exit::Failure;
+                }
+            }
+        }
+    }
     let place = Place {
         region: &region,
         instance_id: instance.as_deref(),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::action::Action;
 use crate::autoscaling::{AutoScaling, CallOutcome, HookTimeouts, LifecycleError};
@@ -88,8 +88,13 @@ impl Heartbeats {
         );
         let task = tokio::spawn(async move {
             // After a failed heartbeat the next one comes sooner: waiting a whole interval (half
-            // the hook's timeout) again could let the action expire.
+            // the hook's timeout) again could let the action expire. Jittered (a scale-in's
+            // heartbeats fail together when Auto Scaling throttles the account), and doubled
+            // while failures go on, up to half the interval. A refusal that retrying cannot
+            // mend (AccessDenied, a validation error) is logged once as an error and tried again
+            // only at the interval (F26: before, every interval/4 for as long as the action ran).
             let retry = (interval / 4).max(Duration::from_millis(500));
+            let mut failures = 0u32;
             // The first at once: the hook's timer has run since the wait began.
             let mut next = if at_once { Duration::ZERO } else { interval };
             loop {
@@ -101,6 +106,7 @@ impl Heartbeats {
                 match asg.heartbeat(&a).await {
                     Ok(CallOutcome::Done) => {
                         next = interval;
+                        failures = 0;
                         debug!(instance_id = %a.instance_id, hook = %a.hook, "heartbeat sent")
                     }
                     // A heartbeat that crossed this process's own completion on the wire.
@@ -113,8 +119,30 @@ impl Heartbeats {
                         return;
                     }
                     Err(e) => {
-                        next = retry;
-                        warn!(error = %e, retry_in_ms = retry.as_millis() as u64, "heartbeat failed; trying again soon")
+                        failures += 1;
+                        let permanent = matches!(
+                            e,
+                            LifecycleError::Heartbeat {
+                                permanent: true,
+                                ..
+                            }
+                        );
+                        next = match permanent {
+                            true => interval,
+                            false => crate::backoff::jitter(crate::backoff::doubling(
+                                retry,
+                                failures - 1,
+                                (interval / 2).max(retry),
+                            )),
+                        };
+                        match (permanent, failures) {
+                            (true, 1) => error!(error = %e, retry_in_ms = next.as_millis() as u64,
+                                "heartbeat refused, and retrying will not change that (a missing autoscaling:RecordLifecycleActionHeartbeat?): the action expires at its HeartbeatTimeout unless completed first; trying again at the interval"),
+                            (true, _) => debug!(error = %e, "heartbeat refused again"),
+                            (false, _) => {
+                                warn!(error = %e, retry_in_ms = next.as_millis() as u64, "heartbeat failed; trying again soon")
+                            }
+                        }
                     }
                 }
             }

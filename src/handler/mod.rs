@@ -252,6 +252,22 @@ impl Handler {
                 return Ok(Outcome::AlreadyCompleted);
             }
             Some(r) if r.completion.is_none() && same_action(&r, action) => r,
+            // A duplicate of an action completed and archived (a launch, a warm-pool move):
+            // verifying it again would find the instance no longer waiting and keep the
+            // message for days (G18).
+            _ if a
+                .token
+                .as_deref()
+                .is_some_and(|t| self.journal.archived_with_token(&key, t)) =>
+            {
+                if !action.owned {
+                    return Ok(Outcome::Unowned {
+                        steps: Tally::default(),
+                    });
+                }
+                info!(instance_id = %a.instance_id, hook = %a.hook, "action was already completed (archived journal record with this token)");
+                return Ok(Outcome::AlreadyCompleted);
+            }
             // A record belongs to one action: an unfinished one of an earlier action (a
             // warm-pool return whose action expired while lastcall was down) must not make the
             // real termination skip the steps it did then. It is archived; this one starts

@@ -31,6 +31,32 @@ impl Journal {
         })
     }
 
+    /// True when an archived record of the action `key` (an instance, hook and transition) was
+    /// completed with `token`: a duplicate of a launch or warm-pool notification handled before
+    /// (SQS delivers at least once; a repeatable action's record is archived when it completes,
+    /// so [`Journal::load`] no longer finds it). Lifecycle action tokens are UUIDs, one per action.
+    pub fn archived_with_token(&self, key: &str, token: &str) -> bool {
+        if !self.disk() {
+            return false;
+        }
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return false;
+        };
+        let prefix = format!("{key}.");
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let Some(n) = name.to_str() else {
+                return false;
+            };
+            n.starts_with(&prefix)
+                && n.ends_with(".done")
+                && fs::read_to_string(e.path())
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<super::Record>(&t).ok())
+                    .is_some_and(|r| r.completion.is_some() && r.token.as_deref() == Some(token))
+        })
+    }
+
     /// Records (in the state directory, so that it survives restarts) that this instance was
     /// in service: a `Warmed:*` target state after that is a return to the warm pool, before it
     /// a launch into the pool.

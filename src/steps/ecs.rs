@@ -11,8 +11,22 @@
 //! DEPROVISIONING tasks altogether (aws/aws-cdk PR #13559). ECS stops only service tasks on
 //! DRAINING (API_UpdateContainerInstancesState; container-instance-draining.html): the log names
 //! the standalone tasks it keeps waiting for.
+//!
+//! The wait lists `desiredStatus = STOPPED` only on its first poll (tasks already stopping when
+//! the step began) and on the poll that finds nothing left. In between it describes the tasks it
+//! has seen, which are the only ones that can be stopping: a DRAINING container instance gets no
+//! new tasks, and stopped tasks stay listed under STOPPED for about an hour, so listing them on
+//! every poll cost a third of the calls for nothing. ECS throttles per account and Region
+//! (request-throttling.html), and a scale-in polls from every leaving instance at once: each pause
+//! is jittered, and a failed poll (throttling above all) doubles the pause up to a minute.
+//!
+//! An agent that refuses connections is restarting (ecs-init restarts it; a Docker restart takes
+//! it down too) or is not there at all. Where an agent is expected (`agent_url` is given, or
+//! `/etc/ecs/ecs.config` exists, as on the ECS-optimised AMIs), refusals are retried for
+//! `agent_wait` (30 s by default) and then fail the step: the tasks may still run. Elsewhere three
+//! refusals mean "no ECS agent here, nothing to drain".
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aws_sdk_ecs::types::{ContainerInstanceStatus, DesiredStatus, Task};
@@ -28,8 +42,16 @@ use super::{StepEnv, StepError};
 pub const DEFAULT_AGENT_URL: &str = "http://localhost:51678";
 /// How often the tasks are listed while waiting.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
-/// Attempts to reach an agent that refuses connections before concluding there is none.
+/// Attempts to reach an agent that refuses connections before concluding there is none, where no
+/// agent is expected.
 const AGENT_ATTEMPTS: u32 = 3;
+/// How long refusals are retried where an agent is expected: ecs-init restarts a stopped agent
+/// within seconds, and a Docker restart takes about as long.
+const DEFAULT_AGENT_WAIT: Duration = Duration::from_secs(30);
+/// The ECS agent's configuration file on the ECS-optimised AMIs (ecs-init reads it).
+const ECS_CONFIG: &str = "/etc/ecs/ecs.config";
+/// The longest pause between polls after failed ones.
+const MAX_POLL_PAUSE: Duration = Duration::from_secs(60);
 /// `DescribeTasks` takes at most this many tasks (API_DescribeTasks).
 const DESCRIBE_TASKS_MAX: usize = 100;
 
@@ -40,6 +62,11 @@ pub struct EcsStep {
     pub agent_url: Template,
     /// How often to list the tasks while waiting.
     pub interval: Duration,
+    /// How long to retry an agent that refuses connections; `None`: 30 s where an agent is
+    /// expected (`agent_url` given, or `/etc/ecs/ecs.config` exists), else none.
+    pub agent_wait: Option<Duration>,
+    /// Whether `agent_url` was given (then an agent is expected).
+    pub agent_url_given: bool,
 }
 
 /// What the agent says about this container instance.
@@ -78,9 +105,9 @@ impl Remaining {
 impl EcsStep {
     /// Reads `agent_url` and `interval`.
     pub fn parse(f: &mut Fields) -> Option<Self> {
-        let agent_url = f
-            .template("agent_url")
-            .or_else(|| Template::parse(DEFAULT_AGENT_URL).ok());
+        let given = f.template("agent_url");
+        let agent_url_given = given.is_some();
+        let agent_url = given.or_else(|| Template::parse(DEFAULT_AGENT_URL).ok());
         if let Some(u) = &agent_url {
             if !(u.source().starts_with("http://") || u.source().starts_with("https://")) {
                 f.problem("agent_url", "must start with http:// or https://");
@@ -90,10 +117,25 @@ impl EcsStep {
         if interval.is_zero() {
             f.problem("interval", "must be longer than 0s");
         }
+        let agent_wait = f.duration("agent_wait");
         Some(Self {
             agent_url: agent_url?,
             interval,
+            agent_wait,
+            agent_url_given,
         })
+    }
+
+    /// How long refusals are retried, and why an agent is expected (for the error).
+    fn agent_wait(&self) -> (Duration, &'static str) {
+        match self.agent_wait {
+            Some(w) => (w, "agent_wait"),
+            None if self.agent_url_given => (DEFAULT_AGENT_WAIT, "agent_url is set"),
+            None if std::path::Path::new(ECS_CONFIG).exists() => {
+                (DEFAULT_AGENT_WAIT, "/etc/ecs/ecs.config exists")
+            }
+            None => (Duration::ZERO, ""),
+        }
     }
 
     pub(super) fn templates(&self) -> Vec<&Template> {
@@ -110,7 +152,7 @@ impl EcsStep {
     /// Drains and waits.
     pub async fn run(&self, env: &StepEnv<'_>) -> Result<String, StepError> {
         let url = self.agent_url.render(env.ctx)?;
-        let Some(reg) = registration(env, &url).await? else {
+        let Some(reg) = registration(env, &url, self.agent_wait()).await? else {
             return Ok(format!(
                 "the ECS agent at {url} has not registered a container instance (ContainerInstanceArn is null): nothing to drain"
             ));
@@ -141,16 +183,23 @@ impl EcsStep {
             }
         };
         let mut last: Option<Vec<String>> = None;
+        let mut watch = Watch::default();
+        let mut failed = 0u32;
         loop {
-            let left = match remaining(&ecs, &reg).await {
+            let left = match watch.remaining(&ecs, &reg).await {
                 Ok(t) => t,
-                Err(e) if env.remaining() > self.interval => {
-                    tracing::warn!(step = env.name, error = %e, "cannot list the container instance's tasks; trying again");
-                    tokio::time::sleep(self.interval).await;
+                Err(e) => {
+                    let pause = poll_pause(self.interval, failed + 1);
+                    if env.remaining() <= pause {
+                        return Err(StepError::Failed(e));
+                    }
+                    failed += 1;
+                    tracing::warn!(step = env.name, error = %e, pause_ms = pause.as_millis() as u64, "cannot list the container instance's tasks; trying again");
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
-                Err(e) => return Err(StepError::Failed(e)),
             };
+            failed = 0;
             if left.is_empty() {
                 return Ok(format!(
                     "container instance {} in cluster {} {started}; no task left on it",
@@ -186,21 +235,25 @@ impl EcsStep {
                     names.join(", ")
                 )));
             }
-            tokio::time::sleep(self.interval).await;
+            tokio::time::sleep(poll_pause(self.interval, 0)).await;
         }
     }
 
     /// What `check` can see without changing anything.
     pub async fn check(&self, env: &StepEnv<'_>) -> Result<String, StepError> {
         let url = self.agent_url.render(env.ctx)?;
-        let Some(reg) = registration(env, &url).await? else {
+        // `check` does not wait for a restarting agent; it says what it sees now.
+        let Some(reg) = registration(env, &url, (Duration::ZERO, "")).await? else {
             return Ok(format!(
                 "the ECS agent at {url} answers but has not registered a container instance: nothing would be drained"
             ));
         };
         let ecs = client(env.ctx, &reg).await;
         let status = status(&ecs, &reg).await?;
-        let left = remaining(&ecs, &reg).await.map_err(StepError::Failed)?;
+        let left = Watch::default()
+            .remaining(&ecs, &reg)
+            .await
+            .map_err(StepError::Failed)?;
         Ok(format!(
             "container instance {} in cluster {} is {status}, {} task(s) on it",
             reg.arn,
@@ -210,9 +263,25 @@ impl EcsStep {
     }
 }
 
+/// The pause before the next poll after `failed` failed polls in a row: the interval, jittered
+/// around itself (so that a fleet's polls spread), doubled per failure up to a minute.
+fn poll_pause(interval: Duration, failed: u32) -> Duration {
+    let d = crate::backoff::doubling(interval, failed, MAX_POLL_PAUSE.max(interval));
+    let ms = d.as_millis().min(u128::from(u64::MAX / 2)) as u64;
+    // Uniform in [3/4, 5/4] of it: the mean stays the interval.
+    Duration::from_millis(ms - ms / 4 + crate::backoff::random_below(ms / 2 + 1))
+}
+
 /// Reads the agent's metadata: `None` when the agent has not registered (a null ARN), or when no
-/// agent answers at all (connection refused a few times: nothing runs ECS tasks here).
-async fn registration(env: &StepEnv<'_>, url: &str) -> Result<Option<Registration>, StepError> {
+/// agent answers at all where none is expected (`wait` zero: connection refused a few times).
+/// Where one is expected, refusals are retried for `wait.0` and then fail the step.
+async fn registration(
+    env: &StepEnv<'_>,
+    url: &str,
+    wait: (Duration, &str),
+) -> Result<Option<Registration>, StepError> {
+    let (wait, why_expected) = wait;
+    let mut refused_since: Option<tokio::time::Instant> = None;
     let endpoint = format!("{}/v1/metadata", url.trim_end_matches('/'));
     let shown = crate::http_client::redact(&endpoint);
     let client = crate::http_client::client().map_err(StepError::Failed)?;
@@ -225,9 +294,19 @@ async fn registration(env: &StepEnv<'_>, url: &str) -> Result<Option<Registratio
             .send()
             .await;
         let why = match sent {
-            Err(e) if e.is_connect() && attempt >= AGENT_ATTEMPTS => {
+            Err(e) if e.is_connect() && wait.is_zero() && attempt >= AGENT_ATTEMPTS => {
                 tracing::warn!(step = env.name, url = %shown, attempts = attempt, "no ECS agent answers here (connection refused); nothing to drain");
                 return Ok(None);
+            }
+            Err(e) if e.is_connect() => {
+                let since = *refused_since.get_or_insert_with(tokio::time::Instant::now);
+                if !wait.is_zero() && since.elapsed() >= wait {
+                    return Err(StepError::Failed(format!(
+                        "the ECS agent at {shown} refused connections for {}s ({why_expected}, so an agent is expected here): its tasks may still run; set agent_wait = \"0s\" if this host runs no ECS agent",
+                        wait.as_secs()
+                    )));
+                }
+                format!("GET {shown}: {}", crate::http_client::describe(e))
             }
             // ecs-init restarts a crashed agent within seconds: a refusal is tried again.
             Err(e) => format!("GET {shown}: {}", crate::http_client::describe(e)),
@@ -249,7 +328,8 @@ async fn registration(env: &StepEnv<'_>, url: &str) -> Result<Option<Registratio
                 }
             },
         };
-        let pause = crate::http_client::backoff(attempt);
+        let pause = crate::backoff::jitter(crate::http_client::backoff(attempt))
+            .max(Duration::from_millis(100));
         if env.remaining() <= pause {
             return Err(StepError::Failed(format!(
                 "{why} (gave up after {attempt} attempt(s))"
@@ -359,27 +439,71 @@ fn failures(f: &[aws_sdk_ecs::types::Failure]) -> String {
     format!(" ({})", all.join("; "))
 }
 
-/// The tasks still on the container instance: those ECS wants running, and those told to stop
-/// that have not stopped yet.
-async fn remaining(
+/// The tasks the wait has seen and not yet seen stop.
+#[derive(Debug, Default)]
+struct Watch {
+    /// Polls done.
+    polls: u32,
+    /// Tasks that were still on the container instance at the last poll.
+    seen: BTreeSet<String>,
+}
+
+impl Watch {
+    /// The tasks still on the container instance: those ECS wants running, and those told to
+    /// stop that have not stopped yet. The first poll, and a poll that would find none left,
+    /// also list the stopping ones (`desiredStatus = STOPPED`); the others describe the tasks
+    /// seen before, which is where a stopping task comes from.
+    async fn remaining(
+        &mut self,
+        ecs: &aws_sdk_ecs::Client,
+        reg: &Registration,
+    ) -> Result<Vec<Remaining>, String> {
+        let first = self.polls == 0;
+        self.polls += 1;
+        let mut arns = list(ecs, reg, DesiredStatus::Running).await?;
+        arns.extend(self.seen.iter().cloned());
+        if first {
+            arns.extend(list(ecs, reg, DesiredStatus::Stopped).await?);
+        }
+        let mut left = describe(ecs, reg, arns).await?;
+        if left.is_empty() && !first {
+            // Nothing left: confirm with the stopping ones listed, as the first poll did.
+            left = describe(ecs, reg, list(ecs, reg, DesiredStatus::Stopped).await?).await?;
+        }
+        self.seen = left.iter().map(|r| r.arn.clone()).collect();
+        Ok(left)
+    }
+}
+
+/// `ListTasks` on the container instance, every page.
+async fn list(
     ecs: &aws_sdk_ecs::Client,
     reg: &Registration,
-) -> Result<Vec<Remaining>, String> {
+    desired: DesiredStatus,
+) -> Result<Vec<String>, String> {
     let mut arns = Vec::new();
-    for desired in [DesiredStatus::Running, DesiredStatus::Stopped] {
-        let mut pages = ecs
-            .list_tasks()
-            .cluster(&reg.cluster)
-            .container_instance(&reg.arn)
-            .desired_status(desired.clone())
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page =
-                page.map_err(|e| format!("ListTasks {desired}: {}", crate::aws::error_text(&e)))?;
-            arns.extend(page.task_arns().iter().cloned());
-        }
+    let mut pages = ecs
+        .list_tasks()
+        .cluster(&reg.cluster)
+        .container_instance(&reg.arn)
+        .desired_status(desired.clone())
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page =
+            page.map_err(|e| format!("ListTasks {desired}: {}", crate::aws::error_text(&e)))?;
+        arns.extend(page.task_arns().iter().cloned());
     }
+    Ok(arns)
+}
+
+/// Those of `arns` that have not stopped (`DescribeTasks`, 100 at a time). A task ECS no longer
+/// knows (a `failures` entry) has gone.
+async fn describe(
+    ecs: &aws_sdk_ecs::Client,
+    reg: &Registration,
+    mut arns: Vec<String>,
+) -> Result<Vec<Remaining>, String> {
     arns.sort();
     arns.dedup();
     let mut by_arn: BTreeMap<String, Remaining> = BTreeMap::new();
@@ -438,6 +562,25 @@ mod tests {
         );
         assert!(parse_metadata(&json!({"ContainerInstanceArn":"arn:x"})).is_err());
         assert!(parse_metadata(&json!({"Cluster":"c","ContainerInstanceArn":7})).is_err());
+    }
+
+    #[test]
+    fn polls_spread_around_the_interval_and_back_off_after_failures() {
+        let i = Duration::from_secs(4);
+        let first: Vec<Duration> = (0..200).map(|_| poll_pause(i, 0)).collect();
+        assert!(first
+            .iter()
+            .all(|d| *d >= Duration::from_secs(3) && *d <= Duration::from_secs(5)));
+        let mean = first.iter().sum::<Duration>() / 200;
+        assert!(
+            mean > Duration::from_millis(3700) && mean < Duration::from_millis(4300),
+            "{mean:?}"
+        );
+        assert!(first.iter().collect::<BTreeSet<_>>().len() > 20, "jittered");
+        // Failures double the pause (4, 8, 16 s…) up to a minute, still jittered.
+        assert!(poll_pause(i, 2) >= Duration::from_secs(12));
+        assert!(poll_pause(i, 30) <= Duration::from_secs(75));
+        assert!(poll_pause(i, 30) >= Duration::from_secs(45));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod ec2;
 pub mod hosts;
 mod missing;
+pub mod turn;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};

@@ -43,13 +43,13 @@ use tracing::{debug, error, info, warn};
 
 use crate::autoscaling::HookNames;
 use crate::config::SqsConfig;
-use crate::event::Transition;
 use crate::handler::{Action, Handler, HandlerError, Outcome};
 use crate::shutdown::Shutdown;
 
 mod aside;
 mod own;
 mod route;
+mod settle;
 mod visibility;
 
 use own::Ownership;
@@ -91,6 +91,13 @@ const STAYING: [&str; 3] = ["InService", "Standby", "Detached"];
 /// instance started from a warm pool boots again, and its next launch is still to come), or
 /// this process's start when the boot time cannot be read.
 static LAUNCHES_SINCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// The visibility a receive asks for (or `visibility_timeout`, if shorter). This instance's own
+/// messages, and those it leaves for the redrive policy, are then set to `visibility_timeout`
+/// at once; others' are released at once anyway. A receive cut short by a shutdown or a reload
+/// is still served by SQS (aws/aws-sdk-js#2350): what it took stays hidden this long, not for the
+/// whole visibility timeout, during which another instance's action could expire (G17, F24).
+const RECEIVE_VISIBILITY: Duration = Duration::from_secs(30);
 
 /// How long a target lifecycle state read to decide on holds is trusted.
 const LEAVING_FRESH: Duration = Duration::from_secs(1);
@@ -352,7 +359,11 @@ impl SqsSource {
             .queue_url(&self.cfg.queue_url)
             .max_number_of_messages(BATCH)
             .wait_time_seconds(wait.as_secs() as i32)
-            .visibility_timeout(self.cfg.visibility_timeout.as_secs() as i32)
+            .visibility_timeout(
+                RECEIVE_VISIBILITY
+                    .min(self.cfg.visibility_timeout)
+                    .as_secs() as i32,
+            )
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
@@ -380,6 +391,9 @@ impl SqsSource {
         self.seen.retain(|_, (t, _)| t.elapsed() < SEEN_TTL);
         let mut release = Vec::new();
         let mut mine = Vec::new();
+        let vt = self.cfg.visibility_timeout.as_secs() as i32;
+        // Received with a short visibility: kept out of sight for `visibility_timeout`.
+        let mut keep = Vec::new();
         for m in messages {
             let id = m.message_id().unwrap_or("-").to_string();
             let receives =
@@ -445,10 +459,17 @@ impl SqsSource {
                 Route::Unparseable(e) => {
                     warn!(message_id = %id, receives = %receives, error = %e,
                         "message is not a lifecycle notification lastcall understands; leaving it for the queue's redrive policy");
+                    keep.push((m, vt));
                     report.left += 1;
                 }
-                Route::Mine(ev) => mine.push((m, ev)),
+                Route::Mine(ev) => {
+                    keep.push((m.clone(), vt));
+                    mine.push((m, ev));
+                }
             }
+        }
+        if !keep.is_empty() {
+            self.release(&keep).await;
         }
         // Holds keep a queue of messages nobody takes (dead instances', another group's) from
         // spinning this instance; they hide a message from its owner too. A leaving instance
@@ -521,72 +542,7 @@ impl SqsSource {
                     }
                 }
             };
-            match &handled {
-                Outcome::Completed { .. } | Outcome::AlreadyCompleted => {
-                    if self.delete(&m).await {
-                        report.deleted += 1;
-                        // A termination's action, however it was completed (or timed out),
-                        // ends with the instance terminated; a warm-pool return does not.
-                        if ev.transition == Transition::Terminating && !ev.to_warm_pool() {
-                            self.departed = true;
-                        }
-                    } else {
-                        report.left += 1;
-                    }
-                }
-                // Not (yet) seen waiting: ask again soon, with back-off, rather than after the
-                // whole visibility timeout, which can outlast the hook (design §2.1). Busy: another
-                // pipeline (the metadata source, a `once`) runs the action; once it is completed
-                // the message must come back to be deleted while this instance is still there,
-                // not after the visibility timeout, when the instance may be gone and its
-                // message would circulate among the others until `stale_after`.
-                // Busy (the daemon only; `once` exits and cannot watch): another pipeline runs
-                // it; watched, and deleted the moment that pipeline completes it.
-                Outcome::Busy if self.deferred.is_none() => {
-                    self.watched.retain(|_, t| !t.is_finished());
-                    if !self.watched.contains_key(&id) {
-                        debug!(message_id = %id, "another pipeline runs this instance's action; its notification is kept out of sight and deleted once the action is completed");
-                        let t = self.watch_busy(handler, m, &ev, self.done_elsewhere.clone());
-                        self.watched.insert(id.clone(), t);
-                    }
-                }
-                Outcome::NotWaiting { .. } | Outcome::Busy => {
-                    let again = self.again(&id, 0);
-                    info!(message_id = %id, retry_in_s = again.as_secs(), "this instance's notification is kept; it is looked at again soon");
-                    if self.release(&[(m, again.as_secs() as i32)]).await == 0 {
-                        report.left += 1;
-                    }
-                }
-                // No live action has the message's token: nothing ran, nothing is recorded, and
-                // keeping it would only bring it back.
-                Outcome::Refused => {
-                    if self.delete(&m).await {
-                        report.deleted += 1;
-                    } else {
-                        report.left += 1;
-                    }
-                }
-                // Not lastcall's to complete or delete: its hook's owner (or timeout) ends it.
-                // Released at once the first time (its owner may be another consumer of this
-                // queue), then held 5, 10, 20… up to 60 s: this instance gets it back at once
-                // every time (the journal answers), and without a hold it would receive it at
-                // round-trip speed, driving it to the dead-letter queue before its owner sees
-                // it (every receive counts towards maxReceiveCount).
-                Outcome::Unowned { .. } => {
-                    let hold = self.again(&id, 1);
-                    report.not_ours += 1;
-                    if self.release(&[(m, hold.as_secs() as i32)]).await == 0 {
-                        report.left += 1;
-                    }
-                }
-                Outcome::Interrupted | Outcome::Failed { .. } => report.left += 1,
-            }
-            if !matches!(
-                handled,
-                Outcome::NotWaiting { .. } | Outcome::Busy | Outcome::Unowned { .. }
-            ) {
-                self.kept.remove(&id);
-            }
+            self.settle(handler, m, &ev, &handled, &mut report).await;
             report.handled.push(handled);
         }
         Ok(report)
