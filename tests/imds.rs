@@ -611,6 +611,20 @@ async fn check_reports_which_sources_will_work() {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
     assert!(!text.contains("maxReceiveCount"), "{text}");
+    assert!(!text.contains("[lifecycle] heartbeat"), "{text}");
+    // F21: a fixed heartbeat interval not shorter than the hook's HeartbeatTimeout (300 s) lets
+    // the action expire between heartbeats: check fails and says what to set.
+    let slow = cfg.replace("[lifecycle]\n", "[lifecycle]\nheartbeat = \"5m\"\n");
+    let mut slow_node = Node::new(&g.instances[0], &g.queue_url, &slow).await;
+    let (code, slow_text) = slow_node.stdout_of(&["check"]);
+    assert_eq!(code, Some(1), "{slow_text}");
+    assert!(
+        slow_text.contains(&format!(
+            "[FAIL] [lifecycle] heartbeat: every 300s, but hook {}'s HeartbeatTimeout is 300s",
+            g.hook
+        )),
+        "{slow_text}"
+    );
     // A dead-letter queue whose maxReceiveCount suits a small group but not this one's MaxSize:
     // in an instance refresh each message passes through about as many wrong instances as
     // are leaving.

@@ -116,6 +116,38 @@ async fn heartbeats_keep_a_short_hook_alive_past_its_timeout() {
     assert_eq!(acts[0]["result"], "CONTINUE");
     assert!(acts[0]["heartbeats"].as_u64().unwrap_or(0) >= 3, "{acts:?}");
     assert!(n.log().contains("heartbeat sent"));
+
+    // F21: a fixed `heartbeat` not shorter than the hook's HeartbeatTimeout would let the action
+    // expire between heartbeats; the daemon says so and heartbeats at half the timeout.
+    let g = group(
+        &aws,
+        "heartbeat-slow",
+        GroupSpec {
+            size: 1,
+            heartbeat_timeout: 3,
+            default_result: "ABANDON",
+        },
+    )
+    .await;
+    let victim = g.instances[0].clone();
+    let cfg = config("heartbeat = \"10s\"", steps);
+    let mut n = Node::new(&victim, &g.queue_url, &cfg).await;
+    n.start();
+    terminate(&aws, &victim).await;
+    wait_terminated(&aws, &victim, LONG).await;
+    let acts = actions(&victim).await;
+    assert_eq!(
+        (acts[0]["state"].as_str(), acts[0]["result"].as_str()),
+        (Some("completed"), Some("CONTINUE")),
+        "not timed out: {acts:?}\n{}",
+        n.log()
+    );
+    assert!(
+        n.log()
+            .contains("heartbeat is not shorter than the hook's HeartbeatTimeout"),
+        "{}",
+        n.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

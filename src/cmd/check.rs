@@ -12,7 +12,7 @@ use crate::autoscaling::{
     HookNames,
 };
 use crate::cli::{Cli, Exit};
-use crate::config::{Config, SqsConfig, Step};
+use crate::config::{Config, Heartbeat, SqsConfig, Step};
 use crate::event::Transition;
 use crate::handler::{context, Action};
 use crate::imds::{Identity, Imds, TARGET_STATE};
@@ -112,9 +112,11 @@ pub async fn online(cli: &Cli) -> Exit {
     }
     if let Some(group) = &group {
         let hooks = config.lifecycle.hooks();
-        lines.extend(owned_hook(&asg, &hooks, &identity, group, Transition::Terminating).await);
+        let beat = config.lifecycle.heartbeat;
+        let owned = |t| owned_hook(&asg, &hooks, &identity, group, t, beat);
+        lines.extend(owned(Transition::Terminating).await);
         if !config.launch_steps.is_empty() {
-            lines.extend(owned_hook(&asg, &hooks, &identity, group, Transition::Launching).await);
+            lines.extend(owned(Transition::Launching).await);
         }
     }
     let mut max_size = None;
@@ -264,6 +266,7 @@ async fn owned_hook(
     identity: &Identity,
     group: &str,
     transition: Transition,
+    beat: Heartbeat,
 ) -> Vec<Line> {
     let what = match transition {
         Transition::Terminating => "terminating hook (DescribeLifecycleHooks)",
@@ -298,10 +301,33 @@ async fn owned_hook(
         Ok(h) => h,
         Err(e) => return vec![Line::new(false, what, e.to_string())],
     };
-    vec![
+    let mut lines = vec![
         Line::new(true, what, format!("{} will be completed", hook.name)),
         heartbeat_permission(asg, identity, group, &hook.name).await,
-    ]
+    ];
+    lines.extend(heartbeat_interval(beat, &hook));
+    lines
+}
+
+/// A fixed `heartbeat` interval that is not shorter than the hook's HeartbeatTimeout lets the
+/// action expire between two heartbeats (F21).
+fn heartbeat_interval(beat: Heartbeat, hook: &Hook) -> Option<Line> {
+    let (Heartbeat::Every(every), Some(t)) = (beat, hook.timeouts) else {
+        return None;
+    };
+    (every >= t.heartbeat).then(|| {
+        Line::new(
+            false,
+            "[lifecycle] heartbeat",
+            format!(
+                "every {}s, but hook {}'s HeartbeatTimeout is {}s: the action would expire between heartbeats; set heartbeat = \"auto\" (half the timeout) or shorter than {}s",
+                every.as_secs(),
+                hook.name,
+                t.heartbeat.as_secs(),
+                t.heartbeat.as_secs()
+            ),
+        )
+    })
 }
 
 /// Whether `RecordLifecycleActionHeartbeat` is allowed. A heartbeat for an action that does not

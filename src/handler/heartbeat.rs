@@ -55,7 +55,18 @@ impl Heartbeats {
         let a = action.aref.clone();
         let (interval, global) = match policy {
             Heartbeat::Off => return None,
-            Heartbeat::Every(d) => (d, None),
+            // Not at or past the hook's HeartbeatTimeout when the source read it (F21): the
+            // action would expire between two heartbeats.
+            Heartbeat::Every(d) => match hook_timeouts(asg, action).await.ok().flatten() {
+                Some(t) if d >= t.heartbeat => {
+                    let half = (t.heartbeat / 2).max(Duration::from_secs(1));
+                    warn!(group = %a.group, hook = %a.hook, heartbeat_s = d.as_secs(), heartbeat_timeout_s = t.heartbeat.as_secs(),
+                        interval_s = half.as_secs(), "[lifecycle] heartbeat is not shorter than the hook's HeartbeatTimeout; heartbeating at half the timeout instead");
+                    (half, Some(t.global))
+                }
+                Some(t) => (d, Some(t.global)),
+                None => (d, None),
+            },
             Heartbeat::Auto => match hook_timeouts(asg, action).await {
                 Ok(Some(t)) => (
                     (t.heartbeat / 2).max(Duration::from_secs(1)),
