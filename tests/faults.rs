@@ -144,6 +144,41 @@ async fn failing_heartbeats_are_survived_and_later_ones_keep_the_action_alive() 
     assert_eq!(faulted, 3);
 }
 
+/// A completion by instance id (the metadata source: no token) that Auto Scaling answers "No
+/// active Lifecycle Action found" while the group shows the instance waiting is retried (the
+/// target state can show before the action exists), with doubling pauses: 1, 2, 4 s… Before,
+/// every second for a minute, a completion and a describe each time, from every leaving instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_by_instance_id_not_active_yet_is_retried_with_back_off() {
+    let aws = aws().await;
+    let proxy = Proxy::start(&emulator().endpoint);
+    let g = group_with_target(&aws, &unique("notyet"), None, GroupSpec::default()).await;
+    let me = g.instances[0].clone();
+    proxy.rule(json!({"match": "CompleteLifecycleAction", "action": "error", "status": 400, "code": "ValidationError",
+        "message": format!("No active Lifecycle Action found with instance ID {me}"), "count": 4})).await;
+    let cfg = format!(
+        "[imds]\nlifecycle = true\npoll_interval = \"200ms\"\n[lifecycle]\nstate_dir = \"{{dir}}/state\"\n{}",
+        marker()
+    );
+    let mut n = Node::new(&me, "", &cfg).await;
+    start_behind(&mut n, &proxy, None);
+    n.wait_log("target lifecycle state target_state=InService", LONG)
+        .await;
+    terminate(&aws, &me).await;
+    wait_terminated(&aws, &me, LONG).await;
+    let log = proxy.log().await;
+    let times: Vec<f64> = log
+        .iter()
+        .filter(|e| e["operation"] == "CompleteLifecycleAction")
+        .filter_map(|e| e["time"].as_f64())
+        .collect();
+    assert_eq!(times.len(), 5, "four refused, the fifth accepted");
+    // The fourth pause is 8 s, jittered to 4 s or more (every second before).
+    let last = times[4] - times[3];
+    assert!(last >= 3.5, "the last pause was {last:.2} s: {times:?}");
+    assert_eq!(completed(&actions(&me).await), 1);
+}
+
 /// F26: a heartbeat refused for good (AccessDenied: the role lacks
 /// autoscaling:RecordLifecycleActionHeartbeat) is not retried every quarter interval for as long
 /// as the steps run; it is logged once as an error and tried again at the interval.

@@ -443,6 +443,7 @@ impl Handler {
         let a = &action.aref;
         let start = Instant::now();
         let mut hook_checked = false;
+        let mut not_yet = 0u32;
         loop {
             match self.asg.complete(a, result, COMPLETE_DEADLINE).await {
                 Ok(CallOutcome::Done) => return Ok(true),
@@ -468,8 +469,16 @@ impl Handler {
                             return Err(e);
                         }
                     }
-                    debug!(instance_id = %a.instance_id, "no active lifecycle action yet; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    // 1, 2, 4, then 8 s, jittered: each round is a completion and a describe,
+                    // from every instance of a scale-in at once (before: every second).
+                    let pause = crate::backoff::jitter(crate::backoff::doubling(
+                        Duration::from_secs(1),
+                        not_yet,
+                        Duration::from_secs(8),
+                    ));
+                    not_yet += 1;
+                    debug!(instance_id = %a.instance_id, retry_in_ms = pause.as_millis() as u64, "no active lifecycle action yet; retrying");
+                    tokio::time::sleep(pause).await;
                 }
                 // With a token, "No active Lifecycle Action" means the action is done or
                 // expired (design §4), also while the group shows the instance waiting: another
