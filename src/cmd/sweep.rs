@@ -67,7 +67,7 @@ pub async fn sweep(cli: &Cli, dry_run: bool, region: Option<&str>) -> Exit {
             Ok(Turn::NoGroup) => {}
             Err(e) => {
                 let line =
-                    format!("cannot tell whose turn it is to sweep ({e}); not sweeping this run");
+                    format!("cannot tell whose turn it is to sweep ({e}): not sweeping this run, nothing removed");
                 error!("{line}");
                 println!("error: {line}");
                 if !dry_run {
