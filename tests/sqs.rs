@@ -1298,6 +1298,43 @@ async fn a_clock_days_ahead_takes_no_fresh_message_for_stale() {
     assert!(!deleted(&queue_name).await.contains_key(&id), "{log}");
 }
 
+/// G18: this instance's own notification whose action was never seen waiting, older than its
+/// hook's GlobalTimeout (100 x HeartbeatTimeout: 3,000 s here), is of an action that is over: it
+/// is deleted. Before, it came back every minute for up to `stale_after` (48 h), a heartbeat and
+/// describes each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_own_message_older_than_its_hooks_global_timeout_is_deleted() {
+    const AGE: u64 = 4000;
+    let aws = aws().await;
+    let g = group(
+        &aws,
+        "outlived",
+        GroupSpec {
+            size: 1,
+            heartbeat_timeout: 30,
+            default_result: "ABANDON",
+        },
+    )
+    .await;
+    let queue_name = queue_name(&g.queue_url);
+    realism_queue(&queue_name, json!({"sent_age": AGE})).await;
+    let me = g.instances[0].clone();
+    let mut n = Node::new(&me, &g.queue_url, &config("", &marker("mark", "ran"))).await;
+    n.start();
+    n.wait_log("polling the lifecycle queue", LONG).await;
+    let then = std::time::SystemTime::now() - Duration::from_secs(AGE);
+    let body = flat_termination_at(&g, &me, &humantime::format_rfc3339_millis(then).to_string());
+    let id = send(&aws, &g.queue_url, &body).await;
+    wait_for("the outlived message to be deleted", LONG, || async {
+        deleted(&queue_name).await.contains_key(&id).then_some(())
+    })
+    .await;
+    let log = n.log();
+    assert!(log.contains("older than its hook's GlobalTimeout"), "{log}");
+    assert!(lines(&n.path("ran")).is_empty(), "nothing ran: {log}");
+    assert_eq!(state(&aws, &me).await.as_deref(), Some("InService"));
+}
+
 const HELD: &str = "held out of every consumer's sight for a while";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
