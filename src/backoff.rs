@@ -28,6 +28,12 @@ pub fn jitter(d: Duration) -> Duration {
     Duration::from_millis(half + random_below(ms - half + 1))
 }
 
+/// `d` spread evenly over `[3d/4, 5d/4]`: a fixed polling interval whose mean stays `d`.
+pub fn around(d: Duration) -> Duration {
+    let ms = d.as_millis().min(u128::from(u64::MAX / 2)) as u64;
+    Duration::from_millis(ms - ms / 4 + random_below(ms / 2 + 1))
+}
+
 /// The `n`th pause (0-based) of a back-off that starts at `first` and doubles up to `max`,
 /// without jitter.
 pub fn doubling(first: Duration, n: u32, max: Duration) -> Duration {

@@ -12,7 +12,6 @@ use serde_json::Value;
 
 /// The largest body we look at (SQS allows 1 MiB; a lifecycle notification is under 2 KiB).
 pub const MAX_BODY: usize = 1024 * 1024;
-/// EventBridge sources of AWS's own events about instances.
 /// How deep JSON may nest before it is refused (serde_json's own limit is 128).
 const MAX_DEPTH: usize = 32;
 

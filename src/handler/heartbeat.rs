@@ -53,34 +53,29 @@ impl Heartbeats {
         at_once: bool,
     ) -> Option<Self> {
         let a = action.aref.clone();
-        let (interval, global) = match policy {
-            Heartbeat::Off => return None,
-            // Not at or past the hook's HeartbeatTimeout when the source read it (F21): the
-            // action would expire between two heartbeats.
-            Heartbeat::Every(d) => match hook_timeouts(asg, action).await.ok().flatten() {
-                Some(t) if d >= t.heartbeat => {
-                    let half = (t.heartbeat / 2).max(Duration::from_secs(1));
-                    warn!(group = %a.group, hook = %a.hook, heartbeat_s = d.as_secs(), heartbeat_timeout_s = t.heartbeat.as_secs(),
-                        interval_s = half.as_secs(), "[lifecycle] heartbeat is not shorter than the hook's HeartbeatTimeout; heartbeating at half the timeout instead");
-                    (half, Some(t.global))
-                }
-                Some(t) => (d, Some(t.global)),
-                None => (d, None),
-            },
-            Heartbeat::Auto => match hook_timeouts(asg, action).await {
-                Ok(Some(t)) => (
-                    (t.heartbeat / 2).max(Duration::from_secs(1)),
-                    Some(t.global),
-                ),
-                Ok(None) => {
-                    warn!(group = %a.group, hook = %a.hook, interval_s = FALLBACK_INTERVAL.as_secs(), "hook not found by DescribeLifecycleHooks; heartbeating at a fallback interval");
-                    (FALLBACK_INTERVAL, None)
-                }
-                Err(e) => {
-                    warn!(error = %e, interval_s = FALLBACK_INTERVAL.as_secs(), "cannot describe the hook (missing autoscaling:DescribeLifecycleHooks?); heartbeating at a fallback interval");
-                    (FALLBACK_INTERVAL, None)
-                }
-            },
+        if policy == Heartbeat::Off {
+            return None;
+        }
+        let half = |t: HookTimeouts| (t.heartbeat / 2).max(Duration::from_secs(1));
+        let (interval, global) = match (policy, hook_timeouts(asg, action).await) {
+            // A fixed interval not shorter than the hook's HeartbeatTimeout would let the
+            // action expire between two heartbeats (F21).
+            (Heartbeat::Every(d), Ok(Some(t))) if d >= t.heartbeat => {
+                warn!(group = %a.group, hook = %a.hook, heartbeat_s = d.as_secs(), heartbeat_timeout_s = t.heartbeat.as_secs(),
+                    interval_s = half(t).as_secs(), "[lifecycle] heartbeat is not shorter than the hook's HeartbeatTimeout; heartbeating at half the timeout instead");
+                (half(t), Some(t.global))
+            }
+            (Heartbeat::Every(d), Ok(t)) => (d, t.map(|t| t.global)),
+            (Heartbeat::Every(d), Err(_)) => (d, None),
+            (_, Ok(Some(t))) => (half(t), Some(t.global)),
+            (_, Ok(None)) => {
+                warn!(group = %a.group, hook = %a.hook, interval_s = FALLBACK_INTERVAL.as_secs(), "hook not found by DescribeLifecycleHooks; heartbeating at a fallback interval");
+                (FALLBACK_INTERVAL, None)
+            }
+            (_, Err(e)) => {
+                warn!(error = %e, interval_s = FALLBACK_INTERVAL.as_secs(), "cannot describe the hook (missing autoscaling:DescribeLifecycleHooks?); heartbeating at a fallback interval");
+                (FALLBACK_INTERVAL, None)
+            }
         };
         // Heartbeats past the global timeout are refused anyway; stop there.
         let stop_at = global.map(|g| {

@@ -255,10 +255,10 @@ impl Handler {
             // A duplicate of an action completed and archived (a launch, a warm-pool move):
             // verifying it again would find the instance no longer waiting and keep the
             // message for days (G18).
-            _ if a
-                .token
-                .as_deref()
-                .is_some_and(|t| self.journal.archived_with_token(&key, t)) =>
+            _ if action.repeatable()
+                && a.token
+                    .as_deref()
+                    .is_some_and(|t| self.journal.archived_with_token(&key, t)) =>
             {
                 if !action.owned {
                     return Ok(Outcome::Unowned {

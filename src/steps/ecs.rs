@@ -266,10 +266,11 @@ impl EcsStep {
 /// The pause before the next poll after `failed` failed polls in a row: the interval, jittered
 /// around itself (so that a fleet's polls spread), doubled per failure up to a minute.
 fn poll_pause(interval: Duration, failed: u32) -> Duration {
-    let d = crate::backoff::doubling(interval, failed, MAX_POLL_PAUSE.max(interval));
-    let ms = d.as_millis().min(u128::from(u64::MAX / 2)) as u64;
-    // Uniform in [3/4, 5/4] of it: the mean stays the interval.
-    Duration::from_millis(ms - ms / 4 + crate::backoff::random_below(ms / 2 + 1))
+    crate::backoff::around(crate::backoff::doubling(
+        interval,
+        failed,
+        MAX_POLL_PAUSE.max(interval),
+    ))
 }
 
 /// Reads the agent's metadata: `None` when the agent has not registered (a null ARN), or when no

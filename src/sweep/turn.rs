@@ -42,24 +42,13 @@ pub fn sweeper<'a>(instances: impl IntoIterator<Item = (&'a str, &'a str)>) -> O
 /// Whose turn it is, from Auto Scaling. `Err` when Auto Scaling cannot tell (then nobody can
 /// be sure it is theirs, and this instance does not sweep this run).
 pub async fn turn(sdk: &aws_config::SdkConfig, me: &str) -> Result<Turn, String> {
-    let asg = aws_sdk_autoscaling::Client::new(sdk);
-    let out = asg
-        .describe_auto_scaling_instances()
-        .instance_ids(me)
-        .send()
+    let asg = crate::aws::autoscaling(sdk);
+    let Some(group) = crate::autoscaling::AutoScaling::new(asg.clone())
+        .instance(me)
         .await
-        .map_err(|e| {
-            format!(
-                "DescribeAutoScalingInstances {me}: {}",
-                DisplayErrorContext(&e)
-            )
-        })?;
-    let Some(group) = out
-        .auto_scaling_instances()
-        .iter()
-        .find(|i| i.instance_id() == Some(me))
-        .and_then(|i| i.auto_scaling_group_name())
-        .map(str::to_string)
+        .map_err(|e| e.to_string())?
+        .map(|i| i.group)
+        .filter(|g| !g.is_empty())
     else {
         return Ok(Turn::NoGroup);
     };

@@ -398,9 +398,7 @@ impl SqsSource {
             let id = m.message_id().unwrap_or("-").to_string();
             let receives =
                 attr(&m, MessageSystemAttributeName::ApproximateReceiveCount).unwrap_or_default();
-            let sent = attr(&m, MessageSystemAttributeName::SentTimestamp)
-                .and_then(|ms| ms.parse::<u64>().ok())
-                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+            let sent = sent_at(&m);
             let body = m.body().unwrap_or_default();
             let me = Me {
                 instance_id: &self.me,
@@ -551,4 +549,11 @@ impl SqsSource {
 
 fn attr(m: &Message, name: MessageSystemAttributeName) -> Option<String> {
     m.attributes().and_then(|a| a.get(&name)).cloned()
+}
+
+/// When SQS received the message (`SentTimestamp`, milliseconds since the epoch).
+fn sent_at(m: &Message) -> Option<std::time::SystemTime> {
+    attr(m, MessageSystemAttributeName::SentTimestamp)
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
 }

@@ -2,12 +2,12 @@
 //! action is over, kept for another look when it was not seen waiting (with back-off), watched
 //! while another pipeline runs it, released when it is not lastcall's to complete.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
-use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use aws_sdk_sqs::types::Message;
 use tracing::{debug, info, warn};
 
-use super::{attr, PollReport, SqsSource};
+use super::{sent_at, PollReport, SqsSource};
 use crate::event::{LifecycleEvent, Transition};
 use crate::handler::{Handler, Outcome};
 
@@ -108,10 +108,7 @@ impl SqsSource {
     /// that was never seen waiting is of an action that is over (a duplicate of one completed
     /// elsewhere, or one that timed out). Without this it was kept until `stale_after` (48 h).
     async fn outlived(&self, handler: &Handler, m: &Message, ev: &LifecycleEvent) -> bool {
-        let Some(sent) = attr(m, MessageSystemAttributeName::SentTimestamp)
-            .and_then(|ms| ms.parse::<u64>().ok())
-            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
-        else {
+        let Some(sent) = sent_at(m) else {
             return false;
         };
         let age = crate::clock::aws_now()
